@@ -1,0 +1,650 @@
+//! The merchant actor: profile, open/closed, menu and stock. It holds the stock lease for its
+//! merchant (granted by the lock actor, renewed in the background) and admits reservations from
+//! memory, so the hot path never waits on Redis. The orders it admits write the stock decrement,
+//! fenced with the lease's token, in their own creating transaction.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, AtomicResponse, Context, Handler,
+    Message, ResponseActFuture, Supervised, WrapFuture,
+};
+use serde::{Deserialize, Serialize};
+
+use super::lock::{AcquireLease, LeaseLost, ReleaseLease};
+use super::shard::{Idle, Shard};
+use super::{Deps, Entity, Idleness, Loaded, Stop};
+use crate::cluster::Routed;
+use crate::domain::{now_ms, Caller, Location, Role};
+use crate::error::{Error, Result};
+use crate::lock::Lease;
+use crate::metrics;
+use crate::model::{MenuItem, Merchant, OrderLine, OutboxEvent};
+use crate::store::Write;
+
+// ---- messages ----
+
+/// Creates the merchant (admin).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<MerchantView>")]
+pub struct RegisterMerchant {
+    /// Who asks.
+    pub caller: Caller,
+    /// Display name.
+    pub name: String,
+    /// Pickup point.
+    pub location: Location,
+}
+
+/// Replaces the menu (stock included).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<MerchantView>")]
+pub struct SetMenu {
+    /// Who asks.
+    pub caller: Caller,
+    /// The whole new menu.
+    pub items: Vec<MenuItem>,
+}
+
+/// Opens or closes the merchant.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<MerchantView>")]
+pub struct SetOpen {
+    /// Who asks.
+    pub caller: Caller,
+    /// Open for orders?
+    pub open: bool,
+}
+
+/// Reads the merchant with its menu and stock.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<MerchantView>")]
+pub struct GetMerchant;
+
+/// Reserves stock for an order (from the order actor).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Reservation>")]
+pub struct ReserveStock {
+    /// (sku, qty) pairs.
+    pub lines: Vec<(String, i64)>,
+}
+
+/// Gives an unwritten reservation back (its order was not persisted).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<()>")]
+pub struct UnreserveStock {
+    /// The reserved lines.
+    pub lines: Vec<OrderLine>,
+    /// The store disagreed with memory: reload the stock from the store.
+    pub resync: bool,
+}
+
+/// A reservation was written by its order: no longer in flight.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<()>")]
+pub struct SettleReservation;
+
+/// The fencing token to release stock with (from an order actor about to cancel).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<i64>")]
+pub struct StockFence;
+
+/// Stock was given back in the store by a cancelled order: add it to memory.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<()>")]
+pub struct RestockItems {
+    /// The released lines.
+    pub lines: Vec<OrderLine>,
+}
+
+macro_rules! routed {
+    ($($msg:ty => $reply:ty),* $(,)?) => {$(
+        impl Routed for $msg {
+            type Reply = $reply;
+            type Actor = MerchantActor;
+        }
+    )*};
+}
+
+routed! {
+    RegisterMerchant => MerchantView,
+    SetMenu => MerchantView,
+    SetOpen => MerchantView,
+    GetMerchant => MerchantView,
+    ReserveStock => Reservation,
+    UnreserveStock => (),
+    SettleReservation => (),
+    StockFence => i64,
+    RestockItems => (),
+}
+
+/// A merchant with its menu, as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MerchantView {
+    /// The profile.
+    #[serde(flatten)]
+    pub merchant: Merchant,
+    /// The menu with current available stock.
+    pub menu: Vec<MenuItem>,
+}
+
+/// Reserved stock, priced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    /// The priced lines (one per SKU).
+    pub lines: Vec<OrderLine>,
+    /// Sum over the lines.
+    pub total_cents: i64,
+    /// The fencing token the order must write the stock decrement with.
+    pub fence: i64,
+}
+
+// ---- actor ----
+
+/// Loaded merchant state.
+#[derive(Debug)]
+struct State {
+    /// The profile row.
+    merchant: Merchant,
+    /// Menu by SKU; `stock` is what is still available to reserve.
+    menu: BTreeMap<String, MenuItem>,
+    /// Highest fencing token seen on this merchant's SKU rows.
+    max_fence: i64,
+}
+
+/// One merchant.
+pub struct MerchantActor {
+    /// Merchant id.
+    id: String,
+    /// Node services.
+    deps: Deps,
+    /// The owning shard, told when idle.
+    shard: Addr<Shard>,
+    /// Persisted state once loaded.
+    state: Loaded<State>,
+    /// The stock lease while held.
+    lease: Option<Lease>,
+    /// Reservations handed out and not yet written or given back.
+    in_flight: usize,
+    /// Passivation bookkeeping.
+    idle: Idleness,
+}
+
+impl Entity for MerchantActor {
+    const KIND: &'static str = "merchant";
+
+    fn fresh(id: String, deps: Deps, shard: Addr<Shard>) -> Self {
+        MerchantActor {
+            id,
+            deps,
+            shard,
+            state: Loaded::Loading,
+            lease: None,
+            in_flight: 0,
+            idle: Idleness::new(),
+        }
+    }
+
+    fn registry(shard: &mut Shard) -> &mut std::collections::HashMap<String, Addr<Self>> {
+        &mut shard.merchants
+    }
+}
+
+impl Actor for MerchantActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(usize::MAX >> 4);
+        self.load(ctx);
+        ctx.run_interval(self.deps.settings.idle_check(), |act, _ctx| {
+            if act.in_flight == 0 && act.idle.due(act.deps.settings.idle) {
+                act.shard.do_send(Idle {
+                    kind: Self::KIND,
+                    id: act.id.clone(),
+                });
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Some(lease) = self.lease.take() {
+            self.deps.lock.do_send(ReleaseLease(lease));
+        }
+    }
+}
+
+impl Supervised for MerchantActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        metrics::ACTOR_RESTARTS
+            .with_label_values(&[Self::KIND])
+            .inc();
+        self.state = Loaded::Loading;
+        self.in_flight = 0;
+    }
+}
+
+impl MerchantActor {
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        self.state = Loaded::Loading;
+        let store = self.deps.store.clone();
+        let id = self.id.clone();
+        ctx.wait(
+            async move { store.load_merchant(&id).await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    act.state = match res {
+                        Ok(None) => Loaded::Absent,
+                        Ok(Some((merchant, items))) => {
+                            let max_fence = items.iter().map(|(_, f)| *f).max().unwrap_or(0);
+                            let menu = items.into_iter().map(|(i, _)| (i.sku.clone(), i)).collect();
+                            Loaded::Present(State {
+                                merchant,
+                                menu,
+                                max_fence,
+                            })
+                        }
+                        Err(e) => {
+                            tracing::warn!(merchant = %act.id, error = %e, "merchant load failed");
+                            Loaded::Failed(e.to_string())
+                        }
+                    };
+                }),
+        );
+    }
+
+    fn loaded(&mut self, ctx: &mut Context<Self>) -> Result<&mut State> {
+        match &mut self.state {
+            Loaded::Present(s) => Ok(s),
+            Loaded::Absent => Err(Error::not_found("merchant", self.id.clone())),
+            Loaded::Loading => Err(Error::Unavailable("merchant is loading".into())),
+            Loaded::Failed(e) => {
+                let e = e.clone();
+                ctx.stop(); // the supervisor restarts us and we load again
+                Err(Error::Unavailable(format!(
+                    "merchant could not be loaded: {e}"
+                )))
+            }
+        }
+    }
+
+    fn view(&self) -> Result<MerchantView> {
+        match &self.state {
+            Loaded::Present(s) => Ok(MerchantView {
+                merchant: s.merchant.clone(),
+                menu: s.menu.values().cloned().collect(),
+            }),
+            _ => Err(Error::not_found("merchant", self.id.clone())),
+        }
+    }
+
+    /// A future holding the stock lease's fence, acquiring the lease first if needed.
+    fn with_lease(&mut self, ctx: &mut Context<Self>) -> ResponseActFuture<Self, Result<i64>> {
+        if let Some(lease) = &self.lease {
+            let fence = lease.fence;
+            return Box::pin(actix::fut::ready(Ok(fence)));
+        }
+        let floor = match &self.state {
+            Loaded::Present(s) => s.max_fence + 1,
+            _ => 1,
+        };
+        let req = self.deps.lock.send(AcquireLease {
+            key: format!("stock:{}", self.id),
+            floor,
+            holder: ctx.address().recipient(),
+        });
+        Box::pin(
+            async move { req.await }
+                .into_actor(self)
+                .map(|res, act, _| match res {
+                    Ok(Ok(lease)) => {
+                        let fence = lease.fence;
+                        if let Loaded::Present(s) = &mut act.state {
+                            s.max_fence = s.max_fence.max(fence);
+                        }
+                        act.lease = Some(lease);
+                        Ok(fence)
+                    }
+                    Ok(Err(crate::lock::LockError::Held(_))) => Err(Error::Unavailable(
+                        "stock lease for this merchant is held by another node".into(),
+                    )),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(e.into()),
+                }),
+        )
+    }
+
+    /// Persists a profile change (version-checked) and applies it on success.
+    fn save_profile(
+        &mut self,
+        next: Merchant,
+        event: &str,
+        expected: Option<i64>,
+    ) -> ResponseActFuture<Self, Result<MerchantView>> {
+        let ev = OutboxEvent {
+            aggregate_type: "merchant".into(),
+            aggregate_id: next.id.clone(),
+            event_type: event.into(),
+            payload: serde_json::json!({ "open": next.open, "name": next.name, "version": next.version }),
+            created_at: now_ms(),
+        };
+        let first = match expected {
+            None => Write::InsertMerchant(next.clone()),
+            Some(v) => Write::UpdateMerchant {
+                merchant: next.clone(),
+                expected_version: v,
+            },
+        };
+        let store = self.deps.store.clone();
+        Box::pin(
+            async move { store.commit(vec![first, Write::Event(ev)]).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    match res {
+                        Ok(()) => match &mut act.state {
+                            Loaded::Present(s) => s.merchant = next,
+                            _ => {
+                                act.state = Loaded::Present(State {
+                                    merchant: next,
+                                    menu: BTreeMap::new(),
+                                    max_fence: 0,
+                                })
+                            }
+                        },
+                        Err(e) => {
+                            if matches!(e, crate::store::StoreError::VersionConflict { .. }) {
+                                ctx.stop(); // another writer: reload rather than overwrite
+                            }
+                            return Err(e.into());
+                        }
+                    }
+                    act.view()
+                }),
+        )
+    }
+
+    fn reserve(&mut self, lines: Vec<(String, i64)>, fence: i64) -> Result<Reservation> {
+        let id = self.id.clone();
+        let Loaded::Present(s) = &mut self.state else {
+            return Err(Error::not_found("merchant", id));
+        };
+        if !s.merchant.open {
+            return Err(Error::MerchantClosed(id));
+        }
+        // Merge repeated SKUs, then check everything before touching anything.
+        let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
+        for (sku, qty) in lines {
+            if qty <= 0 {
+                return Err(Error::Invalid(format!("qty for {sku} must be positive")));
+            }
+            let e = wanted.entry(sku).or_insert(0);
+            *e = e.saturating_add(qty);
+        }
+        for (sku, qty) in &wanted {
+            let item = s
+                .menu
+                .get(sku)
+                .ok_or_else(|| Error::UnknownSku(sku.clone()))?;
+            if item.stock < *qty {
+                return Err(Error::OutOfStock { sku: sku.clone() });
+            }
+        }
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut total: i64 = 0;
+        for (sku, qty) in wanted {
+            if let Some(item) = s.menu.get_mut(&sku) {
+                item.stock -= qty;
+                total = total.saturating_add(item.price_cents.saturating_mul(qty));
+                out.push(OrderLine {
+                    sku,
+                    name: item.name.clone(),
+                    qty,
+                    price_cents: item.price_cents,
+                });
+            }
+        }
+        self.in_flight += 1;
+        Ok(Reservation {
+            lines: out,
+            total_cents: total,
+            fence,
+        })
+    }
+}
+
+fn ready<T: 'static>(v: Result<T>) -> AtomicResponse<MerchantActor, Result<T>> {
+    AtomicResponse::new(Box::pin(actix::fut::ready(v)))
+}
+
+fn may_manage(caller: &Caller, id: &str) -> Result<()> {
+    if caller.is(Role::Merchant, id) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(
+            "only this merchant or an admin may change it".into(),
+        ))
+    }
+}
+
+impl Handler<RegisterMerchant> for MerchantActor {
+    type Result = AtomicResponse<Self, Result<MerchantView>>;
+
+    fn handle(&mut self, msg: RegisterMerchant, _ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        if !msg.caller.is_admin() {
+            return ready(Err(Error::Forbidden(
+                "only an admin may create merchants".into(),
+            )));
+        }
+        if !matches!(self.state, Loaded::Absent) {
+            return ready(Err(Error::Conflict(format!(
+                "merchant {} already exists",
+                self.id
+            ))));
+        }
+        let m = Merchant {
+            id: self.id.clone(),
+            name: msg.name,
+            location: msg.location,
+            open: true,
+            version: 1,
+        };
+        AtomicResponse::new(self.save_profile(m, "merchant_created", None))
+    }
+}
+
+impl Handler<SetOpen> for MerchantActor {
+    type Result = AtomicResponse<Self, Result<MerchantView>>;
+
+    fn handle(&mut self, msg: SetOpen, ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        let id = self.id.clone();
+        let next = match self.loaded(ctx) {
+            Ok(s) => {
+                if let Err(e) = may_manage(&msg.caller, &id) {
+                    return ready(Err(e));
+                }
+                let mut m = s.merchant.clone();
+                m.open = msg.open;
+                m.version += 1;
+                m
+            }
+            Err(e) => return ready(Err(e)),
+        };
+        let expected = next.version - 1;
+        let event = if msg.open {
+            "merchant_opened"
+        } else {
+            "merchant_closed"
+        };
+        AtomicResponse::new(self.save_profile(next, event, Some(expected)))
+    }
+}
+
+impl Handler<GetMerchant> for MerchantActor {
+    type Result = Result<MerchantView>;
+
+    fn handle(&mut self, _: GetMerchant, ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        self.loaded(ctx)?;
+        self.view()
+    }
+}
+
+impl Handler<SetMenu> for MerchantActor {
+    type Result = AtomicResponse<Self, Result<MerchantView>>;
+
+    fn handle(&mut self, msg: SetMenu, ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        let id = self.id.clone();
+        if let Err(e) = self.loaded(ctx).and_then(|_| may_manage(&msg.caller, &id)) {
+            return ready(Err(e));
+        }
+        let store = self.deps.store.clone();
+        let items = msg.items;
+        let fut = self.with_lease(ctx).then(move |fence, act, _ctx| {
+            let plan = fence.and_then(|fence| {
+                let Loaded::Present(s) = &act.state else {
+                    return Err(Error::not_found("merchant", act.id.clone()));
+                };
+                let mut writes: Vec<Write> = s
+                    .menu
+                    .keys()
+                    .filter(|sku| !items.iter().any(|i| &i.sku == *sku))
+                    .map(|sku| Write::DeleteSku {
+                        merchant_id: act.id.clone(),
+                        sku: sku.clone(),
+                        fence,
+                    })
+                    .collect();
+                writes.extend(items.iter().map(|item| Write::PutSku {
+                    merchant_id: act.id.clone(),
+                    item: item.clone(),
+                    fence,
+                }));
+                writes.push(Write::Event(OutboxEvent {
+                    aggregate_type: "merchant".into(),
+                    aggregate_id: act.id.clone(),
+                    event_type: "menu_updated".into(),
+                    payload: serde_json::to_value(&items).unwrap_or_default(),
+                    created_at: now_ms(),
+                }));
+                Ok(writes)
+            });
+            async move {
+                let writes = plan?;
+                store.commit(writes).await.map_err(Error::from)
+            }
+            .into_actor(act)
+            .map(move |res, act, _ctx| {
+                res?;
+                if let Loaded::Present(s) = &mut act.state {
+                    s.menu = items.into_iter().map(|i| (i.sku.clone(), i)).collect();
+                }
+                act.view()
+            })
+        });
+        AtomicResponse::new(Box::pin(fut))
+    }
+}
+
+impl Handler<ReserveStock> for MerchantActor {
+    type Result = AtomicResponse<Self, Result<Reservation>>;
+
+    fn handle(&mut self, msg: ReserveStock, ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        if let Err(e) = self.loaded(ctx) {
+            return ready(Err(e));
+        }
+        let fut = self
+            .with_lease(ctx)
+            .map(move |fence, act, _| act.reserve(msg.lines, fence?));
+        AtomicResponse::new(Box::pin(fut))
+    }
+}
+
+impl Handler<UnreserveStock> for MerchantActor {
+    type Result = Result<()>;
+
+    fn handle(&mut self, msg: UnreserveStock, ctx: &mut Context<Self>) -> Self::Result {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if msg.resync {
+            // Memory and store disagree: drop the lease (its fence may be stale) and reload.
+            if self.in_flight == 0 {
+                ctx.stop();
+            }
+            return Ok(());
+        }
+        if let Loaded::Present(s) = &mut self.state {
+            for l in msg.lines {
+                if let Some(item) = s.menu.get_mut(&l.sku) {
+                    item.stock += l.qty;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler<SettleReservation> for MerchantActor {
+    type Result = Result<()>;
+
+    fn handle(&mut self, _: SettleReservation, _ctx: &mut Context<Self>) -> Self::Result {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        Ok(())
+    }
+}
+
+impl Handler<StockFence> for MerchantActor {
+    type Result = AtomicResponse<Self, Result<i64>>;
+
+    fn handle(&mut self, _: StockFence, ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        if let Err(e) = self.loaded(ctx) {
+            return ready(Err(e));
+        }
+        AtomicResponse::new(self.with_lease(ctx))
+    }
+}
+
+impl Handler<RestockItems> for MerchantActor {
+    type Result = Result<()>;
+
+    fn handle(&mut self, msg: RestockItems, _ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        if let Loaded::Present(s) = &mut self.state {
+            for l in msg.lines {
+                if let Some(item) = s.menu.get_mut(&l.sku) {
+                    item.stock += l.qty;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler<LeaseLost> for MerchantActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaseLost, ctx: &mut Context<Self>) {
+        if self.lease.as_ref().map(|l| &l.token) == Some(&msg.lease.token) {
+            tracing::warn!(merchant = %self.id, "stock lease lost; reloading stock before admitting more");
+            self.lease = None;
+            // Another node may have written stock since: reload before admitting more.
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Stop> for MerchantActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        if self.in_flight == 0 {
+            ctx.stop();
+        } else {
+            // Orders are still writing reservations made under our lease: let them land first.
+            ctx.run_later(Duration::from_millis(20), |_, ctx| ctx.notify(Stop));
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! The order actor: one per order, holding its state machine (`order_machine`). It is the only
+//! writer of its order's row: each change is planned from the current state, persisted with its
+//! outbox event (version-checked), and only then applied and acknowledged.
+
+use std::time::Instant;
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, AtomicResponse, Context, Handler,
+    Message, Supervised, WrapFuture,
+};
+use serde::Serialize;
+
+use super::merchant::{ReserveStock, RestockItems, SettleReservation, StockFence, UnreserveStock};
+use super::order_machine::{frees_rider, releases_stock, transition, OrderEvent, OrderStatus};
+use super::rider::{ClaimRider, FreeRider};
+use super::shard::{Idle, Shard};
+use super::{guard, Deps, Entity, Idleness, Loaded, Stop};
+use crate::cluster::{Routed, Router};
+use crate::domain::{now_ms, Caller, Location, Role};
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::model::{Order, OutboxEvent};
+use crate::store::{Store, StoreError, Write};
+
+// ---- messages ----
+
+/// Places the order this actor stands for (the id is new, or derived from an idempotency key).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Placed>")]
+pub struct PlaceOrder {
+    /// The customer.
+    pub caller: Caller,
+    /// Where to order from.
+    pub merchant_id: String,
+    /// (sku, qty) pairs.
+    pub items: Vec<(String, i64)>,
+    /// Where to deliver.
+    pub deliver_to: Location,
+    /// Hash of the request when an idempotency key was given.
+    pub request_hash: Option<String>,
+}
+
+/// The outcome of `PlaceOrder`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Placed {
+    /// The order.
+    pub order: Order,
+    /// True when an earlier request with the same idempotency key created it.
+    pub replayed: bool,
+}
+
+/// Reads the order.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Order>")]
+pub struct GetOrder {
+    /// Who asks.
+    pub caller: Caller,
+}
+
+/// Moves the order by `event`.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Order>")]
+pub struct ChangeOrder {
+    /// Who asks.
+    pub caller: Caller,
+    /// What happens.
+    pub event: OrderEvent,
+    /// The merchant or rider named in the request path, or the rider to assign.
+    pub party: Option<String>,
+}
+
+/// Test hook: makes the actor panic inside its handler, as a bug would.
+#[doc(hidden)]
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Order>")]
+pub struct CrashOrder;
+
+impl Routed for PlaceOrder {
+    type Reply = Placed;
+    type Actor = OrderActor;
+}
+impl Routed for GetOrder {
+    type Reply = Order;
+    type Actor = OrderActor;
+}
+impl Routed for ChangeOrder {
+    type Reply = Order;
+    type Actor = OrderActor;
+}
+impl Routed for CrashOrder {
+    type Reply = Order;
+    type Actor = OrderActor;
+}
+
+// ---- actor ----
+
+/// One order.
+pub struct OrderActor {
+    /// Order id.
+    id: String,
+    /// Node services.
+    deps: Deps,
+    /// The owning shard, told when idle.
+    shard: Addr<Shard>,
+    /// Persisted state once loaded.
+    state: Loaded<Order>,
+    /// Passivation bookkeeping.
+    idle: Idleness,
+}
+
+impl Entity for OrderActor {
+    const KIND: &'static str = "order";
+
+    fn fresh(id: String, deps: Deps, shard: Addr<Shard>) -> Self {
+        OrderActor {
+            id,
+            deps,
+            shard,
+            state: Loaded::Loading,
+            idle: Idleness::new(),
+        }
+    }
+
+    fn registry(shard: &mut Shard) -> &mut std::collections::HashMap<String, Addr<Self>> {
+        &mut shard.orders
+    }
+}
+
+impl Actor for OrderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(usize::MAX >> 4);
+        let store = self.deps.store.clone();
+        let id = self.id.clone();
+        ctx.wait(
+            async move { store.load_order(&id).await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    act.state = match res {
+                        Ok(Some(o)) => Loaded::Present(o),
+                        Ok(None) => Loaded::Absent,
+                        Err(e) => Loaded::Failed(e.to_string()),
+                    };
+                }),
+        );
+        ctx.run_interval(self.deps.settings.idle_check(), |act, _ctx| {
+            let limit = match &act.state {
+                Loaded::Present(o) if !o.status.is_terminal() => act.deps.settings.idle,
+                _ => act.deps.settings.terminal_idle,
+            };
+            if act.idle.due(limit) {
+                act.shard.do_send(Idle {
+                    kind: Self::KIND,
+                    id: act.id.clone(),
+                });
+            }
+        });
+    }
+}
+
+impl Supervised for OrderActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        metrics::ACTOR_RESTARTS
+            .with_label_values(&[Self::KIND])
+            .inc();
+        self.state = Loaded::Loading;
+    }
+}
+
+type Reply<T> = AtomicResponse<OrderActor, Result<T>>;
+
+fn ready<T: 'static>(v: Result<T>) -> Reply<T> {
+    AtomicResponse::new(Box::pin(actix::fut::ready(v)))
+}
+
+/// Whether `caller` may see `o` at all.
+fn may_read(caller: &Caller, o: &Order) -> bool {
+    match caller.role {
+        Role::Admin => true,
+        Role::Customer => caller.id == o.customer_id,
+        Role::Merchant => caller.id == o.merchant_id,
+        Role::Rider => o.rider_id.as_deref() == Some(caller.id.as_str()),
+    }
+}
+
+/// Checks that `caller` may apply `event` to `o`, given the party named in the request.
+fn authorize(caller: &Caller, o: &Order, event: OrderEvent, party: Option<&str>) -> Result<()> {
+    use OrderEvent as E;
+    let deny = |why: &str| Err(Error::Forbidden(why.to_string()));
+    match event {
+        E::Pay | E::Cancel | E::Confirm => {
+            if caller.is(Role::Customer, &o.customer_id) {
+                Ok(())
+            } else {
+                deny("only the customer who placed the order may do that")
+            }
+        }
+        E::Accept | E::Reject => {
+            if party.is_some_and(|m| m != o.merchant_id) {
+                return Err(Error::not_found("order", o.id.clone()));
+            }
+            if caller.is(Role::Merchant, &o.merchant_id) {
+                Ok(())
+            } else {
+                deny("only the order's merchant may do that")
+            }
+        }
+        E::AssignRider => {
+            if !caller.is_admin() {
+                return deny("only dispatch (an admin) assigns riders");
+            }
+            if party.is_none() {
+                return Err(Error::Invalid("rider_id is required".into()));
+            }
+            Ok(())
+        }
+        E::ReleaseRider | E::PickUp | E::Deliver => {
+            let rider = party.unwrap_or(caller.id.as_str());
+            if caller.is(Role::Rider, rider) && o.rider_id.as_deref() == Some(rider) {
+                Ok(())
+            } else {
+                deny("only the rider assigned to the order may do that")
+            }
+        }
+        E::PaymentTimeout | E::AcceptTimeout | E::RefundCompleted => {
+            if caller.is_admin() {
+                Ok(())
+            } else {
+                deny("only the platform may do that")
+            }
+        }
+    }
+}
+
+/// What a planned change needs done around its commit.
+struct Plan {
+    /// The order before.
+    current: Order,
+    /// The event.
+    event: OrderEvent,
+    /// Rider to claim first (assignment).
+    claim: Option<String>,
+    /// Give the stock back (fenced) in the same transaction.
+    restock: bool,
+    /// Rider to free afterwards.
+    free: Option<String>,
+}
+
+impl OrderActor {
+    fn current(&mut self, ctx: &mut Context<Self>) -> Result<Order> {
+        match &self.state {
+            Loaded::Present(o) => Ok(o.clone()),
+            Loaded::Absent => Err(Error::not_found("order", self.id.clone())),
+            Loaded::Loading => Err(Error::Unavailable("order is loading".into())),
+            Loaded::Failed(e) => {
+                let e = e.clone();
+                ctx.stop();
+                Err(Error::Unavailable(format!(
+                    "order could not be loaded: {e}"
+                )))
+            }
+        }
+    }
+
+    fn plan(&mut self, msg: ChangeOrder, ctx: &mut Context<Self>) -> Result<Plan> {
+        let o = self.current(ctx)?;
+        if !may_read(&msg.caller, &o) && !msg.caller.is_admin() && msg.caller.role != Role::Rider {
+            return Err(Error::not_found("order", o.id.clone()));
+        }
+        authorize(&msg.caller, &o, msg.event, msg.party.as_deref())?;
+        transition(o.status, msg.event)?;
+        Ok(Plan {
+            claim: (msg.event == OrderEvent::AssignRider)
+                .then(|| msg.party.clone())
+                .flatten(),
+            restock: releases_stock(o.status, msg.event),
+            free: if frees_rider(o.status, msg.event) {
+                o.rider_id.clone()
+            } else {
+                None
+            },
+            event: msg.event,
+            current: o,
+        })
+    }
+}
+
+/// Persists `event` applied to `o` (the stock release fenced with `fence`, if any).
+async fn commit_step(
+    store: &Store,
+    o: &Order,
+    event: OrderEvent,
+    rider: Option<String>,
+    fence: Option<i64>,
+) -> Result<Order> {
+    let to = transition(o.status, event)?;
+    let mut next = o.clone();
+    next.status = to;
+    next.version = o.version + 1;
+    next.updated_at = now_ms();
+    match event {
+        OrderEvent::AssignRider => next.rider_id = rider,
+        OrderEvent::ReleaseRider => next.rider_id = None,
+        _ => {}
+    }
+    let mut writes = vec![Write::UpdateOrder {
+        order: next.clone(),
+        expected_version: o.version,
+    }];
+    if let Some(fence) = fence {
+        writes.extend(o.items.iter().map(|l| Write::AdjustStock {
+            merchant_id: o.merchant_id.clone(),
+            sku: l.sku.clone(),
+            delta: l.qty,
+            fence,
+        }));
+    }
+    writes.push(Write::Event(OutboxEvent {
+        aggregate_type: "order".into(),
+        aggregate_id: o.id.clone(),
+        event_type: "order_status_changed".into(),
+        payload: serde_json::json!({
+            "order_id": o.id, "merchant_id": o.merchant_id, "customer_id": o.customer_id,
+            "rider_id": next.rider_id, "event": event, "from": o.status, "to": to,
+            "version": next.version,
+        }),
+        created_at: next.updated_at,
+    }));
+    store.commit(writes).await?;
+    metrics::ORDER_TRANSITIONS
+        .with_label_values(&[o.status.as_str(), to.as_str()])
+        .inc();
+    Ok(next)
+}
+
+/// Runs a planned change: claim, fence, commit, and for a refund the provider's confirmation.
+/// Returns the last committed order (if any) and the outcome.
+async fn run_plan(router: Router, store: Store, plan: &Plan) -> (Option<Order>, Result<()>) {
+    let o = &plan.current;
+    if let Some(rider) = &plan.claim {
+        if let Err(e) = router
+            .send(
+                rider,
+                ClaimRider {
+                    order_id: o.id.clone(),
+                },
+            )
+            .await
+        {
+            return (None, Err(e));
+        }
+    }
+    let fence = if plan.restock {
+        match router.send(&o.merchant_id, StockFence).await {
+            Ok(f) => Some(f),
+            Err(e) => return (None, Err(e)),
+        }
+    } else {
+        None
+    };
+    let first = match commit_step(&store, o, plan.event, plan.claim.clone(), fence).await {
+        Ok(n) => n,
+        Err(e) => return (None, Err(e)),
+    };
+    if first.status != OrderStatus::Refunding {
+        return (Some(first), Ok(()));
+    }
+    // The simulated payment provider confirms refunds at once; a real one answers later.
+    match commit_step(&store, &first, OrderEvent::RefundCompleted, None, None).await {
+        Ok(done) => (Some(done), Ok(())),
+        Err(e) => (Some(first), Err(e)),
+    }
+}
+
+impl Handler<ChangeOrder> for OrderActor {
+    type Result = Reply<Order>;
+
+    fn handle(&mut self, msg: ChangeOrder, ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        let plan = match guard(|| self.plan(msg, ctx)) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return ready(Err(e)),
+            Err(why) => {
+                tracing::error!(order = %self.id, %why, "order actor panicked; restarting from the store");
+                ctx.stop();
+                return ready(Err(Error::Unavailable(format!(
+                    "order actor crashed ({why}); restarted"
+                ))));
+            }
+        };
+        let router = self.deps.router.clone();
+        let store = self.deps.store.clone();
+        let fut = async move {
+            let (committed, outcome) = run_plan(router, store, &plan).await;
+            (plan, committed, outcome)
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |(plan, committed, outcome), act, ctx| {
+                let o = &plan.current;
+                if let Some(done) = &committed {
+                    act.state = Loaded::Present(done.clone());
+                    if plan.restock {
+                        act.deps.router.notify(
+                            &o.merchant_id,
+                            RestockItems {
+                                lines: o.items.clone(),
+                            },
+                        );
+                    }
+                    if let Some(rider) = &plan.free {
+                        act.deps.router.notify(
+                            rider,
+                            FreeRider {
+                                order_id: o.id.clone(),
+                            },
+                        );
+                    }
+                } else if let Some(rider) = &plan.claim {
+                    act.deps.router.notify(
+                        rider,
+                        FreeRider {
+                            order_id: o.id.clone(),
+                        },
+                    );
+                }
+                if let Err(Error::Unavailable(_)) = &outcome {
+                    if committed.is_none() {
+                        // Possibly a lost version check: reload from the store before the next message.
+                        ctx.stop();
+                    }
+                }
+                outcome?;
+                committed.ok_or_else(|| Error::Unavailable("order change was not committed".into()))
+            },
+        )))
+    }
+}
+
+impl Handler<PlaceOrder> for OrderActor {
+    type Result = Reply<Placed>;
+
+    fn handle(&mut self, msg: PlaceOrder, _ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        match &self.state {
+            Loaded::Present(o) => {
+                let same = o.customer_id == msg.caller.id
+                    && o.request_hash.is_some()
+                    && o.request_hash == msg.request_hash;
+                return ready(if same {
+                    Ok(Placed {
+                        order: o.clone(),
+                        replayed: true,
+                    })
+                } else {
+                    Err(Error::IdempotencyMismatch)
+                });
+            }
+            Loaded::Absent => {}
+            Loaded::Loading | Loaded::Failed(_) => {
+                return ready(Err(Error::Unavailable("order could not be loaded".into())))
+            }
+        }
+        if msg.caller.role != Role::Customer {
+            return ready(Err(Error::Forbidden("only customers place orders".into())));
+        }
+        let router = self.deps.router.clone();
+        let store = self.deps.store.clone();
+        let id = self.id.clone();
+        let fut = async move {
+            let r = router
+                .send(
+                    &msg.merchant_id,
+                    ReserveStock {
+                        lines: msg.items.clone(),
+                    },
+                )
+                .await?;
+            let now = now_ms();
+            let order = Order {
+                id,
+                customer_id: msg.caller.id.clone(),
+                merchant_id: msg.merchant_id.clone(),
+                rider_id: None,
+                status: OrderStatus::PendingPayment,
+                items: r.lines.clone(),
+                total_cents: r.total_cents,
+                deliver_to: msg.deliver_to,
+                version: 1,
+                created_at: now,
+                updated_at: now,
+                request_hash: msg.request_hash.clone(),
+            };
+            let mut writes = vec![Write::InsertOrder(order.clone())];
+            writes.extend(r.lines.iter().map(|l| Write::AdjustStock {
+                merchant_id: order.merchant_id.clone(),
+                sku: l.sku.clone(),
+                delta: -l.qty,
+                fence: r.fence,
+            }));
+            writes.push(Write::Event(OutboxEvent {
+                aggregate_type: "order".into(),
+                aggregate_id: order.id.clone(),
+                event_type: "order_created".into(),
+                payload: serde_json::to_value(&order).unwrap_or_default(),
+                created_at: now,
+            }));
+            match store.commit(writes).await {
+                Ok(()) => {
+                    router.notify(&order.merchant_id, SettleReservation);
+                    metrics::ORDER_TRANSITIONS
+                        .with_label_values(&["none", "pending_payment"])
+                        .inc();
+                    Ok(order)
+                }
+                Err(e) => {
+                    let resync = matches!(
+                        e,
+                        StoreError::InsufficientStock { .. } | StoreError::StaleFence { .. }
+                    );
+                    router.notify(
+                        &order.merchant_id,
+                        UnreserveStock {
+                            lines: r.lines,
+                            resync,
+                        },
+                    );
+                    Err(Error::from(e))
+                }
+            }
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |res: Result<Order>, act, ctx| {
+                match res {
+                    Ok(order) => {
+                        act.state = Loaded::Present(order.clone());
+                        Ok(Placed {
+                            order,
+                            replayed: false,
+                        })
+                    }
+                    Err(e) => {
+                        if matches!(e, Error::Conflict(_)) {
+                            ctx.stop(); // the row exists after all: reload it
+                        }
+                        Err(e)
+                    }
+                }
+            },
+        )))
+    }
+}
+
+impl Handler<GetOrder> for OrderActor {
+    type Result = Result<Order>;
+
+    fn handle(&mut self, msg: GetOrder, ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        let o = self.current(ctx)?;
+        if may_read(&msg.caller, &o) {
+            Ok(o)
+        } else {
+            Err(Error::not_found("order", o.id))
+        }
+    }
+}
+
+impl Handler<CrashOrder> for OrderActor {
+    type Result = Result<Order>;
+
+    fn handle(&mut self, _: CrashOrder, ctx: &mut Context<Self>) -> Self::Result {
+        let started = Instant::now();
+        let outcome = guard(|| -> Order { panic!("injected crash after {:?}", started.elapsed()) });
+        match outcome {
+            Ok(o) => Ok(o),
+            Err(why) => {
+                tracing::error!(order = %self.id, %why, "order actor panicked; restarting from the store");
+                ctx.stop();
+                Err(Error::Unavailable(format!(
+                    "order actor crashed ({why}); restarted from the store"
+                )))
+            }
+        }
+    }
+}
+
+impl Handler<Stop> for OrderActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

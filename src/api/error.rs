@@ -1,0 +1,146 @@
+//! `ApiError`: every failure the front door returns, mapped to a status and the JSON body
+//! `{"error": {"code", "message"}}` in one place.
+
+use std::convert::Infallible;
+
+use serde_json::json;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use crate::error::Error;
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A domain failure from an actor.
+    #[error(transparent)]
+    Domain(#[from] Error),
+    /// Missing or invalid bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The body is not JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The body is JSON of the wrong shape or with invalid values.
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    /// A header is missing or malformed.
+    #[error("{0}")]
+    BadHeader(String),
+}
+
+impl ApiError {
+    /// Status, machine code and extra fields.
+    fn parts(&self) -> (StatusCode, &'static str, Option<serde_json::Value>) {
+        match self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", None),
+            ApiError::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", None),
+            ApiError::BadHeader(_) => (StatusCode::BAD_REQUEST, "bad_header", None),
+            ApiError::Domain(e) => match e {
+                Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", None),
+                Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
+                Error::IllegalTransition { status, event } => (
+                    StatusCode::CONFLICT,
+                    "illegal_transition",
+                    Some(json!({ "status": status, "event": event })),
+                ),
+                Error::OutOfStock { sku } => (
+                    StatusCode::CONFLICT,
+                    "out_of_stock",
+                    Some(json!({ "sku": sku })),
+                ),
+                Error::MerchantClosed(_) => (StatusCode::CONFLICT, "merchant_closed", None),
+                Error::UnknownSku(sku) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_sku",
+                    Some(json!({ "sku": sku })),
+                ),
+                Error::IdempotencyMismatch => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    None,
+                ),
+                Error::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
+                Error::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", None),
+                Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            },
+        }
+    }
+
+    /// The HTTP response.
+    pub fn into_response(self) -> Response {
+        let (status, code, extra) = self.parts();
+        if status.is_server_error() {
+            tracing::warn!(code, error = %self, "request failed");
+        }
+        error_response(status, code, &self.to_string(), extra)
+    }
+}
+
+/// Builds the standard error body.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    extra: Option<serde_json::Value>,
+) -> Response {
+    let mut err = json!({ "code": code, "message": message });
+    if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (extra, err.as_object_mut()) {
+        obj.extend(extra);
+    }
+    let mut resp = warp::reply::with_status(warp::reply::json(&json!({ "error": err })), status)
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert("retry-after", warp::http::HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// A request body over the configured limit (or one that broke off mid-way).
+#[derive(Debug)]
+pub struct TooLarge;
+
+impl warp::reject::Reject for TooLarge {}
+
+/// Turns warp's own rejections (no route, wrong method, body too large, ...) into JSON errors.
+pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
+    let (status, code, message) = if r.is_not_found() {
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route".to_string(),
+        )
+    } else if r.find::<TooLarge>().is_some() || r.find::<warp::reject::PayloadTooLarge>().is_some()
+    {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large".to_string(),
+        )
+    } else if r.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a content-length header is required".to_string(),
+        )
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route".to_string(),
+        )
+    } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, "bad_header", e.to_string())
+    } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
+        (StatusCode::BAD_REQUEST, "bad_header", e.to_string())
+    } else {
+        (StatusCode::BAD_REQUEST, "bad_request", format!("{r:?}"))
+    };
+    crate::metrics::HTTP_SECONDS
+        .with_label_values(&["unmatched", status.as_str()])
+        .observe(0.0);
+    Ok(error_response(status, code, &message, None))
+}

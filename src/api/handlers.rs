@@ -1,0 +1,477 @@
+//! Request handlers: parse and validate input, authenticate, send one message through the router,
+//! shape the reply. No handler touches an entity's state itself.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::{ApiError, ApiState};
+use crate::actors::lock::PingLocks;
+use crate::actors::merchant::{GetMerchant, RegisterMerchant, SetMenu, SetOpen};
+use crate::actors::order::{ChangeOrder, GetOrder, PlaceOrder};
+use crate::actors::order_machine::OrderEvent;
+use crate::actors::rider::{GetRider, GoOffline, GoOnline, RegisterRider, UpdateLocation};
+use crate::domain::{new_id, Caller, Location};
+use crate::error::Error;
+use crate::model::MenuItem;
+
+type Outcome = Result<Response, ApiError>;
+
+/// Most items in one order or menu.
+const MAX_ITEMS: usize = 200;
+/// Most units of one SKU in one order.
+const MAX_QTY: i64 = 10_000;
+/// Longest id, SKU or idempotency key accepted.
+const MAX_ID: usize = 64;
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(v), status).into_response()
+}
+
+/// Parses a JSON body: bad syntax is 400, the wrong shape 422.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::InvalidBody(e.to_string()),
+        _ => ApiError::MalformedJson(e.to_string()),
+    })
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidBody(msg.into())
+}
+
+/// Ids in paths are at most 64 characters; anything longer cannot exist.
+fn path_id(kind: &'static str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_ID {
+        return Err(Error::not_found(kind, id.chars().take(MAX_ID).collect::<String>()).into());
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(invalid("name must be 1..=200 characters"));
+    }
+    Ok(())
+}
+
+fn check_location(l: &Location) -> Result<(), ApiError> {
+    l.validate().map_err(|e| invalid(e.to_string()))
+}
+
+fn caller(st: &ApiState, auth: &Option<String>) -> Result<Caller, ApiError> {
+    st.auth.caller(auth.as_deref())
+}
+
+pub(super) fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+pub(super) async fn readyz(st: Arc<ApiState>) -> Outcome {
+    let store = st.store.ping().await.map_err(|e| e.to_string());
+    let lock = match st.lock.send(PingLocks).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let body = serde_json::json!({
+        "store": store.as_ref().err().map(String::as_str).unwrap_or("ok"),
+        "lock": lock.as_ref().err().map(String::as_str).unwrap_or("ok"),
+    });
+    if store.is_ok() && lock.is_ok() {
+        Ok(json(StatusCode::OK, &body))
+    } else {
+        let reason = format!("not ready: store={}, lock={}", body["store"], body["lock"]);
+        Err(Error::Unavailable(reason).into())
+    }
+}
+
+// ---- merchants ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMerchant {
+    name: String,
+    location: Location,
+}
+
+pub(super) async fn create_merchant(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    body: Bytes,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    let req: NewMerchant = parse(&body)?;
+    check_name(&req.name)?;
+    check_location(&req.location)?;
+    let id = new_id();
+    let view = st
+        .router
+        .send(
+            &id,
+            RegisterMerchant {
+                caller,
+                name: req.name,
+                location: req.location,
+            },
+        )
+        .await?;
+    Ok(json(StatusCode::CREATED, &view))
+}
+
+pub(super) async fn get_merchant(st: Arc<ApiState>, auth: Option<String>, id: String) -> Outcome {
+    caller(&st, &auth)?;
+    path_id("merchant", &id)?;
+    let view = st.router.send(&id, GetMerchant).await?;
+    Ok(json(StatusCode::OK, &view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Menu {
+    items: Vec<MenuItem>,
+}
+
+pub(super) async fn set_menu(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    id: String,
+    body: Bytes,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    path_id("merchant", &id)?;
+    let menu: Menu = parse(&body)?;
+    if menu.items.len() > MAX_ITEMS {
+        return Err(invalid(format!("a menu has at most {MAX_ITEMS} items")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for item in &menu.items {
+        if item.sku.is_empty() || item.sku.len() > MAX_ID {
+            return Err(invalid(format!("sku must be 1..={MAX_ID} characters")));
+        }
+        if !seen.insert(item.sku.as_str()) {
+            return Err(invalid(format!("sku {} appears twice", item.sku)));
+        }
+        check_name(&item.name)?;
+        if item.price_cents < 0 || item.price_cents > 100_000_000 {
+            return Err(invalid(format!(
+                "price_cents of {} must be within 0..=100000000",
+                item.sku
+            )));
+        }
+        if item.stock < 0 || item.stock > 1_000_000_000 {
+            return Err(invalid(format!(
+                "stock of {} must be within 0..=1000000000",
+                item.sku
+            )));
+        }
+    }
+    let view = st
+        .router
+        .send(
+            &id,
+            SetMenu {
+                caller,
+                items: menu.items,
+            },
+        )
+        .await?;
+    Ok(json(StatusCode::OK, &view))
+}
+
+pub(super) async fn open_close(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    id: String,
+    action: String,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    path_id("merchant", &id)?;
+    let open = match action.as_str() {
+        "open" => true,
+        "close" => false,
+        _ => return Err(Error::not_found("route", action).into()),
+    };
+    let view = st.router.send(&id, SetOpen { caller, open }).await?;
+    Ok(json(StatusCode::OK, &view))
+}
+
+pub(super) async fn merchant_decide(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    mid: String,
+    oid: String,
+    action: String,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    path_id("merchant", &mid)?;
+    path_id("order", &oid)?;
+    let event = match action.as_str() {
+        "accept" => OrderEvent::Accept,
+        "reject" => OrderEvent::Reject,
+        _ => return Err(Error::not_found("route", action).into()),
+    };
+    let order = st
+        .router
+        .send(
+            &oid,
+            ChangeOrder {
+                caller,
+                event,
+                party: Some(mid),
+            },
+        )
+        .await?;
+    Ok(json(StatusCode::OK, &order))
+}
+
+// ---- riders ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRider {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Online {
+    location: Location,
+}
+
+pub(super) async fn create_rider(st: Arc<ApiState>, auth: Option<String>, body: Bytes) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    let req: NewRider = parse(&body)?;
+    check_name(&req.name)?;
+    let id = new_id();
+    let rider = st
+        .router
+        .send(
+            &id,
+            RegisterRider {
+                caller,
+                name: req.name,
+            },
+        )
+        .await?;
+    Ok(json(StatusCode::CREATED, &rider))
+}
+
+pub(super) async fn get_rider(st: Arc<ApiState>, auth: Option<String>, id: String) -> Outcome {
+    caller(&st, &auth)?;
+    path_id("rider", &id)?;
+    let rider = st.router.send(&id, GetRider).await?;
+    Ok(json(StatusCode::OK, &rider))
+}
+
+pub(super) async fn rider_status(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    id: String,
+    action: String,
+    body: Bytes,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    path_id("rider", &id)?;
+    let rider = match action.as_str() {
+        "online" => {
+            let req: Online = parse(&body)?;
+            check_location(&req.location)?;
+            st.router
+                .send(
+                    &id,
+                    GoOnline {
+                        caller,
+                        location: req.location,
+                    },
+                )
+                .await?
+        }
+        "offline" => st.router.send(&id, GoOffline { caller }).await?,
+        _ => return Err(Error::not_found("route", action).into()),
+    };
+    Ok(json(StatusCode::OK, &rider))
+}
+
+pub(super) async fn rider_location(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    id: String,
+    body: Bytes,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    path_id("rider", &id)?;
+    let location: Location = parse(&body)?;
+    check_location(&location)?;
+    let rider = st
+        .router
+        .send(&id, UpdateLocation { caller, location })
+        .await?;
+    Ok(json(StatusCode::OK, &rider))
+}
+
+pub(super) async fn rider_order(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    rid: String,
+    oid: String,
+    action: String,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    path_id("rider", &rid)?;
+    path_id("order", &oid)?;
+    let event = match action.as_str() {
+        "pickup" => OrderEvent::PickUp,
+        "deliver" => OrderEvent::Deliver,
+        "release" => OrderEvent::ReleaseRider,
+        _ => return Err(Error::not_found("route", action).into()),
+    };
+    let order = st
+        .router
+        .send(
+            &oid,
+            ChangeOrder {
+                caller,
+                event,
+                party: Some(rid),
+            },
+        )
+        .await?;
+    Ok(json(StatusCode::OK, &order))
+}
+
+// ---- orders ----
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrder {
+    merchant_id: String,
+    items: Vec<NewOrderItem>,
+    deliver_to: Location,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrderItem {
+    sku: String,
+    qty: i64,
+}
+
+pub(super) async fn create_order(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    key: Option<String>,
+    body: Bytes,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    let req: NewOrder = parse(&body)?;
+    if req.merchant_id.is_empty() || req.merchant_id.len() > MAX_ID {
+        return Err(Error::not_found(
+            "merchant",
+            req.merchant_id.chars().take(MAX_ID).collect::<String>(),
+        )
+        .into());
+    }
+    if req.items.is_empty() || req.items.len() > MAX_ITEMS {
+        return Err(invalid(format!("an order has 1..={MAX_ITEMS} items")));
+    }
+    for it in &req.items {
+        if it.sku.is_empty() || it.sku.len() > MAX_ID {
+            return Err(invalid(format!("sku must be 1..={MAX_ID} characters")));
+        }
+        if it.qty < 1 || it.qty > MAX_QTY {
+            return Err(invalid(format!(
+                "qty of {} must be within 1..={MAX_QTY}",
+                it.sku
+            )));
+        }
+    }
+    check_location(&req.deliver_to)?;
+    let (id, hash) = match &key {
+        Some(k) => {
+            if k.is_empty() || k.len() > 255 {
+                return Err(ApiError::BadHeader(
+                    "Idempotency-Key must be 1..=255 characters".into(),
+                ));
+            }
+            let ns = format!("{}\n{}", caller.id, k);
+            let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, ns.as_bytes()).to_string();
+            let canonical = serde_json::to_vec(&req).map_err(|e| invalid(e.to_string()))?;
+            (id, Some(hex::encode(Sha256::digest(canonical))))
+        }
+        None => (new_id(), None),
+    };
+    let placed = st
+        .router
+        .send(
+            &id,
+            PlaceOrder {
+                caller,
+                merchant_id: req.merchant_id,
+                items: req.items.into_iter().map(|i| (i.sku, i.qty)).collect(),
+                deliver_to: req.deliver_to,
+                request_hash: hash,
+            },
+        )
+        .await?;
+    let mut resp = json(StatusCode::CREATED, &placed.order);
+    if placed.replayed {
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            warp::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(resp)
+}
+
+pub(super) async fn get_order(st: Arc<ApiState>, auth: Option<String>, id: String) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    path_id("order", &id)?;
+    let order = st.router.send(&id, GetOrder { caller }).await?;
+    Ok(json(StatusCode::OK, &order))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Assign {
+    rider_id: String,
+}
+
+pub(super) async fn order_action(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    id: String,
+    action: String,
+    body: Bytes,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    path_id("order", &id)?;
+    let (event, party) = match action.as_str() {
+        "pay" => (OrderEvent::Pay, None),
+        "cancel" => (OrderEvent::Cancel, None),
+        "confirm" => (OrderEvent::Confirm, None),
+        "assign" => {
+            let req: Assign = parse(&body)?;
+            path_id("rider", &req.rider_id)?;
+            (OrderEvent::AssignRider, Some(req.rider_id))
+        }
+        _ => return Err(Error::not_found("route", action).into()),
+    };
+    let order = st
+        .router
+        .send(
+            &id,
+            ChangeOrder {
+                caller,
+                event,
+                party,
+            },
+        )
+        .await?;
+    Ok(json(StatusCode::OK, &order))
+}

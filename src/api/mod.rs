@@ -1,0 +1,263 @@
+//! The front door: warp routes for REST, health and metrics. Handlers live in `handlers.rs`;
+//! errors map to HTTP in `error.rs`; bearer tokens are checked in `auth.rs`.
+
+pub mod auth;
+pub mod error;
+mod handlers;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+use bytes::Bytes;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::actors::lock::LockActor;
+use crate::cluster::Router;
+use crate::store::Store;
+
+pub use auth::Auth;
+pub use error::ApiError;
+
+/// What handlers need.
+pub struct ApiState {
+    /// Reaches the actors.
+    pub router: Router,
+    /// For readiness.
+    pub store: Store,
+    /// For readiness.
+    pub lock: Addr<LockActor>,
+    /// Token checks.
+    pub auth: Auth,
+}
+
+/// Runs a handler, turning its error into a response and recording latency by route and status.
+async fn timed<F>(route: &'static str, f: F) -> Response
+where
+    F: Future<Output = Result<Response, ApiError>>,
+{
+    let started = Instant::now();
+    let resp = match f.await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    crate::metrics::HTTP_SECONDS
+        .with_label_values(&[route, resp.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The request body, at most `limit` bytes whether or not a content-length is sent; an absent
+/// body is empty.
+fn limited_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |len: Option<u64>, stream| collect_body(len, stream, limit))
+}
+
+async fn collect_body<S, B>(
+    len: Option<u64>,
+    stream: S,
+    limit: u64,
+) -> Result<Bytes, warp::Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: warp::Buf,
+{
+    use futures::StreamExt;
+    if len.is_some_and(|n| n > limit) {
+        return Err(warp::reject::custom(error::TooLarge));
+    }
+    let mut stream = Box::pin(stream);
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|_| warp::reject::custom(error::TooLarge))?;
+        if buf.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(warp::reject::custom(error::TooLarge));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            buf.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// All routes, with JSON errors for unmatched requests.
+pub fn routes(
+    state: Arc<ApiState>,
+    body_limit: u64,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let st = warp::any().map(move || state.clone());
+    let bearer = warp::header::optional::<String>("authorization");
+    let body = limited_body(body_limit);
+    let idem = warp::header::optional::<String>("idempotency-key");
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .then(|| timed("GET /healthz", async { Ok(handlers::healthz()) }));
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(st.clone())
+        .then(|s| timed("GET /readyz", handlers::readyz(s)));
+    let metrics = warp::path!("metrics").and(warp::get()).then(|| async {
+        warp::reply::with_header(
+            crate::metrics::render(),
+            "content-type",
+            "text/plain; version=0.0.4",
+        )
+        .into_response()
+    });
+
+    let create_merchant = warp::path!("v1" / "merchants")
+        .and(warp::post())
+        .and(st.clone())
+        .and(bearer.clone())
+        .and(body.clone())
+        .then(|s, a: Option<String>, b: Bytes| {
+            timed("POST /v1/merchants", handlers::create_merchant(s, a, b))
+        });
+    let get_merchant = warp::path!("v1" / "merchants" / String)
+        .and(warp::get())
+        .and(st.clone())
+        .and(bearer.clone())
+        .then(|id, s, a| timed("GET /v1/merchants/{id}", handlers::get_merchant(s, a, id)));
+    let set_menu = warp::path!("v1" / "merchants" / String / "menu")
+        .and(warp::put())
+        .and(st.clone())
+        .and(bearer.clone())
+        .and(body.clone())
+        .then(|id, s, a, b| {
+            timed(
+                "PUT /v1/merchants/{id}/menu",
+                handlers::set_menu(s, a, id, b),
+            )
+        });
+    let open_close = warp::path!("v1" / "merchants" / String / String)
+        .and(warp::post())
+        .and(st.clone())
+        .and(bearer.clone())
+        .then(|id, action, s, a| {
+            timed(
+                "POST /v1/merchants/{id}/{action}",
+                handlers::open_close(s, a, id, action),
+            )
+        });
+    let merchant_decide = warp::path!("v1" / "merchants" / String / "orders" / String / String)
+        .and(warp::post())
+        .and(st.clone())
+        .and(bearer.clone())
+        .then(|mid, oid, action, s, a| {
+            timed(
+                "POST /v1/merchants/{mid}/orders/{oid}/{action}",
+                handlers::merchant_decide(s, a, mid, oid, action),
+            )
+        });
+
+    let create_rider = warp::path!("v1" / "riders")
+        .and(warp::post())
+        .and(st.clone())
+        .and(bearer.clone())
+        .and(body.clone())
+        .then(|s, a, b| timed("POST /v1/riders", handlers::create_rider(s, a, b)));
+    let get_rider = warp::path!("v1" / "riders" / String)
+        .and(warp::get())
+        .and(st.clone())
+        .and(bearer.clone())
+        .then(|id, s, a| timed("GET /v1/riders/{id}", handlers::get_rider(s, a, id)));
+    let rider_status = warp::path!("v1" / "riders" / String / String)
+        .and(warp::post())
+        .and(st.clone())
+        .and(bearer.clone())
+        .and(body.clone())
+        .then(|id, action, s, a, b| {
+            timed(
+                "POST /v1/riders/{id}/{action}",
+                handlers::rider_status(s, a, id, action, b),
+            )
+        });
+    let rider_location = warp::path!("v1" / "riders" / String / "location")
+        .and(warp::put())
+        .and(st.clone())
+        .and(bearer.clone())
+        .and(body.clone())
+        .then(|id, s, a, b| {
+            timed(
+                "PUT /v1/riders/{id}/location",
+                handlers::rider_location(s, a, id, b),
+            )
+        });
+    let rider_order = warp::path!("v1" / "riders" / String / "orders" / String / String)
+        .and(warp::post())
+        .and(st.clone())
+        .and(bearer.clone())
+        .then(|rid, oid, action, s, a| {
+            timed(
+                "POST /v1/riders/{rid}/orders/{oid}/{action}",
+                handlers::rider_order(s, a, rid, oid, action),
+            )
+        });
+
+    let create_order = warp::path!("v1" / "orders")
+        .and(warp::post())
+        .and(st.clone())
+        .and(bearer.clone())
+        .and(idem.clone())
+        .and(body.clone())
+        .then(|s, a, k, b| timed("POST /v1/orders", handlers::create_order(s, a, k, b)));
+    let get_order = warp::path!("v1" / "orders" / String)
+        .and(warp::get())
+        .and(st.clone())
+        .and(bearer.clone())
+        .then(|id, s, a| timed("GET /v1/orders/{id}", handlers::get_order(s, a, id)));
+    let order_action = warp::path!("v1" / "orders" / String / String)
+        .and(warp::post())
+        .and(st)
+        .and(bearer.clone())
+        .and(body.clone())
+        .then(|id, action, s, a, b| {
+            timed(
+                "POST /v1/orders/{id}/{action}",
+                handlers::order_action(s, a, id, action, b),
+            )
+        });
+
+    healthz
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(create_merchant)
+        .unify()
+        .or(get_merchant)
+        .unify()
+        .or(set_menu)
+        .unify()
+        .or(merchant_decide)
+        .unify()
+        .or(open_close)
+        .unify()
+        .or(create_rider)
+        .unify()
+        .or(get_rider)
+        .unify()
+        .or(rider_location)
+        .unify()
+        .or(rider_order)
+        .unify()
+        .or(rider_status)
+        .unify()
+        .or(create_order)
+        .unify()
+        .or(get_order)
+        .unify()
+        .or(order_action)
+        .unify()
+        .recover(error::recover)
+        .unify()
+}

@@ -1,0 +1,141 @@
+//! Typed configuration: `config.yaml` (or `--config FILE`) overlaid with `WAIMAI__SECTION__KEY`
+//! environment variables.
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP front door.
+    pub server: ServerConfig,
+    /// Database.
+    pub store: StoreConfig,
+    /// Stock lock service.
+    pub lock: LockConfig,
+    /// Actor sharding and lifecycle.
+    pub shards: ShardConfig,
+    /// Bearer tokens.
+    pub auth: AuthConfig,
+}
+
+/// HTTP front door settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address `serve` listens on unless `--listen` says otherwise.
+    pub listen: String,
+    /// Largest accepted request body, bytes.
+    pub body_limit_bytes: u64,
+    /// How long shutdown waits for in-flight work, ms.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://data/waimai.db`, `postgres://...` or `mysql://...`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection, ms.
+    pub acquire_timeout_ms: u64,
+    /// Most changes committed in one transaction (group commit).
+    pub batch_max: usize,
+    /// Parallel writer transactions (always 1 on SQLite).
+    pub writers: usize,
+    /// Changes that may wait for the writer before callers are slowed down.
+    pub queue_depth: usize,
+}
+
+/// Which lock backend grants stock leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockBackendKind {
+    /// In-process; for a single node.
+    Local,
+    /// Redis `SET NX PX` leases with fencing counters; for clusters.
+    Redis,
+}
+
+/// Lock service settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockConfig {
+    /// `local` or `redis`.
+    pub backend: LockBackendKind,
+    /// Redis URL when `backend: redis`.
+    pub redis_url: String,
+    /// Lease length, ms; leases are renewed at a third of it.
+    pub lease_ms: u64,
+    /// Key prefix, so several deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+/// Sharding and actor lifecycle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// Number of shards (a shard may later be a Kafka partition).
+    pub count: u32,
+    /// Arbiters (threads) the shards spread over; 0 means one per core.
+    pub arbiters: usize,
+    /// An actor idle this long is passivated, ms.
+    pub idle_ms: u64,
+    /// An actor of a terminal order idle this long is passivated, ms.
+    pub terminal_idle_ms: u64,
+}
+
+/// Bearer-token settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret. The shipped default is a dev secret and `serve` warns about it.
+    pub jwt_secret: String,
+    /// Lifetime of tokens minted by `waimai token`, seconds.
+    pub token_ttl_secs: u64,
+}
+
+/// The secret shipped in `config.yaml`; `serve` warns when it is still in use.
+pub const DEV_SECRET: &str = "dev-secret-change-me";
+
+/// The embedded defaults (the repository's `config.yaml`).
+pub const DEFAULT_YAML: &str = include_str!("../config.yaml");
+
+/// Configuration failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an override could not be read or parsed.
+    #[error("config: {0}")]
+    Load(#[from] config::ConfigError),
+}
+
+impl Config {
+    /// Embedded defaults, then `file` if given, then `WAIMAI__*` environment variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let mut b = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_YAML,
+            config::FileFormat::Yaml,
+        ));
+        if let Some(f) = file {
+            b = b.add_source(config::File::from(f).format(config::FileFormat::Yaml));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("WAIMAI")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        Ok(b.build()?.try_deserialize()?)
+    }
+
+    /// Embedded defaults only (tests start from this and adjust).
+    pub fn defaults() -> Result<Config, ConfigError> {
+        let b = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_YAML,
+            config::FileFormat::Yaml,
+        ));
+        Ok(b.build()?.try_deserialize()?)
+    }
+}

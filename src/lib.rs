@@ -1,0 +1,29 @@
+//! waimai (外卖): an actor-based dispatch runtime for food delivery.
+//!
+//! # Layout
+//! - [`actors`]: one actix actor per order, merchant and rider, the shard supervisors that own
+//!   them, and the lock actor that grants stock leases. The order state machine is
+//!   [`actors::order_machine`], a pure function.
+//! - [`cluster`]: the murmur2 partitioner and the [`cluster::Router`] every message goes through.
+//! - [`store`]: sqlx over SQLite, PostgreSQL and MySQL; versioned writes, fenced stock writes, a
+//!   transactional outbox, group commit.
+//! - [`lock`]: lease backends (Redis and in-process) behind the lock actor.
+//! - [`api`]: the warp front door (REST, health, metrics) and its error mapping.
+//! - [`server`]: starting and stopping a node; [`config`]: typed configuration.
+#![forbid(unsafe_code)]
+
+pub mod actors;
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod lock;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::{serve, Node, StartError};

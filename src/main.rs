@@ -1,0 +1,136 @@
+//! The `waimai` binary: parses the command line and calls the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use waimai::api::Auth;
+use waimai::domain::Role;
+use waimai::store::Store;
+use waimai::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "waimai",
+    version,
+    about = "Actor-based dispatch runtime for food delivery"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: REST front door, actors, store.
+    Serve {
+        /// YAML file layered over the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address (overrides server.listen).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Apply the store schema and exit.
+    Migrate {
+        /// YAML file layered over the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a signed bearer token.
+    Token {
+        /// customer, merchant, rider or admin.
+        #[arg(long)]
+        role: Role,
+        /// Subject: the merchant's or rider's id, any customer id, or an operator name.
+        #[arg(long)]
+        sub: String,
+        /// Lifetime in seconds (default: auth.token_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// YAML file layered over the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, listen } => {
+            let cfg = Config::load(config.as_deref()).context("loading config")?;
+            let addr = listen.unwrap_or_else(|| cfg.server.listen.clone());
+            let system = actix_rt::System::with_tokio_rt(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime")
+            });
+            system.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?;
+                waimai::serve(cfg, listener, shutdown_signal())
+                    .await
+                    .context("serving")
+            })
+        }
+        Command::Migrate { config } => {
+            let cfg = Config::load(config.as_deref()).context("loading config")?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let store = Store::connect(&cfg.store)
+                    .await
+                    .context("connecting to the store")?;
+                store.migrate().await.context("migrating")?;
+                store.close().await;
+                tracing::info!(backend = store.backend().name(), "schema is up to date");
+                Ok(())
+            })
+        }
+        Command::Token {
+            role,
+            sub,
+            ttl,
+            config,
+        } => {
+            let cfg = Config::load(config.as_deref()).context("loading config")?;
+            let auth = Auth::new(&cfg.auth.jwt_secret);
+            let token = auth
+                .mint(role, &sub, ttl.unwrap_or(cfg.auth.token_ttl_secs))
+                .context("signing token")?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested: draining");
+}

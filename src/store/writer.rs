@@ -1,0 +1,448 @@
+//! The group-commit writer: drains the write queue into one transaction per batch, one savepoint
+//! per change, and acknowledges each change only after the transaction committed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::{dialect, Backend, StoreError};
+use crate::metrics;
+use crate::model::{MenuItem, Merchant, Order, OutboxEvent, Rider};
+
+/// One statement of a change.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Creates an order row (version must be 1).
+    InsertOrder(Order),
+    /// Replaces an order row whose stored version is `expected_version`.
+    UpdateOrder { order: Order, expected_version: i64 },
+    /// Creates a merchant profile.
+    InsertMerchant(Merchant),
+    /// Replaces a merchant profile whose stored version is `expected_version`.
+    UpdateMerchant {
+        merchant: Merchant,
+        expected_version: i64,
+    },
+    /// Creates or replaces a SKU, fenced.
+    PutSku {
+        merchant_id: String,
+        item: MenuItem,
+        fence: i64,
+    },
+    /// Removes a SKU, fenced.
+    DeleteSku {
+        merchant_id: String,
+        sku: String,
+        fence: i64,
+    },
+    /// Adds `delta` (negative to reserve) to a SKU's stock, fenced, never below zero.
+    AdjustStock {
+        merchant_id: String,
+        sku: String,
+        delta: i64,
+        fence: i64,
+    },
+    /// Creates a rider.
+    InsertRider(Rider),
+    /// Replaces a rider whose stored version is `expected_version`.
+    UpdateRider { rider: Rider, expected_version: i64 },
+    /// Appends to the outbox.
+    Event(OutboxEvent),
+}
+
+/// A queued change and where to send its outcome.
+pub(super) struct Job {
+    /// The statements, applied all or nothing.
+    pub writes: Vec<Write>,
+    /// Receives the outcome after the batch commits (or fails).
+    pub reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Runs until the queue is closed and drained.
+pub(super) async fn run(
+    pool: AnyPool,
+    backend: Backend,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    batch_max: usize,
+) {
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let started = Instant::now();
+        let size = batch.len();
+        let outcomes = commit_batch(&pool, backend, &batch).await;
+        metrics::STORE_BATCH_SIZE.observe(size as f64);
+        metrics::STORE_BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
+        for (job, outcome) in batch.into_iter().zip(outcomes) {
+            if outcome.is_err() {
+                metrics::STORE_WRITE_FAILURES.inc();
+            }
+            let _ = job.reply.send(outcome);
+        }
+    }
+}
+
+/// Commits a batch; returns one outcome per job.
+async fn commit_batch(
+    pool: &AnyPool,
+    backend: Backend,
+    batch: &[Job],
+) -> Vec<Result<(), StoreError>> {
+    let fail_all = |e: &sqlx::Error| {
+        batch
+            .iter()
+            .map(|_| Err(StoreError::Database(clone_err(e))))
+            .collect()
+    };
+    let mut tx: Transaction<'_, Any> = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(&e),
+    };
+    let single = batch.len() == 1;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        if !single {
+            if let Err(e) = tx.execute("SAVEPOINT w").await {
+                return fail_all(&e);
+            }
+        }
+        let outcome = apply(&mut tx, backend, &job.writes).await;
+        if !single {
+            let sql = if outcome.is_ok() {
+                "RELEASE SAVEPOINT w"
+            } else {
+                "ROLLBACK TO SAVEPOINT w"
+            };
+            if let Err(e) = tx.execute(sql).await {
+                return fail_all(&e);
+            }
+        }
+        outcomes.push(outcome);
+    }
+    if single && outcomes.iter().any(|o| o.is_err()) {
+        let _ = tx.rollback().await;
+        return outcomes;
+    }
+    match tx.commit().await {
+        Ok(()) => outcomes,
+        Err(e) => fail_all(&e),
+    }
+}
+
+/// `sqlx::Error` is not `Clone`; keep the message.
+fn clone_err(e: &sqlx::Error) -> sqlx::Error {
+    sqlx::Error::Protocol(e.to_string())
+}
+
+async fn apply(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    writes: &[Write],
+) -> Result<(), StoreError> {
+    for w in writes {
+        apply_one(conn, backend, w).await?;
+    }
+    Ok(())
+}
+
+fn unique(e: sqlx::Error, what: impl Into<String>) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Duplicate(what.into()),
+        _ => StoreError::Database(e),
+    }
+}
+
+async fn apply_one(conn: &mut AnyConnection, b: Backend, w: &Write) -> Result<(), StoreError> {
+    match w {
+        Write::InsertOrder(o) => {
+            let items =
+                serde_json::to_string(&o.items).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let sql = dialect(
+                b,
+                "INSERT INTO orders (id, customer_id, merchant_id, rider_id, status, items, total_cents, \
+                 deliver_lat, deliver_lng, request_hash, version, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(&o.id)
+                .bind(&o.customer_id)
+                .bind(&o.merchant_id)
+                .bind(&o.rider_id)
+                .bind(o.status.as_str())
+                .bind(items)
+                .bind(o.total_cents)
+                .bind(o.deliver_to.lat)
+                .bind(o.deliver_to.lng)
+                .bind(&o.request_hash)
+                .bind(o.version)
+                .bind(o.created_at)
+                .bind(o.updated_at)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e, format!("order {}", o.id)))?;
+        }
+        Write::UpdateOrder {
+            order: o,
+            expected_version,
+        } => {
+            let sql = dialect(
+                b,
+                "UPDATE orders SET rider_id = ?, status = ?, version = ?, updated_at = ? \
+                 WHERE id = ? AND version = ?",
+            );
+            let done = sqlx::query(&sql)
+                .bind(&o.rider_id)
+                .bind(o.status.as_str())
+                .bind(o.version)
+                .bind(o.updated_at)
+                .bind(&o.id)
+                .bind(*expected_version)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::VersionConflict {
+                    kind: "order",
+                    id: o.id.clone(),
+                });
+            }
+        }
+        Write::InsertMerchant(m) => {
+            let sql = dialect(
+                b,
+                "INSERT INTO merchants (id, name, lat, lng, is_open, version, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(&m.id)
+                .bind(&m.name)
+                .bind(m.location.lat)
+                .bind(m.location.lng)
+                .bind(m.open as i64)
+                .bind(m.version)
+                .bind(crate::domain::now_ms())
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e, format!("merchant {}", m.id)))?;
+        }
+        Write::UpdateMerchant {
+            merchant: m,
+            expected_version,
+        } => {
+            let sql = dialect(
+                b,
+                "UPDATE merchants SET name = ?, lat = ?, lng = ?, is_open = ?, version = ? \
+                 WHERE id = ? AND version = ?",
+            );
+            let done = sqlx::query(&sql)
+                .bind(&m.name)
+                .bind(m.location.lat)
+                .bind(m.location.lng)
+                .bind(m.open as i64)
+                .bind(m.version)
+                .bind(&m.id)
+                .bind(*expected_version)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::VersionConflict {
+                    kind: "merchant",
+                    id: m.id.clone(),
+                });
+            }
+        }
+        Write::PutSku {
+            merchant_id,
+            item,
+            fence,
+        } => {
+            let sql = dialect(
+                b,
+                "UPDATE skus SET name = ?, price_cents = ?, stock = ?, fence = ? \
+                 WHERE merchant_id = ? AND sku = ? AND fence <= ?",
+            );
+            let done = sqlx::query(&sql)
+                .bind(&item.name)
+                .bind(item.price_cents)
+                .bind(item.stock)
+                .bind(*fence)
+                .bind(merchant_id)
+                .bind(&item.sku)
+                .bind(*fence)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                if sku_fence(conn, b, merchant_id, &item.sku).await?.is_some() {
+                    return Err(StoreError::StaleFence {
+                        merchant_id: merchant_id.clone(),
+                        sku: item.sku.clone(),
+                        token: *fence,
+                    });
+                }
+                let sql = dialect(
+                    b,
+                    "INSERT INTO skus (merchant_id, sku, name, price_cents, stock, fence) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                );
+                sqlx::query(&sql)
+                    .bind(merchant_id)
+                    .bind(&item.sku)
+                    .bind(&item.name)
+                    .bind(item.price_cents)
+                    .bind(item.stock)
+                    .bind(*fence)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| unique(e, format!("sku {merchant_id}/{}", item.sku)))?;
+            }
+        }
+        Write::DeleteSku {
+            merchant_id,
+            sku,
+            fence,
+        } => {
+            let sql = dialect(
+                b,
+                "DELETE FROM skus WHERE merchant_id = ? AND sku = ? AND fence <= ?",
+            );
+            let done = sqlx::query(&sql)
+                .bind(merchant_id)
+                .bind(sku)
+                .bind(*fence)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 && sku_fence(conn, b, merchant_id, sku).await?.is_some() {
+                return Err(StoreError::StaleFence {
+                    merchant_id: merchant_id.clone(),
+                    sku: sku.clone(),
+                    token: *fence,
+                });
+            }
+        }
+        Write::AdjustStock {
+            merchant_id,
+            sku,
+            delta,
+            fence,
+        } => {
+            let sql = dialect(
+                b,
+                "UPDATE skus SET stock = stock + ?, fence = ? \
+                 WHERE merchant_id = ? AND sku = ? AND fence <= ? AND stock + ? >= 0",
+            );
+            let done = sqlx::query(&sql)
+                .bind(*delta)
+                .bind(*fence)
+                .bind(merchant_id)
+                .bind(sku)
+                .bind(*fence)
+                .bind(*delta)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(match sku_fence(conn, b, merchant_id, sku).await? {
+                    Some(stored) if stored > *fence => StoreError::StaleFence {
+                        merchant_id: merchant_id.clone(),
+                        sku: sku.clone(),
+                        token: *fence,
+                    },
+                    _ => StoreError::InsufficientStock {
+                        merchant_id: merchant_id.clone(),
+                        sku: sku.clone(),
+                    },
+                });
+            }
+        }
+        Write::InsertRider(r) => {
+            let sql = dialect(
+                b,
+                "INSERT INTO riders (id, name, online, lat, lng, current_order, version, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(&r.id)
+                .bind(&r.name)
+                .bind(r.online as i64)
+                .bind(r.location.map(|l| l.lat))
+                .bind(r.location.map(|l| l.lng))
+                .bind(&r.current_order)
+                .bind(r.version)
+                .bind(crate::domain::now_ms())
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e, format!("rider {}", r.id)))?;
+        }
+        Write::UpdateRider {
+            rider: r,
+            expected_version,
+        } => {
+            let sql = dialect(
+                b,
+                "UPDATE riders SET name = ?, online = ?, lat = ?, lng = ?, current_order = ?, version = ? \
+                 WHERE id = ? AND version = ?",
+            );
+            let done = sqlx::query(&sql)
+                .bind(&r.name)
+                .bind(r.online as i64)
+                .bind(r.location.map(|l| l.lat))
+                .bind(r.location.map(|l| l.lng))
+                .bind(&r.current_order)
+                .bind(r.version)
+                .bind(&r.id)
+                .bind(*expected_version)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::VersionConflict {
+                    kind: "rider",
+                    id: r.id.clone(),
+                });
+            }
+        }
+        Write::Event(ev) => {
+            let sql = dialect(
+                b,
+                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(&ev.aggregate_type)
+                .bind(&ev.aggregate_id)
+                .bind(&ev.event_type)
+                .bind(ev.payload.to_string())
+                .bind(ev.created_at)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn sku_fence(
+    conn: &mut AnyConnection,
+    b: Backend,
+    merchant_id: &str,
+    sku: &str,
+) -> Result<Option<i64>, StoreError> {
+    let sql = dialect(
+        b,
+        "SELECT fence FROM skus WHERE merchant_id = ? AND sku = ?",
+    );
+    let row: Option<(i64,)> = sqlx::query_as(&sql)
+        .bind(merchant_id)
+        .bind(sku)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| r.0))
+}
