@@ -235,7 +235,7 @@ impl Store {
         };
         let merchant = Merchant {
             id: r.try_get("id")?,
-            name: r.try_get("name")?,
+            name: text(&r, "name")?,
             location: Location {
                 lat: r.try_get("lat")?,
                 lng: r.try_get("lng")?,
@@ -255,7 +255,7 @@ impl Store {
             menu.push((
                 MenuItem {
                     sku: r.try_get("sku")?,
-                    name: r.try_get("name")?,
+                    name: text(&r, "name")?,
                     price_cents: r.try_get("price_cents")?,
                     stock: r.try_get("stock")?,
                 },
@@ -281,7 +281,7 @@ impl Store {
         let lng: Option<f64> = r.try_get("lng")?;
         Ok(Some(Rider {
             id: r.try_get("id")?,
-            name: r.try_get("name")?,
+            name: text(&r, "name")?,
             online: r.try_get::<i64, _>("online")? != 0,
             location: lat.zip(lng).map(|(lat, lng)| Location { lat, lng }),
             current_order: r.try_get("current_order")?,
@@ -340,7 +340,7 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| {
-                let payload: String = r.try_get("payload")?;
+                let payload = text(r, "payload")?;
                 Ok(OutboxRow {
                     seq: r.try_get("seq")?,
                     event: OutboxEvent {
@@ -381,9 +381,22 @@ pub(crate) fn dialect(backend: Backend, sql: &str) -> String {
     out
 }
 
+/// Reads a `TEXT` column. MySQL reports `TEXT` as a BLOB type, which sqlx's `Any` driver hands
+/// over as bytes and refuses to decode into `String`; take the bytes and check they are UTF-8.
+fn text(r: &AnyRow, col: &str) -> Result<String, StoreError> {
+    match r.try_get::<String, _>(col) {
+        Ok(s) => Ok(s),
+        Err(sqlx::Error::ColumnDecode { .. }) => {
+            let bytes: Vec<u8> = r.try_get(col)?;
+            String::from_utf8(bytes).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn order_from_row(r: &AnyRow) -> Result<Order, StoreError> {
     let status: String = r.try_get("status")?;
-    let items: String = r.try_get("items")?;
+    let items = text(r, "items")?;
     Ok(Order {
         id: r.try_get("id")?,
         customer_id: r.try_get("customer_id")?,

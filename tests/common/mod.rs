@@ -1,0 +1,307 @@
+//! Shared test helpers: real services (fresh databases per test, Redis), config builders, and a
+//! `TestApp` that runs a real node on port 0 and talks to it over HTTP.
+//!
+//! A test that needs a service panics with a clear message when the service is missing; nothing
+//! is skipped silently.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use sqlx::Connection;
+use waimai::config::LockBackendKind;
+use waimai::domain::Role;
+use waimai::{Config, Node};
+
+/// PostgreSQL server URL (database `test`), overridable with `WAIMAI_TEST_PG`.
+pub fn pg_base() -> String {
+    std::env::var("WAIMAI_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// MariaDB/MySQL server URL (database `test`), overridable with `WAIMAI_TEST_MYSQL`.
+pub fn mysql_base() -> String {
+    std::env::var("WAIMAI_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// Redis URL, overridable with `WAIMAI_TEST_REDIS`.
+pub fn redis_url() -> String {
+    std::env::var("WAIMAI_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A short unique suffix.
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// The database backends the conformance suites run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    /// A fresh SQLite file.
+    Sqlite,
+    /// A fresh PostgreSQL database.
+    Postgres,
+    /// A fresh MariaDB database.
+    MySql,
+}
+
+impl Db {
+    /// All three.
+    pub const ALL: [Db; 3] = [Db::Sqlite, Db::Postgres, Db::MySql];
+}
+
+/// Creates an empty database on `db` and returns its URL. Panics if the server is not there.
+pub async fn fresh_db(db: Db) -> String {
+    let name = format!("waimai_t_{}", unique());
+    match db {
+        Db::Sqlite => {
+            let dir = std::env::temp_dir().join(format!("waimai-test-{name}"));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            format!("sqlite://{}/waimai.db", dir.display())
+        }
+        Db::Postgres => {
+            let base = pg_base();
+            let mut conn = sqlx::postgres::PgConnection::connect(&base).await.unwrap_or_else(|e| {
+                panic!("PostgreSQL is required at {base} ({e}); start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`")
+            });
+            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                .await
+                .expect("create database");
+            format!(
+                "{}/{name}",
+                base.rsplit_once('/').map(|(a, _)| a).unwrap_or(&base)
+            )
+        }
+        Db::MySql => {
+            let base = mysql_base();
+            let mut conn = sqlx::mysql::MySqlConnection::connect(&base).await.unwrap_or_else(|e| {
+                panic!("MariaDB is required at {base} ({e}); start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`")
+            });
+            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                .await
+                .expect("create database");
+            format!(
+                "{}/{name}",
+                base.rsplit_once('/').map(|(a, _)| a).unwrap_or(&base)
+            )
+        }
+    }
+}
+
+/// Panics unless Redis answers at `redis_url()`.
+pub async fn require_redis() {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("Redis is required at {url} ({e}); start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no`"));
+    let _: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .expect("redis PING");
+}
+
+/// The embedded defaults pointed at `store_url` and `lock`, with a unique Redis key prefix.
+pub fn config(store_url: &str, lock: LockBackendKind) -> Config {
+    let mut cfg = Config::defaults().expect("embedded config");
+    cfg.store.url = store_url.to_string();
+    cfg.lock.backend = lock;
+    cfg.lock.redis_url = redis_url();
+    cfg.lock.key_prefix = format!("waimai-test-{}", unique());
+    cfg.auth.jwt_secret = "test-secret".into();
+    cfg.shards.count = 16;
+    cfg
+}
+
+/// A node serving HTTP on an ephemeral port.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// The node (router, store, ...).
+    pub node: Arc<Node>,
+    /// An admin token.
+    pub admin: String,
+    /// Stops the HTTP server when dropped or sent.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A response: status and JSON body (Null when the body is not JSON).
+pub struct Resp {
+    /// HTTP status.
+    pub status: u16,
+    /// Parsed body.
+    pub body: Value,
+}
+
+impl TestApp {
+    /// Starts a node with `cfg` on 127.0.0.1:0.
+    pub async fn spawn(cfg: Config) -> TestApp {
+        let node = Arc::new(Node::start(cfg).await.expect("node starts"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = node.clone();
+        tokio::spawn(async move {
+            serving
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let admin = node.auth.mint(Role::Admin, "ops", 3600).expect("token");
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("client");
+        TestApp {
+            base,
+            client,
+            node,
+            admin,
+            stop: Some(stop),
+        }
+    }
+
+    /// Starts a node on the embedded defaults with a fresh SQLite file and local locks.
+    pub async fn embedded() -> TestApp {
+        let url = fresh_db(Db::Sqlite).await;
+        TestApp::spawn(config(&url, LockBackendKind::Local)).await
+    }
+
+    /// Stops serving HTTP.
+    pub fn stop_http(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// A token for `role`/`sub`.
+    pub fn token(&self, role: Role, sub: &str) -> String {
+        self.node.auth.mint(role, sub, 3600).expect("token")
+    }
+
+    /// Sends a request with an optional bearer token, extra headers and JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Resp {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        Resp {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    /// POST with a JSON body (or none).
+    pub async fn post(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
+        self.call(reqwest::Method::POST, path, Some(token), &[], body)
+            .await
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call(reqwest::Method::GET, path, Some(token), &[], None)
+            .await
+    }
+
+    /// PUT with a JSON body.
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call(reqwest::Method::PUT, path, Some(token), &[], Some(body))
+            .await
+    }
+
+    /// Creates an open merchant with one SKU `sku` of `stock` units at 1000 cents; returns
+    /// (merchant id, merchant token).
+    pub async fn merchant_with_stock(&self, sku: &str, stock: i64) -> (String, String) {
+        let r = self
+            .post(
+                "/v1/merchants",
+                &self.admin,
+                Some(json!({"name": "Test Kitchen", "location": {"lat": 31.23, "lng": 121.47}})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "create merchant: {}", r.body);
+        let mid = r.body["id"].as_str().expect("merchant id").to_string();
+        let token = self.token(Role::Merchant, &mid);
+        let r = self
+            .put(
+                &format!("/v1/merchants/{mid}/menu"),
+                &token,
+                json!({"items": [{"sku": sku, "name": "Dumplings", "price_cents": 1000, "stock": stock}]}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "set menu: {}", r.body);
+        (mid, token)
+    }
+
+    /// Creates a rider and puts it online; returns (rider id, rider token).
+    pub async fn online_rider(&self) -> (String, String) {
+        let r = self
+            .post("/v1/riders", &self.admin, Some(json!({"name": "Rider"})))
+            .await;
+        assert_eq!(r.status, 201, "create rider: {}", r.body);
+        let rid = r.body["id"].as_str().expect("rider id").to_string();
+        let token = self.token(Role::Rider, &rid);
+        let r = self
+            .post(
+                &format!("/v1/riders/{rid}/online"),
+                &token,
+                Some(json!({"location": {"lat": 31.22, "lng": 121.46}})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "rider online: {}", r.body);
+        (rid, token)
+    }
+
+    /// Places an order of `qty` x `sku` as `customer`; returns the response.
+    pub async fn order(
+        &self,
+        customer: &str,
+        mid: &str,
+        sku: &str,
+        qty: i64,
+        key: Option<&str>,
+    ) -> Resp {
+        let token = self.token(Role::Customer, customer);
+        let headers: Vec<(&str, &str)> = key
+            .map(|k| vec![("idempotency-key", k)])
+            .unwrap_or_default();
+        self.call(
+            reqwest::Method::POST,
+            "/v1/orders",
+            Some(&token),
+            &headers,
+            Some(json!({"merchant_id": mid, "items": [{"sku": sku, "qty": qty}], "deliver_to": {"lat": 31.2, "lng": 121.5}})),
+        )
+        .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop_http();
+    }
+}
