@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkGroup, Criterion, Throughput};
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use futures::future::join_all;
 use serde_json::json;
 use sqlx::Connection;
@@ -72,7 +72,7 @@ fn print_summary() {
         }
         let per_op = elapsed.as_secs_f64() / *ops as f64;
         println!(
-            "{name:<40} {:>12} per op {:>16.0} ops/s",
+            "{name:<52} {:>12} per op {:>14.0} ops/s",
             fmt_time(per_op),
             1.0 / per_op
         );
@@ -427,6 +427,9 @@ fn bench_group_commit(c: &mut Criterion) {
         .expect("tokio runtime");
     let mut g = c.benchmark_group("store_group_commit");
     small(&mut g);
+    // One iteration is 2,000 commits (a few hundred ms): flat sampling keeps it to ~10 of them.
+    g.sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(4));
     g.throughput(Throughput::Elements(COMMITS as u64));
     for db in [Db::Sqlite, Db::Postgres, Db::MySql] {
         let (store, cleanup) = rt.block_on(async {

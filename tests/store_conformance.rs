@@ -71,6 +71,7 @@ conformance! {
     check_order_round_trip => sqlite_order_round_trip, postgres_order_round_trip, mysql_order_round_trip;
     check_merchant_round_trip => sqlite_merchant_round_trip, postgres_merchant_round_trip, mysql_merchant_round_trip;
     check_rider_round_trip => sqlite_rider_round_trip, postgres_rider_round_trip, mysql_rider_round_trip;
+    check_rider_location_null_then_set => sqlite_rider_location_null_then_set, postgres_rider_location_null_then_set, mysql_rider_location_null_then_set;
     check_versioned_update_order => sqlite_versioned_update_order, postgres_versioned_update_order, mysql_versioned_update_order;
     check_versioned_update_merchant => sqlite_versioned_update_merchant, postgres_versioned_update_merchant, mysql_versioned_update_merchant;
     check_versioned_update_rider => sqlite_versioned_update_rider, postgres_versioned_update_rider, mysql_versioned_update_rider;
@@ -390,6 +391,47 @@ async fn check_rider_round_trip(store: &Store) {
         .await
         .expect("move rider");
     assert_eq!(store.load_rider(&without.id).await.unwrap(), Some(moved));
+    store.close().await;
+}
+
+/// Riders without a location written before riders with one, on one connection (one write set):
+/// the statements are first prepared with NULL coordinates, then must still take real ones.
+async fn check_rider_location_null_then_set(store: &Store) {
+    let mut a = rider(&id("r"));
+    a.location = None;
+    let b = rider(&id("r"));
+    let mut a2 = a.clone();
+    a2.version = 2;
+    let mut a3 = a.clone();
+    a3.location = Some(Location {
+        lat: -12.046374,
+        lng: -77.042793,
+    });
+    a3.version = 3;
+    let mut b2 = b.clone();
+    b2.location = None;
+    b2.version = 2;
+    store
+        .commit(vec![
+            Write::InsertRider(a.clone()),
+            Write::InsertRider(b.clone()),
+            Write::UpdateRider {
+                rider: a2,
+                expected_version: 1,
+            },
+            Write::UpdateRider {
+                rider: a3.clone(),
+                expected_version: 2,
+            },
+            Write::UpdateRider {
+                rider: b2.clone(),
+                expected_version: 1,
+            },
+        ])
+        .await
+        .expect("riders with and without a location");
+    assert_eq!(store.load_rider(&a.id).await.unwrap(), Some(a3));
+    assert_eq!(store.load_rider(&b.id).await.unwrap(), Some(b2));
     store.close().await;
 }
 
@@ -1226,46 +1268,44 @@ async fn check_concurrent_stock(store: &Store) {
 /// Concurrent changes that each touch the same SKUs in opposite orders (two-SKU orders) must all
 /// go through: parallel writer transactions may not deadlock each other into failing changes.
 async fn check_concurrent_multi_sku(store: &Store) {
+    const ROUNDS: usize = 3;
     const N: usize = 200;
-    let mid = seed_merchant(store, &[("x", 1000), ("y", 1000), ("z", 1000)], 1).await;
-    let tasks = (0..N).map(|i| {
-        let store = store.clone();
-        let mid = mid.clone();
-        tokio::spawn(async move {
-            let (a, b) = match i % 3 {
-                0 => ("x", "y"),
-                1 => ("y", "z"),
-                _ => ("z", "x"),
-            };
-            let o = order(&id("o"), &mid);
-            let writes = if i % 2 == 0 {
-                vec![adjust(&mid, a, -1, 1), adjust(&mid, b, -2, 1)]
-            } else {
-                vec![adjust(&mid, b, -2, 1), adjust(&mid, a, -1, 1)]
-            };
-            let mut writes = writes;
-            writes.push(Write::InsertOrder(o.clone()));
-            writes.push(Write::Event(event(&o.id, "order_created", json!({"i": i}))));
-            (store.commit(writes).await, o)
-        })
-    });
+    const SKUS: [&str; 3] = ["x", "y", "z"];
+    // Change i takes 1 of one SKU and 2 of the next, listing them in either order.
+    let pair = |i: usize| (SKUS[i % 3], SKUS[(i + 1) % 3]);
+    let mid = seed_merchant(store, &[("x", 10_000), ("y", 10_000), ("z", 10_000)], 1).await;
     let mut taken = std::collections::HashMap::<&str, i64>::new();
-    for (i, j) in join_all(tasks).await.into_iter().enumerate() {
-        let (res, o) = j.expect("task panicked");
-        res.unwrap_or_else(|e| panic!("change {i} failed: {e:?}"));
-        assert_eq!(store.load_order(&o.id).await.unwrap().as_ref(), Some(&o));
-        let (a, b) = match i % 3 {
-            0 => ("x", "y"),
-            1 => ("y", "z"),
-            _ => ("z", "x"),
-        };
-        *taken.entry(a).or_default() += 1;
-        *taken.entry(b).or_default() += 2;
+    for round in 0..ROUNDS {
+        let tasks = (0..N).map(|i| {
+            let store = store.clone();
+            let mid = mid.clone();
+            let (a, b) = pair(i);
+            tokio::spawn(async move {
+                let o = order(&id("o"), &mid);
+                let mut writes = if (i / 3) % 2 == 0 {
+                    vec![adjust(&mid, a, -1, 1), adjust(&mid, b, -2, 1)]
+                } else {
+                    vec![adjust(&mid, b, -2, 1), adjust(&mid, a, -1, 1)]
+                };
+                writes.push(Write::InsertOrder(o.clone()));
+                writes.push(Write::Event(event(&o.id, "order_created", json!({"i": i}))));
+                (store.commit(writes).await, o)
+            })
+        });
+        for (i, j) in join_all(tasks).await.into_iter().enumerate() {
+            let (res, o) = j.expect("task panicked");
+            res.unwrap_or_else(|e| panic!("round {round}: change {i} failed: {e:?}"));
+            assert_eq!(store.load_order(&o.id).await.unwrap().as_ref(), Some(&o));
+            assert_eq!(store.outbox_for(&o.id).await.unwrap().len(), 1);
+            let (a, b) = pair(i);
+            *taken.entry(a).or_default() += 1;
+            *taken.entry(b).or_default() += 2;
+        }
     }
-    for sku in ["x", "y", "z"] {
+    for sku in SKUS {
         assert_eq!(
             stock(store, &mid, sku).await,
-            Some((1000 - taken[sku], 1)),
+            Some((10_000 - taken[sku], 1)),
             "stock of {sku}"
         );
     }

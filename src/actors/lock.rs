@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture,
-    ResponseFuture, WrapFuture,
+    ResponseFuture, WeakRecipient, WrapFuture,
 };
 
 use crate::lock::{Lease, LockBackend, LockError};
@@ -54,7 +54,8 @@ pub struct LockActor {
     /// Lease length.
     ttl: Duration,
     /// Leases granted through this actor and not yet released, by key.
-    held: HashMap<String, (Lease, Recipient<LeaseLost>)>,
+    /// The holder is weak so a lease never keeps a stopped holder's mailbox alive.
+    held: HashMap<String, (Lease, WeakRecipient<LeaseLost>)>,
 }
 
 impl LockActor {
@@ -108,7 +109,9 @@ impl LockActor {
                 if let Some((held, holder)) = act.held.remove(&lease.key) {
                     if held.token == lease.token {
                         tracing::warn!(key = %lease.key, "stock lease lost");
-                        holder.do_send(LeaseLost { lease });
+                        if let Some(holder) = holder.upgrade() {
+                            holder.do_send(LeaseLost { lease });
+                        }
                     } else {
                         act.held.insert(held.key.clone(), (held, holder));
                     }
@@ -145,7 +148,7 @@ impl Handler<AcquireLease> for LockActor {
                         .with_label_values(&[name, "grant", "ok"])
                         .inc();
                     act.held
-                        .insert(lease.key.clone(), (lease.clone(), msg.holder));
+                        .insert(lease.key.clone(), (lease.clone(), msg.holder.downgrade()));
                 }
                 Err(LockError::Held(_)) => metrics::LOCK_OPS
                     .with_label_values(&[name, "grant", "held"])

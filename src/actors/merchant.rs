@@ -254,17 +254,18 @@ impl MerchantActor {
     }
 
     fn loaded(&mut self, ctx: &mut Context<Self>) -> Result<&mut State> {
+        if let Loaded::Failed(e) = &self.state {
+            let e = e.clone();
+            self.load(ctx); // try again; the next message waits for it
+            return Err(Error::Unavailable(format!(
+                "store unavailable, merchant could not be loaded: {e}"
+            )));
+        }
         match &mut self.state {
             Loaded::Present(s) => Ok(s),
             Loaded::Absent => Err(Error::not_found("merchant", self.id.clone())),
             Loaded::Loading => Err(Error::Unavailable("merchant is loading".into())),
-            Loaded::Failed(e) => {
-                let e = e.clone();
-                ctx.stop(); // the supervisor restarts us and we load again
-                Err(Error::Unavailable(format!(
-                    "merchant could not be loaded: {e}"
-                )))
-            }
+            Loaded::Failed(_) => Err(Error::Unavailable("merchant is reloading".into())),
         }
     }
 
@@ -293,25 +294,43 @@ impl MerchantActor {
             floor,
             holder: ctx.address().recipient(),
         });
-        Box::pin(
-            async move { req.await }
-                .into_actor(self)
-                .map(|res, act, _| match res {
-                    Ok(Ok(lease)) => {
-                        let fence = lease.fence;
-                        if let Loaded::Present(s) = &mut act.state {
-                            s.max_fence = s.max_fence.max(fence);
-                        }
-                        act.lease = Some(lease);
-                        Ok(fence)
-                    }
-                    Ok(Err(crate::lock::LockError::Held(_))) => Err(Error::Unavailable(
+        // With a fresh lease, reread the stock: another node may have sold while we had none.
+        let store = self.deps.store.clone();
+        let id = self.id.clone();
+        let fut = async move {
+            let lease = match req.await {
+                Ok(Ok(lease)) => lease,
+                Ok(Err(crate::lock::LockError::Held(_))) => {
+                    return Err(Error::Unavailable(
                         "stock lease for this merchant is held by another node".into(),
-                    )),
-                    Ok(Err(e)) => Err(e.into()),
-                    Err(e) => Err(e.into()),
-                }),
-        )
+                    ))
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(e.into()),
+            };
+            let fresh = store.load_merchant(&id).await;
+            Ok((lease, fresh))
+        };
+        Box::pin(fut.into_actor(self).map(|res, act, _| {
+            let (lease, fresh) = res?;
+            let fence = lease.fence;
+            act.lease = Some(lease);
+            if let Loaded::Present(s) = &mut act.state {
+                s.max_fence = s.max_fence.max(fence);
+                if let Ok(Some((_, items))) = fresh {
+                    // Reservations still in flight were made under an older lease; memory keeps
+                    // them deducted, so it can only be lower than the store, never higher.
+                    for (item, _) in items {
+                        if let Some(mine) = s.menu.get_mut(&item.sku) {
+                            mine.stock = mine.stock.min(item.stock);
+                        } else {
+                            s.menu.insert(item.sku.clone(), item);
+                        }
+                    }
+                }
+            }
+            Ok(fence)
+        }))
     }
 
     /// Persists a profile change (version-checked) and applies it on success.

@@ -131,19 +131,7 @@ impl Actor for OrderActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(usize::MAX >> 4);
-        let store = self.deps.store.clone();
-        let id = self.id.clone();
-        ctx.wait(
-            async move { store.load_order(&id).await }
-                .into_actor(self)
-                .map(|res, act, _| {
-                    act.state = match res {
-                        Ok(Some(o)) => Loaded::Present(o),
-                        Ok(None) => Loaded::Absent,
-                        Err(e) => Loaded::Failed(e.to_string()),
-                    };
-                }),
-        );
+        self.load(ctx);
         ctx.run_interval(self.deps.settings.idle_check(), |act, _ctx| {
             let limit = match &act.state {
                 Loaded::Present(o) if !o.status.is_terminal() => act.deps.settings.idle,
@@ -248,6 +236,24 @@ struct Plan {
 }
 
 impl OrderActor {
+    /// Reads the state from the store; the mailbox waits until it is loaded.
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        self.state = Loaded::Loading;
+        let store = self.deps.store.clone();
+        let id = self.id.clone();
+        ctx.wait(
+            async move { store.load_order(&id).await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    act.state = match res {
+                        Ok(Some(o)) => Loaded::Present(o),
+                        Ok(None) => Loaded::Absent,
+                        Err(e) => Loaded::Failed(e.to_string()),
+                    };
+                }),
+        );
+    }
+
     fn current(&mut self, ctx: &mut Context<Self>) -> Result<Order> {
         match &self.state {
             Loaded::Present(o) => Ok(o.clone()),
@@ -255,9 +261,9 @@ impl OrderActor {
             Loaded::Loading => Err(Error::Unavailable("order is loading".into())),
             Loaded::Failed(e) => {
                 let e = e.clone();
-                ctx.stop();
+                self.load(ctx); // try again; the next message waits for it
                 Err(Error::Unavailable(format!(
-                    "order could not be loaded: {e}"
+                    "store unavailable, order could not be loaded: {e}"
                 )))
             }
         }
@@ -383,7 +389,8 @@ impl Handler<ChangeOrder> for OrderActor {
             Ok(Err(e)) => return ready(Err(e)),
             Err(why) => {
                 tracing::error!(order = %self.id, %why, "order actor panicked; restarting from the store");
-                ctx.stop();
+                // Stop (and be restarted from the store) once this reply is out.
+                ctx.run_later(std::time::Duration::ZERO, |_, ctx| ctx.stop());
                 return ready(Err(Error::Unavailable(format!(
                     "order actor crashed ({why}); restarted"
                 ))));
@@ -440,7 +447,7 @@ impl Handler<ChangeOrder> for OrderActor {
 impl Handler<PlaceOrder> for OrderActor {
     type Result = Reply<Placed>;
 
-    fn handle(&mut self, msg: PlaceOrder, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: PlaceOrder, ctx: &mut Context<Self>) -> Self::Result {
         self.idle.touch();
         match &self.state {
             Loaded::Present(o) => {
@@ -458,7 +465,9 @@ impl Handler<PlaceOrder> for OrderActor {
             }
             Loaded::Absent => {}
             Loaded::Loading | Loaded::Failed(_) => {
-                return ready(Err(Error::Unavailable("order could not be loaded".into())))
+                if let Err(e) = self.current(ctx) {
+                    return ready(Err(e));
+                }
             }
         }
         if msg.caller.role != Role::Customer {

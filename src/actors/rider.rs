@@ -134,19 +134,7 @@ impl Actor for RiderActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(usize::MAX >> 4);
-        let store = self.deps.store.clone();
-        let id = self.id.clone();
-        ctx.wait(
-            async move { store.load_rider(&id).await }
-                .into_actor(self)
-                .map(|res, act, _| {
-                    act.state = match res {
-                        Ok(Some(r)) => Loaded::Present(r),
-                        Ok(None) => Loaded::Absent,
-                        Err(e) => Loaded::Failed(e.to_string()),
-                    };
-                }),
-        );
+        self.load(ctx);
         ctx.run_interval(self.deps.settings.idle_check(), |act, _ctx| {
             // A rider carrying an order stays resident so dispatch and tracking stay cheap.
             let busy = matches!(&act.state, Loaded::Present(r) if r.current_order.is_some());
@@ -178,6 +166,24 @@ fn ready<T: 'static>(v: Result<T>) -> Reply<T> {
 type Fut<T> = ResponseActFuture<RiderActor, Result<T>>;
 
 impl RiderActor {
+    /// Reads the state from the store; the mailbox waits until it is loaded.
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        self.state = Loaded::Loading;
+        let store = self.deps.store.clone();
+        let id = self.id.clone();
+        ctx.wait(
+            async move { store.load_rider(&id).await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    act.state = match res {
+                        Ok(Some(r)) => Loaded::Present(r),
+                        Ok(None) => Loaded::Absent,
+                        Err(e) => Loaded::Failed(e.to_string()),
+                    };
+                }),
+        );
+    }
+
     fn current(&mut self, ctx: &mut Context<Self>) -> Result<Rider> {
         match &self.state {
             Loaded::Present(r) => Ok(r.clone()),
@@ -185,9 +191,9 @@ impl RiderActor {
             Loaded::Loading => Err(Error::Unavailable("rider is loading".into())),
             Loaded::Failed(e) => {
                 let e = e.clone();
-                ctx.stop();
+                self.load(ctx); // try again; the next message waits for it
                 Err(Error::Unavailable(format!(
-                    "rider could not be loaded: {e}"
+                    "store unavailable, rider could not be loaded: {e}"
                 )))
             }
         }

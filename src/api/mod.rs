@@ -117,7 +117,7 @@ pub fn routes(
     let create_merchant = warp::path!("v1" / "merchants")
         .and(warp::post())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .and(body.clone())
         .then(|s, a: Option<String>, b: Bytes| {
             timed("POST /v1/merchants", handlers::create_merchant(s, a, b))
@@ -125,12 +125,12 @@ pub fn routes(
     let get_merchant = warp::path!("v1" / "merchants" / String)
         .and(warp::get())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .then(|id, s, a| timed("GET /v1/merchants/{id}", handlers::get_merchant(s, a, id)));
     let set_menu = warp::path!("v1" / "merchants" / String / "menu")
         .and(warp::put())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .and(body.clone())
         .then(|id, s, a, b| {
             timed(
@@ -141,7 +141,7 @@ pub fn routes(
     let open_close = warp::path!("v1" / "merchants" / String / String)
         .and(warp::post())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .then(|id, action, s, a| {
             timed(
                 "POST /v1/merchants/{id}/{action}",
@@ -151,7 +151,7 @@ pub fn routes(
     let merchant_decide = warp::path!("v1" / "merchants" / String / "orders" / String / String)
         .and(warp::post())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .then(|mid, oid, action, s, a| {
             timed(
                 "POST /v1/merchants/{mid}/orders/{oid}/{action}",
@@ -162,18 +162,18 @@ pub fn routes(
     let create_rider = warp::path!("v1" / "riders")
         .and(warp::post())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .and(body.clone())
         .then(|s, a, b| timed("POST /v1/riders", handlers::create_rider(s, a, b)));
     let get_rider = warp::path!("v1" / "riders" / String)
         .and(warp::get())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .then(|id, s, a| timed("GET /v1/riders/{id}", handlers::get_rider(s, a, id)));
     let rider_status = warp::path!("v1" / "riders" / String / String)
         .and(warp::post())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .and(body.clone())
         .then(|id, action, s, a, b| {
             timed(
@@ -184,7 +184,7 @@ pub fn routes(
     let rider_location = warp::path!("v1" / "riders" / String / "location")
         .and(warp::put())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .and(body.clone())
         .then(|id, s, a, b| {
             timed(
@@ -195,7 +195,7 @@ pub fn routes(
     let rider_order = warp::path!("v1" / "riders" / String / "orders" / String / String)
         .and(warp::post())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .then(|rid, oid, action, s, a| {
             timed(
                 "POST /v1/riders/{rid}/orders/{oid}/{action}",
@@ -206,19 +206,19 @@ pub fn routes(
     let create_order = warp::path!("v1" / "orders")
         .and(warp::post())
         .and(st.clone())
-        .and(bearer.clone())
-        .and(idem.clone())
+        .and(bearer)
+        .and(idem)
         .and(body.clone())
         .then(|s, a, k, b| timed("POST /v1/orders", handlers::create_order(s, a, k, b)));
     let get_order = warp::path!("v1" / "orders" / String)
         .and(warp::get())
         .and(st.clone())
-        .and(bearer.clone())
+        .and(bearer)
         .then(|id, s, a| timed("GET /v1/orders/{id}", handlers::get_order(s, a, id)));
     let order_action = warp::path!("v1" / "orders" / String / String)
         .and(warp::post())
         .and(st)
-        .and(bearer.clone())
+        .and(bearer)
         .and(body.clone())
         .then(|id, action, s, a, b| {
             timed(

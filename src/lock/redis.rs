@@ -1,6 +1,8 @@
 //! Redis leases: `SET key token NX PX ttl` plus `INCR` of a fencing counter in one Lua script;
 //! renew and release compare the token first, so a stale holder can do neither.
 
+use std::sync::Arc;
+
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -33,9 +35,13 @@ end
 return 0
 "#;
 
-/// A Redis-backed lease table.
+/// A Redis-backed lease table. Cheap to clone (the lock actor clones its backend per operation).
 #[derive(Clone)]
 pub struct RedisLocks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     /// Multiplexed, reconnecting connection.
     conn: ConnectionManager,
     /// Prefix for every key.
@@ -55,20 +61,22 @@ impl RedisLocks {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let conn = ConnectionManager::new(client).await.map_err(unavailable)?;
         Ok(RedisLocks {
-            conn,
-            prefix: prefix.to_string(),
-            acquire: Script::new(ACQUIRE),
-            renew: Script::new(RENEW),
-            release: Script::new(RELEASE),
+            inner: Arc::new(Inner {
+                conn,
+                prefix: prefix.to_string(),
+                acquire: Script::new(ACQUIRE),
+                renew: Script::new(RENEW),
+                release: Script::new(RELEASE),
+            }),
         })
     }
 
     fn lock_key(&self, key: &str) -> String {
-        format!("{}:lock:{key}", self.prefix)
+        format!("{}:lock:{key}", self.inner.prefix)
     }
 
     fn fence_key(&self, key: &str) -> String {
-        format!("{}:fence:{key}", self.prefix)
+        format!("{}:fence:{key}", self.inner.prefix)
     }
 
     /// Grants if free; returns the fence.
@@ -79,8 +87,9 @@ impl RedisLocks {
         ttl_ms: u64,
         floor: i64,
     ) -> Result<Option<i64>, LockError> {
-        let mut conn = self.conn.clone();
-        self.acquire
+        let mut conn = self.inner.conn.clone();
+        self.inner
+            .acquire
             .key(self.lock_key(key))
             .key(self.fence_key(key))
             .arg(token)
@@ -93,8 +102,9 @@ impl RedisLocks {
 
     /// Extends if `token` holds the key.
     pub async fn renew(&self, key: &str, token: &str, ttl_ms: u64) -> Result<bool, LockError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.inner.conn.clone();
         let n: i64 = self
+            .inner
             .renew
             .key(self.lock_key(key))
             .arg(token)
@@ -107,8 +117,9 @@ impl RedisLocks {
 
     /// Deletes if `token` holds the key.
     pub async fn release(&self, key: &str, token: &str) -> Result<bool, LockError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.inner.conn.clone();
         let n: i64 = self
+            .inner
             .release
             .key(self.lock_key(key))
             .arg(token)
@@ -120,7 +131,7 @@ impl RedisLocks {
 
     /// PING.
     pub async fn ping(&self) -> Result<(), LockError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.inner.conn.clone();
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await

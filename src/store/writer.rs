@@ -94,17 +94,62 @@ pub(super) async fn run(
     }
 }
 
+/// How often a batch is run again after the database picked it as a deadlock victim.
+const DEADLOCK_ATTEMPTS: u32 = 8;
+
 /// Commits a batch; returns one outcome per job.
+///
+/// Parallel writer transactions (and other nodes' writers) lock rows in whatever order their
+/// changes come, so two batches can deadlock, e.g. on the SKU rows of a busy merchant. The
+/// database then aborts one of them: PostgreSQL fails one statement, MySQL rolls back the whole
+/// transaction. Either way the victim is not any one change's fault, and nothing of the batch has
+/// been acknowledged yet, so the whole batch is rolled back and run again.
 async fn commit_batch(
     pool: &AnyPool,
     backend: Backend,
     batch: &[Job],
 ) -> Vec<Result<(), StoreError>> {
+    let mut attempt = 1;
+    loop {
+        let retry = attempt < DEADLOCK_ATTEMPTS;
+        match try_batch(pool, backend, batch, retry).await {
+            Some(outcomes) => return outcomes,
+            None => {
+                let pause = rand::random::<u64>() % (5 * u64::from(attempt)) + 1;
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Whether the database aborted the statement (or transaction) to break a deadlock.
+fn is_deadlock(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            // 40P01: PostgreSQL deadlock_detected; 40001: serialization failure, which is how
+            // MySQL/MariaDB report ER_LOCK_DEADLOCK (and PostgreSQL serializable conflicts).
+            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
+        }
+        _ => false,
+    }
+}
+
+/// One attempt at a batch. `None` means it was rolled back as a deadlock victim (only when
+/// `retry` is set) and should run again.
+async fn try_batch(
+    pool: &AnyPool,
+    backend: Backend,
+    batch: &[Job],
+    retry: bool,
+) -> Option<Vec<Result<(), StoreError>>> {
     let fail_all = |e: &sqlx::Error| {
-        batch
-            .iter()
-            .map(|_| Err(StoreError::Database(clone_err(e))))
-            .collect()
+        Some(
+            batch
+                .iter()
+                .map(|_| Err(StoreError::Database(clone_err(e))))
+                .collect(),
+        )
     };
     let mut tx: Transaction<'_, Any> = match pool.begin().await {
         Ok(tx) => tx,
@@ -119,6 +164,10 @@ async fn commit_batch(
             }
         }
         let outcome = apply(&mut tx, backend, &job.writes).await;
+        if retry && matches!(&outcome, Err(e) if is_deadlock(e)) {
+            let _ = tx.rollback().await;
+            return None;
+        }
         if !single {
             let sql = if outcome.is_ok() {
                 "RELEASE SAVEPOINT w"
@@ -133,10 +182,10 @@ async fn commit_batch(
     }
     if single && outcomes.iter().any(|o| o.is_err()) {
         let _ = tx.rollback().await;
-        return outcomes;
+        return Some(outcomes);
     }
     match tx.commit().await {
-        Ok(()) => outcomes,
+        Ok(()) => Some(outcomes),
         Err(e) => fail_all(&e),
     }
 }
@@ -365,18 +414,22 @@ async fn apply_one(conn: &mut AnyConnection, b: Backend, w: &Write) -> Result<()
             }
         }
         Write::InsertRider(r) => {
+            let c = coord(r.location);
             let sql = dialect(
                 b,
-                "INSERT INTO riders (id, name, online, lat, lng, current_order, version, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                &format!(
+                    "INSERT INTO riders (id, name, online, lat, lng, current_order, version, \
+                     created_at) VALUES (?, ?, ?, {c}, {c}, ?, ?, ?)"
+                ),
             );
-            sqlx::query(&sql)
+            let mut q = sqlx::query(&sql)
                 .bind(&r.id)
                 .bind(&r.name)
-                .bind(r.online as i64)
-                .bind(r.location.map(|l| l.lat))
-                .bind(r.location.map(|l| l.lng))
-                .bind(&r.current_order)
+                .bind(r.online as i64);
+            if let Some(l) = r.location {
+                q = q.bind(l.lat).bind(l.lng);
+            }
+            q.bind(&r.current_order)
                 .bind(r.version)
                 .bind(crate::domain::now_ms())
                 .execute(&mut *conn)
@@ -387,16 +440,19 @@ async fn apply_one(conn: &mut AnyConnection, b: Backend, w: &Write) -> Result<()
             rider: r,
             expected_version,
         } => {
+            let c = coord(r.location);
             let sql = dialect(
                 b,
-                "UPDATE riders SET name = ?, online = ?, lat = ?, lng = ?, current_order = ?, version = ? \
-                 WHERE id = ? AND version = ?",
+                &format!(
+                    "UPDATE riders SET name = ?, online = ?, lat = {c}, lng = {c}, \
+                     current_order = ?, version = ? WHERE id = ? AND version = ?"
+                ),
             );
-            let done = sqlx::query(&sql)
-                .bind(&r.name)
-                .bind(r.online as i64)
-                .bind(r.location.map(|l| l.lat))
-                .bind(r.location.map(|l| l.lng))
+            let mut q = sqlx::query(&sql).bind(&r.name).bind(r.online as i64);
+            if let Some(l) = r.location {
+                q = q.bind(l.lat).bind(l.lng);
+            }
+            let done = q
                 .bind(&r.current_order)
                 .bind(r.version)
                 .bind(&r.id)
@@ -427,6 +483,20 @@ async fn apply_one(conn: &mut AnyConnection, b: Backend, w: &Write) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The SQL for one coordinate of an optional location: a placeholder, or a literal `NULL`.
+///
+/// sqlx's `Any` driver binds a NULL `f64` as a `float4` on PostgreSQL, and the connection caches
+/// the statement with that parameter type, after which a real `f64` in the same statement fails
+/// ("incorrect binary data format"). Writing a missing location as literal NULLs keeps NULL and
+/// non-NULL coordinates in different statements.
+fn coord(location: Option<crate::domain::Location>) -> &'static str {
+    if location.is_some() {
+        "?"
+    } else {
+        "NULL"
+    }
 }
 
 async fn sku_fence(
