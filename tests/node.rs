@@ -265,3 +265,67 @@ fn token_and_migrate_subcommands() {
         "migrate created the database file"
     );
 }
+
+/// Another writer moves an order behind its actor's back: the actor's next change loses the
+/// version check, is refused with 503, and the actor reloads instead of overwriting.
+#[actix_rt::test]
+async fn a_lost_version_check_reloads_instead_of_overwriting() {
+    let app = TestApp::embedded().await;
+    let (mid, _) = app.merchant_with_stock("s", 5).await;
+    let alice = app.token(Role::Customer, "alice");
+    let oid = app.order("alice", &mid, "s", 1, None).await.body["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let r = app
+        .post(&format!("/v1/orders/{oid}/pay"), &alice, None)
+        .await;
+    assert_eq!(r.body["version"], 2);
+
+    // The "other writer": accept the order directly in the store (version 2 -> 3).
+    let mut other = app
+        .node
+        .store
+        .load_order(&oid)
+        .await
+        .expect("db")
+        .expect("order");
+    other.status = waimai::actors::order_machine::OrderStatus::Accepted;
+    other.version = 3;
+    app.node
+        .store
+        .commit(vec![waimai::store::Write::UpdateOrder {
+            order: other,
+            expected_version: 2,
+        }])
+        .await
+        .expect("other writer commits");
+
+    // The actor still believes "paid, version 2": its cancel must not overwrite the row.
+    let r = app
+        .post(&format!("/v1/orders/{oid}/cancel"), &alice, None)
+        .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "unavailable");
+
+    // After the reload it sees the other writer's state and acts on it.
+    let r = app.get(&format!("/v1/orders/{oid}"), &alice).await;
+    assert_eq!(
+        (r.body["status"].as_str(), r.body["version"].as_i64()),
+        (Some("accepted"), Some(3)),
+        "{}",
+        r.body
+    );
+    let stored = app
+        .node
+        .store
+        .load_order(&oid)
+        .await
+        .expect("db")
+        .expect("order");
+    assert_eq!(
+        stored.status.as_str(),
+        "accepted",
+        "the stale actor did not overwrite the row"
+    );
+}
