@@ -39,8 +39,6 @@ pub struct Settings {
     pub idle: Duration,
     /// Passivate a terminal order after this much idleness.
     pub terminal_idle: Duration,
-    /// Stock lease length.
-    pub lease: Duration,
 }
 
 impl Settings {
@@ -49,7 +47,6 @@ impl Settings {
         Settings {
             idle: Duration::from_millis(cfg.shards.idle_ms),
             terminal_idle: Duration::from_millis(cfg.shards.terminal_idle_ms),
-            lease: Duration::from_millis(cfg.lock.lease_ms),
         }
     }
 

@@ -60,32 +60,40 @@ pub async fn fresh_db(db: Db) -> String {
             format!("sqlite://{}/waimai.db", dir.display())
         }
         Db::Postgres => {
-            let base = pg_base();
-            let mut conn = sqlx::postgres::PgConnection::connect(&base).await.unwrap_or_else(|e| {
-                panic!("PostgreSQL is required at {base} ({e}); start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`")
-            });
-            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-                .await
-                .expect("create database");
-            format!(
-                "{}/{name}",
-                base.rsplit_once('/').map(|(a, _)| a).unwrap_or(&base)
+            create_database(
+                &pg_base(),
+                &name,
+                "PostgreSQL",
+                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
             )
+            .await
         }
         Db::MySql => {
-            let base = mysql_base();
-            let mut conn = sqlx::mysql::MySqlConnection::connect(&base).await.unwrap_or_else(|e| {
-                panic!("MariaDB is required at {base} ({e}); start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`")
-            });
-            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-                .await
-                .expect("create database");
-            format!(
-                "{}/{name}",
-                base.rsplit_once('/').map(|(a, _)| a).unwrap_or(&base)
+            create_database(
+                &mysql_base(),
+                &name,
+                "MariaDB",
+                "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
             )
+            .await
         }
     }
+}
+
+/// Creates database `name` on the server at `base` and returns its URL; panics, naming the
+/// service and how to start it, if the server is not there.
+async fn create_database(base: &str, name: &str, service: &str, start: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(base)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{service} is required at {base} ({e}); start it with `{start}`")
+        });
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create database");
+    let server = base.rsplit_once('/').map(|(a, _)| a).unwrap_or(base);
+    format!("{server}/{name}")
 }
 
 /// Panics unless Redis answers at `redis_url()`.
