@@ -21,6 +21,7 @@ pub mod error;
 pub mod lock;
 pub mod metrics;
 pub mod model;
+pub mod realtime;
 pub mod server;
 pub mod store;
 

@@ -134,6 +134,8 @@ pub struct TestApp {
     pub admin: String,
     /// Stops the HTTP server when dropped or sent.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The serving task.
+    served: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A response: status and JSON body (Null when the body is not JSON).
@@ -154,7 +156,7 @@ impl TestApp {
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = node.clone();
-        tokio::spawn(async move {
+        let served = tokio::spawn(async move {
             serving
                 .serve(listener, async move {
                     let _ = stopped.await;
@@ -172,6 +174,36 @@ impl TestApp {
             node,
             admin,
             stop: Some(stop),
+            served: Some(served),
+        }
+    }
+
+    /// Stops serving, then shuts the node down cleanly (drains actors, closes the store).
+    pub async fn shutdown(mut self) {
+        self.stop_http();
+        if let Some(s) = self.served.take() {
+            let _ = s.await;
+        }
+        let node = self.node.clone();
+        drop(self);
+        match Arc::try_unwrap(node) {
+            Ok(node) => node.shutdown().await,
+            Err(_) => panic!("node still shared at shutdown"),
+        }
+    }
+
+    /// Opens a websocket on `path` with `token` (as `?token=`); Err(HTTP status) if refused.
+    pub async fn ws(&self, path: &str, token: &str) -> Result<Socket, u16> {
+        let url = format!(
+            "{}{}?token={}",
+            self.base.replacen("http://", "ws://", 1),
+            path,
+            token
+        );
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _)) => Ok(Socket { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("websocket connect: {e}"),
         }
     }
 
@@ -311,5 +343,79 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop_http();
+    }
+}
+
+/// A websocket client.
+pub struct Socket {
+    /// The connection.
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// What a socket read returned.
+#[derive(Debug)]
+pub enum Frame {
+    /// A JSON text message.
+    Json(Value),
+    /// The server closed, with code and reason.
+    Closed(u16, String),
+    /// Nothing within the wait.
+    Timeout,
+}
+
+impl Socket {
+    /// The next text message or close, skipping pings and pongs, waiting at most `secs`.
+    pub async fn next(&mut self, secs: u64) -> Frame {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Frame::Timeout,
+                Ok(None) => return Frame::Closed(1006, "eof".into()),
+                Ok(Some(Err(_))) => return Frame::Closed(1006, "error".into()),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => {
+                    return Frame::Json(serde_json::from_str(&t).expect("server sends JSON"))
+                }
+                Message::Close(c) => {
+                    return c
+                        .map(|c| Frame::Closed(u16::from(c.code), c.reason.to_string()))
+                        .unwrap_or(Frame::Closed(1005, String::new()))
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next JSON message; panics on close or after `secs`.
+    pub async fn json(&mut self, secs: u64) -> Value {
+        match self.next(secs).await {
+            Frame::Json(v) => v,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// The next message of type `kind`, skipping others; panics on close or after `secs`.
+    pub async fn expect_type(&mut self, kind: &str, secs: u64) -> Value {
+        loop {
+            let v = self.json(secs).await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Sends a JSON text message.
+    pub async fn send(&mut self, v: Value) {
+        use futures::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(v.to_string()))
+            .await
+            .expect("websocket send");
     }
 }
