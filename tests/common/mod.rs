@@ -316,6 +316,80 @@ impl TestApp {
         (rid, token)
     }
 
+    /// Creates a rider and puts it online at (`lat`, `lng`); returns (rider id, rider token).
+    pub async fn rider_at(&self, lat: f64, lng: f64) -> (String, String) {
+        let r = self
+            .post("/v1/riders", &self.admin, Some(json!({"name": "Rider"})))
+            .await;
+        assert_eq!(r.status, 201, "create rider: {}", r.body);
+        let rid = r.body["id"].as_str().expect("rider id").to_string();
+        let token = self.token(Role::Rider, &rid);
+        let r = self
+            .post(
+                &format!("/v1/riders/{rid}/online"),
+                &token,
+                Some(json!({"location": {"lat": lat, "lng": lng}})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "rider online: {}", r.body);
+        (rid, token)
+    }
+
+    /// Places and pays an order of one `sku` as `customer`, then lets merchant `mtoken`
+    /// accept it; returns the order id.
+    pub async fn accepted_order(&self, customer: &str, mid: &str, mtoken: &str, sku: &str) -> String {
+        let r = self.order(customer, mid, sku, 1, None).await;
+        assert_eq!(r.status, 201, "order: {}", r.body);
+        let oid = r.body["id"].as_str().expect("order id").to_string();
+        let ctoken = self.token(Role::Customer, customer);
+        let r = self.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None).await;
+        assert_eq!(r.status, 200, "pay: {}", r.body);
+        let r = self
+            .post(&format!("/v1/merchants/{mid}/orders/{oid}/accept"), mtoken, None)
+            .await;
+        assert_eq!(r.status, 200, "accept: {}", r.body);
+        oid
+    }
+
+    /// Waits until rider `rid` holds an offer for `oid` (read through its feed's snapshot).
+    pub async fn wait_offer(&self, rid: &str, rtoken: &str, oid: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut s = self
+                .ws(&format!("/v1/riders/{rid}/feed"), rtoken)
+                .await
+                .expect("rider feed");
+            if s.json(5).await["offer"]["order_id"] == oid {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "no offer of {oid} reached {rid}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The order's current status, read as an admin.
+    pub async fn status_of(&self, oid: &str) -> String {
+        let r = self.get(&format!("/v1/orders/{oid}"), &self.admin).await;
+        assert_eq!(r.status, 200, "get order: {}", r.body);
+        r.body["status"].as_str().expect("status").to_string()
+    }
+
+    /// Polls until order `oid` is in `status` (at most `secs`); panics with the last status.
+    pub async fn wait_status(&self, oid: &str, status: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let now = self.status_of(oid).await;
+            if now == status {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "order {oid} is still {now}, expected {status}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Places an order of `qty` x `sku` as `customer`; returns the response.
     pub async fn order(
         &self,
