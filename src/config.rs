@@ -17,6 +17,12 @@ pub struct Config {
     pub shards: ShardConfig,
     /// Bearer tokens.
     pub auth: AuthConfig,
+    /// Websockets and live events.
+    pub realtime: RealtimeConfig,
+    /// Automatic rider dispatch.
+    pub dispatch: DispatchConfig,
+    /// Durable order deadlines.
+    pub timers: TimersConfig,
 }
 
 /// HTTP front door settings.
@@ -95,6 +101,48 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     /// Lifetime of tokens minted by `waimai token`, seconds.
     pub token_ttl_secs: u64,
+}
+
+/// Websocket and live-event settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// Events a socket may have queued before it is disconnected as too slow.
+    pub buffer: usize,
+    /// Ping interval, ms; a socket silent for two intervals is dropped.
+    pub heartbeat_ms: u64,
+    /// Longest a single websocket write may take before the client counts as stalled, ms.
+    pub send_timeout_ms: u64,
+    /// At most one `rider_location` per order per this many ms.
+    pub location_interval_ms: u64,
+}
+
+/// Automatic dispatch settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Whether accepted orders are offered to riders automatically.
+    pub enabled: bool,
+    /// How long a rider has to answer an offer, ms.
+    pub offer_ttl_ms: u64,
+    /// Riders farther than this from the merchant are not asked, metres.
+    pub max_radius_m: f64,
+    /// How often waiting orders are tried again, ms.
+    pub retry_ms: u64,
+}
+
+/// Order deadlines (all persisted implicitly: status + `updated_at` in the order row).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimersConfig {
+    /// `pending_payment` longer than this is cancelled and its stock released, ms.
+    pub payment_timeout_ms: u64,
+    /// `paid` without the merchant's answer longer than this is refunded, ms.
+    pub accept_timeout_ms: u64,
+    /// `delivered` without the customer's confirmation longer than this completes, ms.
+    pub auto_complete_ms: u64,
+    /// Timer resolution: due deadlines are fired on this tick, ms.
+    pub tick_ms: u64,
 }
 
 /// The secret shipped in `config.yaml`; `serve` warns when it is still in use.

@@ -24,6 +24,7 @@ pub mod loadgen;
 pub mod lock;
 pub mod metrics;
 pub mod model;
+pub mod realtime;
 pub mod server;
 pub mod store;
 

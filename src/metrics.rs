@@ -131,6 +131,86 @@ pub static ORDER_TRANSITIONS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Open websockets by kind (track, merchant_feed, rider_feed).
+pub static WS_OPEN: Lazy<IntGaugeVec> = Lazy::new(|| {
+    must(
+        register_int_gauge_vec!("waimai_ws_open", "Open websockets by kind", &["kind"]),
+        "ws_open",
+    )
+});
+
+/// Messages written to websockets by kind.
+pub static WS_SENT: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_ws_messages_sent_total",
+            "Messages written to websockets by kind",
+            &["kind"]
+        ),
+        "ws_sent",
+    )
+});
+
+/// Sockets dropped by the server, by kind and reason (slow, stalled, heartbeat).
+pub static WS_DROPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_ws_drops_total",
+            "Websockets the server dropped, by kind and reason",
+            &["kind", "reason"]
+        ),
+        "ws_drops",
+    )
+});
+
+/// From an actor publishing an event to the event written on a socket.
+pub static WS_EVENT_SECONDS: Lazy<Histogram> = Lazy::new(|| {
+    must(
+        register_histogram!(
+            "waimai_ws_event_latency_seconds",
+            "Event-to-socket latency: actor publish to websocket write",
+            vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]
+        ),
+        "ws_event",
+    )
+});
+
+/// Dispatch outcomes: offered, accepted, declined, expired, failed.
+pub static DISPATCH_OFFERS: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_dispatch_offers_total",
+            "Rider offers by outcome",
+            &["outcome"]
+        ),
+        "dispatch_offers",
+    )
+});
+
+/// From an order entering dispatch to a rider accepting it.
+pub static DISPATCH_TIME_TO_ASSIGN: Lazy<Histogram> = Lazy::new(|| {
+    must(
+        register_histogram!(
+            "waimai_dispatch_time_to_assign_seconds",
+            "Time from an order entering dispatch to a rider accepting it",
+            vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0]
+        ),
+        "dispatch_tta",
+    )
+});
+
+/// Durable timers fired, by kind (payment_timeout, accept_timeout, auto_complete) and outcome.
+pub static TIMERS_FIRED: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_timers_fired_total",
+            "Order deadlines fired, by kind and outcome",
+            &["kind", "outcome"]
+        ),
+        "timers",
+    )
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     Lazy::force(&HTTP_SECONDS);
@@ -143,6 +223,13 @@ pub fn render() -> String {
     Lazy::force(&STORE_WRITE_FAILURES);
     Lazy::force(&LOCK_OPS);
     Lazy::force(&ORDER_TRANSITIONS);
+    Lazy::force(&WS_OPEN);
+    Lazy::force(&WS_SENT);
+    Lazy::force(&WS_DROPS);
+    Lazy::force(&WS_EVENT_SECONDS);
+    Lazy::force(&DISPATCH_OFFERS);
+    Lazy::force(&DISPATCH_TIME_TO_ASSIGN);
+    Lazy::force(&TIMERS_FIRED);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

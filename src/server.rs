@@ -8,13 +8,18 @@ use std::time::Duration;
 use actix::{Actor, Addr, Arbiter};
 use tokio::net::TcpListener;
 
+use crate::actors::dispatcher::{Dispatcher, OrderChanged};
 use crate::actors::lock::LockActor;
+use crate::actors::order_machine::OrderStatus;
+use crate::actors::rider::GetRider;
 use crate::actors::shard::{Drain, Shard};
+use crate::actors::timers::{Arm, TimerActor};
 use crate::actors::{Deps, Settings};
 use crate::api::{self, ApiState, Auth};
 use crate::cluster::Router;
 use crate::config::{Config, DEV_SECRET};
 use crate::lock::{LockBackend, LockError};
+use crate::realtime::Hub;
 use crate::store::{Store, StoreError};
 
 /// Why a node could not start.
@@ -43,6 +48,12 @@ pub struct Node {
     pub lock: Addr<LockActor>,
     /// Signs and checks tokens.
     pub auth: Auth,
+    /// Live events.
+    pub hub: Hub,
+    /// Rider matching.
+    pub dispatcher: Addr<Dispatcher>,
+    /// Order deadlines.
+    pub timers: Addr<TimerActor>,
     /// The threads the shards run on.
     arbiters: Vec<Arbiter>,
 }
@@ -63,10 +74,17 @@ impl Node {
         let lock = LockActor::new(backend, Duration::from_millis(config.lock.lease_ms)).start();
         let router = Router::new(config.shards.count);
         let settings = Arc::new(Settings::from_config(&config));
+        let hub = Hub::new(config.realtime.buffer);
+        let dispatcher =
+            Dispatcher::new(router.clone(), hub.clone(), config.dispatch.clone()).start();
+        let timers = TimerActor::new(router.clone(), config.timers.clone()).start();
         let deps = Deps {
             store: store.clone(),
             router: router.clone(),
             lock: lock.clone(),
+            hub: hub.clone(),
+            dispatcher: dispatcher.clone(),
+            timers: timers.clone(),
             settings,
         };
         let n_arbiters = match config.shards.arbiters {
@@ -84,6 +102,14 @@ impl Node {
             })
             .collect();
         router.attach(shards);
+        recover(
+            &store,
+            &router,
+            &timers,
+            &dispatcher,
+            config.dispatch.enabled,
+        )
+        .await?;
         let auth = Auth::new(&config.auth.jwt_secret);
         if config.auth.jwt_secret == DEV_SECRET {
             tracing::warn!("auth.jwt_secret is the shipped dev secret: set WAIMAI__AUTH__JWT_SECRET before exposing this node");
@@ -94,6 +120,9 @@ impl Node {
             store,
             lock,
             auth,
+            hub,
+            dispatcher,
+            timers,
             arbiters,
         })
     }
@@ -109,6 +138,9 @@ impl Node {
             store: self.store.clone(),
             lock: self.lock.clone(),
             auth: self.auth.clone(),
+            hub: self.hub.clone(),
+            dispatcher: self.dispatcher.clone(),
+            realtime: self.config.realtime.clone(),
         });
         let routes = api::routes(state, self.config.server.body_limit_bytes);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -130,6 +162,57 @@ impl Node {
         }
         tracing::info!("node stopped");
     }
+}
+
+/// Re-arms the deadlines of every order waiting in a timed status, puts accepted orders back into
+/// dispatch and wakes the riders stored as online so the dispatcher's index is rebuilt.
+async fn recover(
+    store: &Store,
+    router: &Router,
+    timers: &Addr<TimerActor>,
+    dispatcher: &Addr<Dispatcher>,
+    dispatch: bool,
+) -> Result<(), StoreError> {
+    let timed = [
+        OrderStatus::PendingPayment,
+        OrderStatus::Paid,
+        OrderStatus::Delivered,
+    ];
+    let waiting = store.orders_in(&timed, None).await?;
+    let n_timed = waiting.len();
+    for o in waiting {
+        timers.do_send(Arm {
+            order_id: o.id,
+            version: o.version,
+            status: o.status,
+            since: o.updated_at,
+        });
+    }
+    let mut n_dispatch = 0;
+    if dispatch {
+        // Loading a rider actor tells the dispatcher where it is; loading an accepted order
+        // hands it to the dispatcher.
+        for id in store.online_riders().await? {
+            let _ = router.send(&id, GetRider).await;
+        }
+        for o in store.orders_in(&[OrderStatus::Accepted], None).await? {
+            if o.rider_id.is_none() {
+                n_dispatch += 1;
+                dispatcher.do_send(OrderChanged {
+                    order: o,
+                    previous_rider: None,
+                });
+            }
+        }
+    }
+    if n_timed + n_dispatch > 0 {
+        tracing::info!(
+            deadlines = n_timed,
+            dispatch = n_dispatch,
+            "recovered deadlines and dispatch"
+        );
+    }
+    Ok(())
 }
 
 /// Starts a node, serves until `shutdown`, then shuts it down cleanly.

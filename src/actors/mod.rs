@@ -3,12 +3,14 @@
 //! Every entity actor loads its state from the store when it starts (its mailbox waits meanwhile),
 //! persists each change before it replies, and is restarted from the store if a handler panics.
 
+pub mod dispatcher;
 pub mod lock;
 pub mod merchant;
 pub mod order;
 pub mod order_machine;
 pub mod rider;
 pub mod shard;
+pub mod timers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,12 @@ pub struct Deps {
     pub router: Router,
     /// Stock leases.
     pub lock: Addr<lock::LockActor>,
+    /// Live events to websockets.
+    pub hub: crate::realtime::Hub,
+    /// Matches accepted orders with riders.
+    pub dispatcher: Addr<dispatcher::Dispatcher>,
+    /// Order deadlines.
+    pub timers: Addr<timers::TimerActor>,
     /// Lifecycle settings.
     pub settings: Arc<Settings>,
 }
@@ -39,6 +47,10 @@ pub struct Settings {
     pub idle: Duration,
     /// Passivate a terminal order after this much idleness.
     pub terminal_idle: Duration,
+    /// Whether accepted orders go to the dispatcher.
+    pub dispatch: bool,
+    /// At most one `rider_location` event per order per this interval.
+    pub location_interval: Duration,
 }
 
 impl Settings {
@@ -47,6 +59,8 @@ impl Settings {
         Settings {
             idle: Duration::from_millis(cfg.shards.idle_ms),
             terminal_idle: Duration::from_millis(cfg.shards.terminal_idle_ms),
+            dispatch: cfg.dispatch.enabled,
+            location_interval: Duration::from_millis(cfg.realtime.location_interval_ms),
         }
     }
 

@@ -10,16 +10,19 @@ use actix::{
 };
 use serde::Serialize;
 
+use super::dispatcher::OrderChanged;
 use super::merchant::{ReserveStock, RestockItems, SettleReservation, StockFence, UnreserveStock};
 use super::order_machine::{frees_rider, releases_stock, transition, OrderEvent, OrderStatus};
 use super::rider::{ClaimRider, FreeRider};
 use super::shard::{Idle, Shard};
+use super::timers::Arm;
 use super::{guard, Deps, Entity, Idleness, Loaded, Stop};
 use crate::cluster::{Routed, Router};
 use crate::domain::{now_ms, Caller, Location, Role};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{Order, OutboxEvent};
+use crate::realtime::Topic;
 use crate::store::{Store, StoreError, Write};
 
 // ---- messages ----
@@ -67,6 +70,9 @@ pub struct ChangeOrder {
     pub event: OrderEvent,
     /// The merchant or rider named in the request path, or the rider to assign.
     pub party: Option<String>,
+    /// Refuse (with `Conflict`) unless the order is at this version: timers use it so a
+    /// deadline never fires on an order that has moved on.
+    pub expected_version: Option<i64>,
 }
 
 /// Test hook: makes the actor panic inside its handler, as a bug would.
@@ -276,6 +282,12 @@ impl OrderActor {
             return Err(Error::not_found("order", o.id.clone()));
         }
         authorize(&msg.caller, &o, msg.event, msg.party.as_deref())?;
+        if msg.expected_version.is_some_and(|v| v != o.version) {
+            return Err(Error::Conflict(format!(
+                "order {} has moved on to version {}",
+                o.id, o.version
+            )));
+        }
         transition(o.status, msg.event)?;
         Ok(Plan {
             claim: (msg.event == OrderEvent::AssignRider)
@@ -342,8 +354,8 @@ async fn commit_step(
 }
 
 /// Runs a planned change: claim, fence, commit, and for a refund the provider's confirmation.
-/// Returns the last committed order (if any) and the outcome.
-async fn run_plan(router: Router, store: Store, plan: &Plan) -> (Option<Order>, Result<()>) {
+/// Returns every committed step (the order after it, oldest first) and the outcome.
+async fn run_plan(router: Router, store: Store, plan: &Plan) -> (Vec<Order>, Result<()>) {
     let o = &plan.current;
     if let Some(rider) = &plan.claim {
         if let Err(e) = router
@@ -355,28 +367,105 @@ async fn run_plan(router: Router, store: Store, plan: &Plan) -> (Option<Order>, 
             )
             .await
         {
-            return (None, Err(e));
+            return (Vec::new(), Err(e));
         }
     }
     let fence = if plan.restock {
         match router.send(&o.merchant_id, StockFence).await {
             Ok(f) => Some(f),
-            Err(e) => return (None, Err(e)),
+            Err(e) => return (Vec::new(), Err(e)),
         }
     } else {
         None
     };
     let first = match commit_step(&store, o, plan.event, plan.claim.clone(), fence).await {
         Ok(n) => n,
-        Err(e) => return (None, Err(e)),
+        Err(e) => return (Vec::new(), Err(e)),
     };
     if first.status != OrderStatus::Refunding {
-        return (Some(first), Ok(()));
+        return (vec![first], Ok(()));
     }
     // The simulated payment provider confirms refunds at once; a real one answers later.
     match commit_step(&store, &first, OrderEvent::RefundCompleted, None, None).await {
-        Ok(done) => (Some(done), Ok(())),
-        Err(e) => (Some(first), Err(e)),
+        Ok(done) => (vec![first, done], Ok(())),
+        Err(e) => (vec![first], Err(e)),
+    }
+}
+
+/// Tells the rest of the node about a committed change, from inside the actor so that one
+/// order's announcements follow its commit order: live sockets (order, merchant and rider
+/// topics), the order's deadline, and dispatch.
+fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
+    let from = before.map(|b| b.status);
+    let hub = &deps.hub;
+    let order_ref = Some((after.id.as_str(), Some(after.version), Some(after.status)));
+    hub.publish(
+        Topic::Order(after.id.clone()),
+        "status",
+        order_ref,
+        serde_json::json!({
+            "order_id": after.id, "version": after.version, "status": after.status,
+            "from": from, "rider_id": after.rider_id,
+        }),
+    );
+    if from.is_some() {
+        let kind = match after.status {
+            OrderStatus::Paid => "new_order",
+            OrderStatus::Cancelled | OrderStatus::Refunding | OrderStatus::Refunded => {
+                "order_cancelled"
+            }
+            _ => "order_updated",
+        };
+        let mut body = serde_json::json!({
+            "order_id": after.id, "merchant_id": after.merchant_id, "version": after.version,
+            "status": after.status, "from": from, "rider_id": after.rider_id,
+        });
+        if kind == "new_order" {
+            body["order"] = serde_json::to_value(after).unwrap_or_default();
+        }
+        hub.publish(
+            Topic::Merchant(after.merchant_id.clone()),
+            kind,
+            order_ref,
+            body,
+        );
+    }
+    let rider = after
+        .rider_id
+        .as_ref()
+        .or_else(|| before.and_then(|b| b.rider_id.as_ref()));
+    if let Some(rider) = rider {
+        let kind = if after.status == OrderStatus::RiderAssigned
+            && from != Some(OrderStatus::RiderAssigned)
+        {
+            "assigned"
+        } else {
+            "order_updated"
+        };
+        hub.publish(
+            Topic::Rider(rider.clone()),
+            kind,
+            order_ref,
+            serde_json::json!({
+                "order_id": after.id, "rider_id": rider, "version": after.version,
+                "status": after.status, "pickup_merchant_id": after.merchant_id,
+                "dropoff": after.deliver_to,
+            }),
+        );
+    }
+    deps.timers.do_send(Arm {
+        order_id: after.id.clone(),
+        version: after.version,
+        status: after.status,
+        since: after.updated_at,
+    });
+    if deps.settings.dispatch
+        && (after.status == OrderStatus::Accepted || from == Some(OrderStatus::Accepted))
+    {
+        deps.dispatcher.do_send(OrderChanged {
+            order: after.clone(),
+            previous_rider: before.and_then(|b| b.rider_id.clone()),
+        });
     }
 }
 
@@ -404,8 +493,14 @@ impl Handler<ChangeOrder> for OrderActor {
             (plan, committed, outcome)
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            |(plan, committed, outcome), act, ctx| {
+            |(plan, steps, outcome), act, ctx| {
                 let o = &plan.current;
+                let mut before = o;
+                for step in &steps {
+                    announce(&act.deps, Some(before), step);
+                    before = step;
+                }
+                let committed = steps.last().cloned();
                 if let Some(done) = &committed {
                     act.state = Loaded::Present(done.clone());
                     if plan.restock {
@@ -543,6 +638,7 @@ impl Handler<PlaceOrder> for OrderActor {
             |res: Result<Order>, act, ctx| {
                 match res {
                     Ok(order) => {
+                        announce(&act.deps, None, &order);
                         act.state = Loaded::Present(order.clone());
                         Ok(Placed {
                             order,

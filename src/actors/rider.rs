@@ -6,6 +6,7 @@ use actix::{
     Message, ResponseActFuture, Supervised, WrapFuture,
 };
 
+use super::dispatcher::RiderState;
 use super::shard::{Idle, Shard};
 use super::{Deps, Entity, Idleness, Loaded, Stop};
 use crate::cluster::Routed;
@@ -13,6 +14,7 @@ use crate::domain::{now_ms, Caller, Location, Role};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{OutboxEvent, Rider};
+use crate::realtime::Topic;
 use crate::store::{StoreError, Write};
 
 // ---- messages ----
@@ -109,6 +111,8 @@ pub struct RiderActor {
     state: Loaded<Rider>,
     /// Passivation bookkeeping.
     idle: Idleness,
+    /// When trackers last got this rider's position.
+    last_push: Option<std::time::Instant>,
 }
 
 impl Entity for RiderActor {
@@ -121,6 +125,7 @@ impl Entity for RiderActor {
             shard,
             state: Loaded::Loading,
             idle: Idleness::new(),
+            last_push: None,
         }
     }
 
@@ -180,7 +185,47 @@ impl RiderActor {
                         Ok(None) => Loaded::Absent,
                         Err(e) => Loaded::Failed(e.to_string()),
                     };
+                    act.tell_dispatch();
                 }),
+        );
+    }
+
+    /// Tells the dispatcher where this rider is and whether it can take work.
+    fn tell_dispatch(&self) {
+        if !self.deps.settings.dispatch {
+            return;
+        }
+        if let Loaded::Present(r) = &self.state {
+            self.deps.dispatcher.do_send(RiderState {
+                rider_id: r.id.clone(),
+                online: r.online,
+                busy: r.current_order.is_some(),
+                location: r.location,
+            });
+        }
+    }
+
+    /// Sends the position to whoever tracks the order this rider carries, at most once per
+    /// configured interval.
+    fn push_location(&mut self) {
+        let Loaded::Present(r) = &self.state else {
+            return;
+        };
+        let (Some(order), Some(loc)) = (&r.current_order, r.location) else {
+            return;
+        };
+        let every = self.deps.settings.location_interval;
+        if self.last_push.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last_push = Some(std::time::Instant::now());
+        self.deps.hub.publish(
+            Topic::Order(order.clone()),
+            "rider_location",
+            Some((order.as_str(), None, None)),
+            serde_json::json!({
+                "order_id": order, "rider_id": r.id, "lat": loc.lat, "lng": loc.lng,
+            }),
         );
     }
 
@@ -234,6 +279,7 @@ impl RiderActor {
                 .map(move |res, act, ctx| match res {
                     Ok(()) => {
                         act.state = Loaded::Present(next.clone());
+                        act.tell_dispatch();
                         Ok(next)
                     }
                     Err(e) => {
@@ -332,13 +378,16 @@ impl Handler<UpdateLocation> for RiderActor {
     fn handle(&mut self, msg: UpdateLocation, ctx: &mut Context<Self>) -> Self::Result {
         self.idle.touch();
         self.owned(&msg.caller, ctx)?;
-        match &mut self.state {
+        let r = match &mut self.state {
             Loaded::Present(r) => {
                 r.location = Some(msg.location);
-                Ok(r.clone())
+                r.clone()
             }
-            _ => Err(Error::not_found("rider", self.id.clone())),
-        }
+            _ => return Err(Error::not_found("rider", self.id.clone())),
+        };
+        self.tell_dispatch();
+        self.push_location();
+        Ok(r)
     }
 }
 

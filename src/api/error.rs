@@ -69,6 +69,11 @@ impl ApiError {
         }
     }
 
+    /// The machine-readable code (also used in websocket `error` messages).
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
     /// The HTTP response.
     pub fn into_response(self) -> Response {
         let (status, code, extra) = self.parts();

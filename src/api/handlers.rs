@@ -12,6 +12,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::{ApiError, ApiState};
+use crate::actors::dispatcher::AnswerOffer;
 use crate::actors::lock::PingLocks;
 use crate::actors::merchant::{GetMerchant, RegisterMerchant, SetMenu, SetOpen};
 use crate::actors::order::{ChangeOrder, GetOrder, PlaceOrder};
@@ -224,6 +225,7 @@ pub(super) async fn merchant_decide(
                 caller,
                 event,
                 party: Some(mid),
+                expected_version: None,
             },
         )
         .await?;
@@ -339,9 +341,38 @@ pub(super) async fn rider_order(
                 caller,
                 event,
                 party: Some(rid),
+                expected_version: None,
             },
         )
         .await?;
+    Ok(json(StatusCode::OK, &order))
+}
+
+pub(super) async fn rider_offer(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    rid: String,
+    oid: String,
+    action: String,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    path_id("rider", &rid)?;
+    path_id("order", &oid)?;
+    let accept = match action.as_str() {
+        "accept" => true,
+        "decline" => false,
+        _ => return Err(Error::not_found("route", action).into()),
+    };
+    let order = st
+        .dispatcher
+        .send(AnswerOffer {
+            caller,
+            rider_id: rid,
+            order_id: oid,
+            accept,
+        })
+        .await
+        .map_err(Error::from)??;
     Ok(json(StatusCode::OK, &order))
 }
 
@@ -470,6 +501,7 @@ pub(super) async fn order_action(
                 caller,
                 event,
                 party,
+                expected_version: None,
             },
         )
         .await?;

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 mod handlers;
+mod ws;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 use actix::Addr;
 use bytes::Bytes;
+use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
@@ -32,6 +34,12 @@ pub struct ApiState {
     pub lock: Addr<LockActor>,
     /// Token checks.
     pub auth: Auth,
+    /// Live events for websockets.
+    pub hub: crate::realtime::Hub,
+    /// Offers and their answers.
+    pub dispatcher: Addr<crate::actors::dispatcher::Dispatcher>,
+    /// Websocket settings.
+    pub realtime: crate::config::RealtimeConfig,
 }
 
 /// Runs a handler, turning its error into a response and recording latency by route and status.
@@ -203,6 +211,45 @@ pub fn routes(
             )
         });
 
+    let rider_offer = warp::path!("v1" / "riders" / String / "offers" / String / String)
+        .and(warp::post())
+        .and(st.clone())
+        .and(bearer)
+        .then(|rid, oid, action, s, a| {
+            timed(
+                "POST /v1/riders/{rid}/offers/{oid}/{action}",
+                handlers::rider_offer(s, a, rid, oid, action),
+            )
+        });
+
+    let query = warp::query::<std::collections::HashMap<String, String>>();
+    let track = warp::path!("v1" / "orders" / String / "track")
+        .and(warp::get())
+        .and(st.clone())
+        .and(warp::ws())
+        .and(bearer)
+        .and(query)
+        .then(|id, s, w, a, q| timed("GET /v1/orders/{id}/track", ws::track(s, w, a, q, id)));
+    let merchant_feed = warp::path!("v1" / "merchants" / String / "feed")
+        .and(warp::get())
+        .and(st.clone())
+        .and(warp::ws())
+        .and(bearer)
+        .and(query)
+        .then(|id, s, w, a, q| {
+            timed(
+                "GET /v1/merchants/{id}/feed",
+                ws::merchant_feed(s, w, a, q, id),
+            )
+        });
+    let rider_feed = warp::path!("v1" / "riders" / String / "feed")
+        .and(warp::get())
+        .and(st.clone())
+        .and(warp::ws())
+        .and(bearer)
+        .and(query)
+        .then(|id, s, w, a, q| timed("GET /v1/riders/{id}/feed", ws::rider_feed(s, w, a, q, id)));
+
     let create_order = warp::path!("v1" / "orders")
         .and(warp::post())
         .and(st.clone())
@@ -227,37 +274,31 @@ pub fn routes(
             )
         });
 
-    healthz
-        .or(readyz)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(create_merchant)
-        .unify()
-        .or(get_merchant)
-        .unify()
-        .or(set_menu)
-        .unify()
-        .or(merchant_decide)
-        .unify()
-        .or(open_close)
-        .unify()
-        .or(create_rider)
-        .unify()
-        .or(get_rider)
-        .unify()
-        .or(rider_location)
-        .unify()
-        .or(rider_order)
-        .unify()
-        .or(rider_status)
-        .unify()
-        .or(create_order)
-        .unify()
-        .or(get_order)
-        .unify()
-        .or(order_action)
-        .unify()
+    // Boxing each route keeps the `or` chain's type shallow (warp's nested filter types
+    // otherwise make compile times explode).
+    let rest: Vec<BoxedFilter<(Response,)>> = vec![
+        readyz.boxed(),
+        metrics.boxed(),
+        create_merchant.boxed(),
+        get_merchant.boxed(),
+        set_menu.boxed(),
+        merchant_decide.boxed(),
+        open_close.boxed(),
+        create_rider.boxed(),
+        get_rider.boxed(),
+        rider_location.boxed(),
+        rider_order.boxed(),
+        rider_status.boxed(),
+        rider_offer.boxed(),
+        track.boxed(),
+        merchant_feed.boxed(),
+        rider_feed.boxed(),
+        create_order.boxed(),
+        get_order.boxed(),
+        order_action.boxed(),
+    ];
+    rest.into_iter()
+        .fold(healthz.boxed(), |acc, r| acc.or(r).unify().boxed())
         .recover(error::recover)
         .unify()
 }

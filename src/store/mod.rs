@@ -219,6 +219,47 @@ impl Store {
         row.map(|r| order_from_row(&r)).transpose()
     }
 
+    /// Every order in one of `statuses` (optionally of one merchant), oldest first: recovery of
+    /// timers and dispatch at startup, and the merchant feed's snapshot.
+    pub async fn orders_in(
+        &self,
+        statuses: &[OrderStatus],
+        merchant_id: Option<&str>,
+    ) -> Result<Vec<Order>, StoreError> {
+        if statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; statuses.len()].join(", ");
+        let by_merchant = if merchant_id.is_some() {
+            " AND merchant_id = ?"
+        } else {
+            ""
+        };
+        let sql = self.sql(&format!(
+            "SELECT id, customer_id, merchant_id, rider_id, status, items, total_cents, deliver_lat, \
+             deliver_lng, request_hash, version, created_at, updated_at FROM orders \
+             WHERE status IN ({marks}){by_merchant} ORDER BY created_at"
+        ));
+        let mut q = sqlx::query(&sql);
+        for s in statuses {
+            q = q.bind(s.as_str());
+        }
+        if let Some(m) = merchant_id {
+            q = q.bind(m);
+        }
+        let rows = q.fetch_all(&self.inner.pool).await?;
+        rows.iter().map(order_from_row).collect()
+    }
+
+    /// Ids of the riders stored as online (to rebuild the dispatcher's index at startup).
+    pub async fn online_riders(&self) -> Result<Vec<String>, StoreError> {
+        let sql = self.sql("SELECT id FROM riders WHERE online = 1");
+        let rows = sqlx::query(&sql).fetch_all(&self.inner.pool).await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .collect()
+    }
+
     /// Loads a merchant and its menu.
     pub async fn load_merchant(
         &self,

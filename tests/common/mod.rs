@@ -134,6 +134,8 @@ pub struct TestApp {
     pub admin: String,
     /// Stops the HTTP server when dropped or sent.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The serving task.
+    served: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A response: status and JSON body (Null when the body is not JSON).
@@ -154,7 +156,7 @@ impl TestApp {
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = node.clone();
-        tokio::spawn(async move {
+        let served = tokio::spawn(async move {
             serving
                 .serve(listener, async move {
                     let _ = stopped.await;
@@ -172,6 +174,36 @@ impl TestApp {
             node,
             admin,
             stop: Some(stop),
+            served: Some(served),
+        }
+    }
+
+    /// Stops serving, then shuts the node down cleanly (drains actors, closes the store).
+    pub async fn shutdown(mut self) {
+        self.stop_http();
+        if let Some(s) = self.served.take() {
+            let _ = s.await;
+        }
+        let node = self.node.clone();
+        drop(self);
+        match Arc::try_unwrap(node) {
+            Ok(node) => node.shutdown().await,
+            Err(_) => panic!("node still shared at shutdown"),
+        }
+    }
+
+    /// Opens a websocket on `path` with `token` (as `?token=`); Err(HTTP status) if refused.
+    pub async fn ws(&self, path: &str, token: &str) -> Result<Socket, u16> {
+        let url = format!(
+            "{}{}?token={}",
+            self.base.replacen("http://", "ws://", 1),
+            path,
+            token
+        );
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _)) => Ok(Socket { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("websocket connect: {e}"),
         }
     }
 
@@ -284,6 +316,80 @@ impl TestApp {
         (rid, token)
     }
 
+    /// Creates a rider and puts it online at (`lat`, `lng`); returns (rider id, rider token).
+    pub async fn rider_at(&self, lat: f64, lng: f64) -> (String, String) {
+        let r = self
+            .post("/v1/riders", &self.admin, Some(json!({"name": "Rider"})))
+            .await;
+        assert_eq!(r.status, 201, "create rider: {}", r.body);
+        let rid = r.body["id"].as_str().expect("rider id").to_string();
+        let token = self.token(Role::Rider, &rid);
+        let r = self
+            .post(
+                &format!("/v1/riders/{rid}/online"),
+                &token,
+                Some(json!({"location": {"lat": lat, "lng": lng}})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "rider online: {}", r.body);
+        (rid, token)
+    }
+
+    /// Places and pays an order of one `sku` as `customer`, then lets merchant `mtoken`
+    /// accept it; returns the order id.
+    pub async fn accepted_order(&self, customer: &str, mid: &str, mtoken: &str, sku: &str) -> String {
+        let r = self.order(customer, mid, sku, 1, None).await;
+        assert_eq!(r.status, 201, "order: {}", r.body);
+        let oid = r.body["id"].as_str().expect("order id").to_string();
+        let ctoken = self.token(Role::Customer, customer);
+        let r = self.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None).await;
+        assert_eq!(r.status, 200, "pay: {}", r.body);
+        let r = self
+            .post(&format!("/v1/merchants/{mid}/orders/{oid}/accept"), mtoken, None)
+            .await;
+        assert_eq!(r.status, 200, "accept: {}", r.body);
+        oid
+    }
+
+    /// Waits until rider `rid` holds an offer for `oid` (read through its feed's snapshot).
+    pub async fn wait_offer(&self, rid: &str, rtoken: &str, oid: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut s = self
+                .ws(&format!("/v1/riders/{rid}/feed"), rtoken)
+                .await
+                .expect("rider feed");
+            if s.json(5).await["offer"]["order_id"] == oid {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "no offer of {oid} reached {rid}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The order's current status, read as an admin.
+    pub async fn status_of(&self, oid: &str) -> String {
+        let r = self.get(&format!("/v1/orders/{oid}"), &self.admin).await;
+        assert_eq!(r.status, 200, "get order: {}", r.body);
+        r.body["status"].as_str().expect("status").to_string()
+    }
+
+    /// Polls until order `oid` is in `status` (at most `secs`); panics with the last status.
+    pub async fn wait_status(&self, oid: &str, status: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let now = self.status_of(oid).await;
+            if now == status {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "order {oid} is still {now}, expected {status}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Places an order of `qty` x `sku` as `customer`; returns the response.
     pub async fn order(
         &self,
@@ -311,5 +417,79 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop_http();
+    }
+}
+
+/// A websocket client.
+pub struct Socket {
+    /// The connection.
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// What a socket read returned.
+#[derive(Debug)]
+pub enum Frame {
+    /// A JSON text message.
+    Json(Value),
+    /// The server closed, with code and reason.
+    Closed(u16, String),
+    /// Nothing within the wait.
+    Timeout,
+}
+
+impl Socket {
+    /// The next text message or close, skipping pings and pongs, waiting at most `secs`.
+    pub async fn next(&mut self, secs: u64) -> Frame {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Frame::Timeout,
+                Ok(None) => return Frame::Closed(1006, "eof".into()),
+                Ok(Some(Err(_))) => return Frame::Closed(1006, "error".into()),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => {
+                    return Frame::Json(serde_json::from_str(&t).expect("server sends JSON"))
+                }
+                Message::Close(c) => {
+                    return c
+                        .map(|c| Frame::Closed(u16::from(c.code), c.reason.to_string()))
+                        .unwrap_or(Frame::Closed(1005, String::new()))
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next JSON message; panics on close or after `secs`.
+    pub async fn json(&mut self, secs: u64) -> Value {
+        match self.next(secs).await {
+            Frame::Json(v) => v,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// The next message of type `kind`, skipping others; panics on close or after `secs`.
+    pub async fn expect_type(&mut self, kind: &str, secs: u64) -> Value {
+        loop {
+            let v = self.json(secs).await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Sends a JSON text message.
+    pub async fn send(&mut self, v: Value) {
+        use futures::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(v.to_string()))
+            .await
+            .expect("websocket send");
     }
 }

@@ -1,0 +1,441 @@
+//! Websockets: order tracking, the merchant feed and the rider feed.
+//!
+//! Each upgrade authenticates first (bearer header or `?token=`), subscribes to its hub topic,
+//! then takes its snapshot through the owning actor (or the store for a merchant's open orders),
+//! so nothing published in between is lost; buffered events the snapshot already covers are
+//! dropped by order version. Refusals (bad token, not yours) are ordinary JSON errors before any
+//! upgrade. Once open, a socket is dropped with a close reason when it falls `buffer` events
+//! behind (slow), when one write stalls (`send_timeout_ms`), or when it stays silent for two
+//! heartbeats.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use warp::reply::Response;
+use warp::ws::{Message, WebSocket, Ws};
+use warp::Reply;
+
+use super::{ApiError, ApiState};
+use crate::actors::dispatcher::{AnswerOffer, CurrentOffer};
+use crate::actors::order::{ChangeOrder, GetOrder};
+use crate::actors::order_machine::{OrderEvent, OrderStatus};
+use crate::actors::rider::{GetRider, UpdateLocation};
+use crate::domain::{now_ms, Caller, Location, Role};
+use crate::error::Error;
+use crate::metrics;
+use crate::realtime::{Event, Subscription, Topic};
+
+type Outcome = Result<Response, ApiError>;
+
+/// Close codes (RFC 6455 and the registered 1013).
+const NORMAL: u16 = 1000;
+const GOING_AWAY: u16 = 1001;
+const POLICY: u16 = 1008;
+const TRY_LATER: u16 = 1013;
+
+/// The bearer token from the header, or from `?token=` for browsers.
+pub(super) fn bearer(header: Option<String>, query: &HashMap<String, String>) -> Option<String> {
+    header.or_else(|| query.get("token").map(|t| format!("Bearer {t}")))
+}
+
+fn check_id(kind: &'static str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(Error::not_found(kind, id.chars().take(64).collect::<String>()).into());
+    }
+    Ok(())
+}
+
+/// What a socket's inbound commands act on.
+enum Commands {
+    /// Tracking sockets only listen.
+    None,
+    /// A merchant accepts or rejects its orders.
+    Merchant { caller: Caller, merchant_id: String },
+    /// A rider answers offers and streams its position.
+    Rider { caller: Caller, rider_id: String },
+}
+
+/// A command sent by a client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Command {
+    Accept { order_id: String },
+    Reject { order_id: String },
+    Decline { order_id: String },
+    Location { lat: f64, lng: f64 },
+}
+
+/// One open socket's state.
+struct Session {
+    kind: &'static str,
+    st: Arc<ApiState>,
+    sub: Subscription,
+    snapshot: String,
+    /// Latest version delivered per order (snapshot included).
+    seen: HashMap<String, i64>,
+    /// Unversioned events at or below this sequence are covered by the snapshot.
+    min_seq: u64,
+    /// Tracking: the snapshot is already terminal, close right after it.
+    done: Option<OrderStatus>,
+    close_on_terminal: bool,
+    commands: Commands,
+}
+
+/// `GET /v1/orders/{id}/track`
+pub(super) async fn track(
+    st: Arc<ApiState>,
+    ws: Ws,
+    auth: Option<String>,
+    query: HashMap<String, String>,
+    id: String,
+) -> Outcome {
+    let caller = st.auth.caller(bearer(auth, &query).as_deref())?;
+    check_id("order", &id)?;
+    let sub = st.hub.subscribe(Topic::Order(id.clone()));
+    let order = st.router.send(&id, GetOrder { caller }).await?;
+    let snapshot = json!({
+        "type": "snapshot", "order_id": order.id, "version": order.version,
+        "seq": st.hub.last_seq(), "ts": now_ms(), "order": order,
+    })
+    .to_string();
+    let session = Session {
+        kind: "track",
+        st: st.clone(),
+        sub,
+        snapshot,
+        seen: HashMap::from([(order.id.clone(), order.version)]),
+        min_seq: 0,
+        done: order.status.is_terminal().then_some(order.status),
+        close_on_terminal: true,
+        commands: Commands::None,
+    };
+    Ok(upgrade(ws, session))
+}
+
+/// `GET /v1/merchants/{id}/feed`
+pub(super) async fn merchant_feed(
+    st: Arc<ApiState>,
+    ws: Ws,
+    auth: Option<String>,
+    query: HashMap<String, String>,
+    id: String,
+) -> Outcome {
+    let caller = st.auth.caller(bearer(auth, &query).as_deref())?;
+    check_id("merchant", &id)?;
+    if !caller.is(Role::Merchant, &id) {
+        return Err(Error::Forbidden("only this merchant may follow its feed".into()).into());
+    }
+    let sub = st.hub.subscribe(Topic::Merchant(id.clone()));
+    let active = [
+        OrderStatus::Paid,
+        OrderStatus::Accepted,
+        OrderStatus::RiderAssigned,
+        OrderStatus::PickedUp,
+    ];
+    let orders = st
+        .store
+        .orders_in(&active, Some(&id))
+        .await
+        .map_err(Error::from)?;
+    let seen = orders.iter().map(|o| (o.id.clone(), o.version)).collect();
+    let snapshot = json!({
+        "type": "snapshot", "merchant_id": id, "seq": st.hub.last_seq(), "ts": now_ms(),
+        "orders": orders,
+    })
+    .to_string();
+    let session = Session {
+        kind: "merchant_feed",
+        st: st.clone(),
+        sub,
+        snapshot,
+        seen,
+        min_seq: 0,
+        done: None,
+        close_on_terminal: false,
+        commands: Commands::Merchant {
+            caller,
+            merchant_id: id,
+        },
+    };
+    Ok(upgrade(ws, session))
+}
+
+/// `GET /v1/riders/{id}/feed`
+pub(super) async fn rider_feed(
+    st: Arc<ApiState>,
+    ws: Ws,
+    auth: Option<String>,
+    query: HashMap<String, String>,
+    id: String,
+) -> Outcome {
+    let caller = st.auth.caller(bearer(auth, &query).as_deref())?;
+    check_id("rider", &id)?;
+    if !caller.is(Role::Rider, &id) {
+        return Err(Error::Forbidden("only this rider may follow its feed".into()).into());
+    }
+    let sub = st.hub.subscribe(Topic::Rider(id.clone()));
+    let min_seq = st.hub.last_seq();
+    let rider = st.router.send(&id, GetRider).await?;
+    let offer = st
+        .dispatcher
+        .send(CurrentOffer {
+            rider_id: id.clone(),
+        })
+        .await
+        .map_err(Error::from)?;
+    let snapshot = json!({
+        "type": "snapshot", "rider_id": id, "seq": min_seq, "ts": now_ms(),
+        "rider": rider, "offer": offer,
+    })
+    .to_string();
+    let session = Session {
+        kind: "rider_feed",
+        st: st.clone(),
+        sub,
+        snapshot,
+        seen: HashMap::new(),
+        min_seq,
+        done: None,
+        close_on_terminal: false,
+        commands: Commands::Rider {
+            caller,
+            rider_id: id,
+        },
+    };
+    Ok(upgrade(ws, session))
+}
+
+fn upgrade(ws: Ws, session: Session) -> Response {
+    ws.max_message_size(16 * 1024)
+        .on_upgrade(move |socket| run(socket, session))
+        .into_response()
+}
+
+/// True when the snapshot (or an earlier event) already covered `ev`.
+fn covered(s: &mut Session, ev: &Event) -> bool {
+    match (&ev.order_id, ev.version) {
+        (Some(order), Some(v)) => {
+            if s.seen.get(order).is_some_and(|seen| *seen >= v) {
+                return true;
+            }
+            if ev.status.is_some_and(OrderStatus::is_terminal) && !s.close_on_terminal {
+                s.seen.remove(order); // nothing follows a terminal status
+            } else {
+                s.seen.insert(order.clone(), v);
+            }
+            false
+        }
+        _ => ev.seq <= s.min_seq,
+    }
+}
+
+async fn run(socket: WebSocket, mut s: Session) {
+    let kind = s.kind;
+    metrics::WS_OPEN.with_label_values(&[kind]).inc();
+    let cfg = s.st.realtime.clone();
+    let heartbeat = Duration::from_millis(cfg.heartbeat_ms.max(10));
+    let send_timeout = Duration::from_millis(cfg.send_timeout_ms.max(10));
+    let (mut tx, mut rx) = socket.split();
+
+    // Writes one frame; false when the client stalled or went away.
+    macro_rules! send {
+        ($msg:expr) => {
+            match tokio::time::timeout(send_timeout, tx.send($msg)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) => false,
+                Err(_) => {
+                    metrics::WS_DROPS
+                        .with_label_values(&[kind, "stalled"])
+                        .inc();
+                    false
+                }
+            }
+        };
+    }
+    macro_rules! close {
+        ($code:expr, $why:expr) => {{
+            let _ = tokio::time::timeout(
+                send_timeout,
+                tx.send(Message::close_with($code, $why.to_string())),
+            )
+            .await;
+        }};
+    }
+
+    let snapshot = std::mem::take(&mut s.snapshot);
+    if send!(Message::text(snapshot)) {
+        metrics::WS_SENT.with_label_values(&[kind]).inc();
+        if let Some(status) = s.done {
+            close!(NORMAL, format!("order is {status}"));
+        } else {
+            let mut ping = tokio::time::interval(heartbeat);
+            ping.tick().await;
+            let mut last_heard = Instant::now();
+            loop {
+                tokio::select! {
+                    ev = s.sub.rx.recv() => {
+                        let Some(ev) = ev else {
+                            if s.sub.was_slow() {
+                                metrics::WS_DROPS.with_label_values(&[kind, "slow"]).inc();
+                                close!(POLICY, format!("slow consumer: more than {} events behind", cfg.buffer));
+                            } else {
+                                close!(GOING_AWAY, "event stream ended");
+                            }
+                            break;
+                        };
+                        if covered(&mut s, &ev) {
+                            continue;
+                        }
+                        if !send!(Message::text(ev.text.clone())) {
+                            break;
+                        }
+                        metrics::WS_SENT.with_label_values(&[kind]).inc();
+                        metrics::WS_EVENT_SECONDS.observe(ev.published.elapsed().as_secs_f64());
+                        if s.close_on_terminal {
+                            if let Some(status) = ev.status.filter(|st| st.is_terminal()) {
+                                close!(NORMAL, format!("order is {status}"));
+                                break;
+                            }
+                        }
+                    }
+                    msg = rx.next() => {
+                        let msg = match msg {
+                            Some(Ok(m)) => m,
+                            _ => break,
+                        };
+                        last_heard = Instant::now();
+                        if msg.is_close() {
+                            break;
+                        }
+                        let Ok(text) = msg.to_str() else {
+                            continue; // pings and pongs
+                        };
+                        if let Some(reply) = command(&s, text).await {
+                            if !send!(Message::text(reply)) {
+                                break;
+                            }
+                            metrics::WS_SENT.with_label_values(&[kind]).inc();
+                        }
+                    }
+                    _ = ping.tick() => {
+                        if last_heard.elapsed() > heartbeat * 2 {
+                            metrics::WS_DROPS.with_label_values(&[kind, "heartbeat"]).inc();
+                            close!(TRY_LATER, "heartbeat timeout");
+                            break;
+                        }
+                        if !send!(Message::ping(Vec::new())) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    metrics::WS_OPEN.with_label_values(&[kind]).dec();
+}
+
+fn ack(order_id: &str, status: Option<OrderStatus>, version: Option<i64>) -> String {
+    json!({ "type": "ack", "order_id": order_id, "status": status, "version": version, "ts": now_ms() })
+        .to_string()
+}
+
+fn error(order_id: Option<&str>, e: ApiError) -> String {
+    json!({
+        "type": "error", "order_id": order_id, "code": e.code(), "message": e.to_string(),
+        "ts": now_ms(),
+    })
+    .to_string()
+}
+
+/// Runs one inbound command; the reply to send back, if any.
+async fn command(s: &Session, text: &str) -> Option<String> {
+    let cmd: Command = match serde_json::from_str(text) {
+        Ok(c) => c,
+        Err(e) => return Some(error(None, ApiError::InvalidBody(e.to_string()))),
+    };
+    let st = &s.st;
+    match (&s.commands, cmd) {
+        (
+            Commands::Merchant {
+                caller,
+                merchant_id,
+            },
+            cmd @ (Command::Accept { .. } | Command::Reject { .. }),
+        ) => {
+            let (order_id, event) = match cmd {
+                Command::Accept { order_id } => (order_id, OrderEvent::Accept),
+                Command::Reject { order_id } => (order_id, OrderEvent::Reject),
+                _ => return None,
+            };
+            if let Err(e) = check_id("order", &order_id) {
+                return Some(error(Some(&order_id), e));
+            }
+            let res = st
+                .router
+                .send(
+                    &order_id,
+                    ChangeOrder {
+                        caller: caller.clone(),
+                        event,
+                        party: Some(merchant_id.clone()),
+                        expected_version: None,
+                    },
+                )
+                .await;
+            Some(match res {
+                Ok(o) => ack(&o.id, Some(o.status), Some(o.version)),
+                Err(e) => error(Some(&order_id), e.into()),
+            })
+        }
+        (
+            Commands::Rider { caller, rider_id },
+            cmd @ (Command::Accept { .. } | Command::Decline { .. }),
+        ) => {
+            let (order_id, accept) = match cmd {
+                Command::Accept { order_id } => (order_id, true),
+                Command::Decline { order_id } => (order_id, false),
+                _ => return None,
+            };
+            let res = st
+                .dispatcher
+                .send(AnswerOffer {
+                    caller: caller.clone(),
+                    rider_id: rider_id.clone(),
+                    order_id: order_id.clone(),
+                    accept,
+                })
+                .await
+                .map_err(Error::from)
+                .and_then(|r| r);
+            Some(match res {
+                Ok(o) => ack(&order_id, Some(o.status), Some(o.version)),
+                Err(e) => error(Some(&order_id), e.into()),
+            })
+        }
+        (Commands::Rider { caller, rider_id }, Command::Location { lat, lng }) => {
+            let location = Location { lat, lng };
+            if let Err(e) = location.validate() {
+                return Some(error(None, ApiError::InvalidBody(e.to_string())));
+            }
+            let res = st
+                .router
+                .send(
+                    rider_id,
+                    UpdateLocation {
+                        caller: caller.clone(),
+                        location,
+                    },
+                )
+                .await;
+            res.err().map(|e| error(None, e.into()))
+        }
+        _ => Some(error(
+            None,
+            ApiError::InvalidBody(format!("this {} socket does not take that command", s.kind)),
+        )),
+    }
+}

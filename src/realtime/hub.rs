@@ -1,0 +1,226 @@
+//! The hub: topic -> subscribers, each a bounded queue. Publishing never blocks: a subscriber
+//! whose queue is full is cut off and marked slow, and its socket closes with that reason.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::actors::order_machine::OrderStatus;
+use crate::domain::now_ms;
+
+/// What a subscription follows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// One order: `status` and `rider_location`.
+    Order(String),
+    /// One merchant's orders: `new_order`, `order_updated`, `order_cancelled`.
+    Merchant(String),
+    /// One rider: `offer`, `offer_withdrawn`, `assigned`, `order_updated`.
+    Rider(String),
+}
+
+/// One published event, shared by every subscriber.
+#[derive(Debug)]
+pub struct Event {
+    /// Node-wide publication number.
+    pub seq: u64,
+    /// When it was published (for the event-to-socket latency histogram).
+    pub published: Instant,
+    /// The order it is about, if any.
+    pub order_id: Option<String>,
+    /// The order's version after the change, for status events (dedupe against snapshots).
+    pub version: Option<i64>,
+    /// The order's status after the change, for status events.
+    pub status: Option<OrderStatus>,
+    /// The JSON text sent to clients.
+    pub text: String,
+}
+
+struct Sub {
+    id: u64,
+    tx: mpsc::Sender<Arc<Event>>,
+    slow: Arc<AtomicBool>,
+}
+
+const SLOTS: usize = 32;
+
+struct Inner {
+    slots: Vec<Mutex<HashMap<Topic, Vec<Sub>>>>,
+    seq: AtomicU64,
+    next_sub: AtomicU64,
+    buffer: usize,
+}
+
+/// The node's event hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// A live subscription; dropping it unsubscribes.
+pub struct Subscription {
+    /// Events in publication order.
+    pub rx: mpsc::Receiver<Arc<Event>>,
+    slow: Arc<AtomicBool>,
+    topic: Topic,
+    id: u64,
+    hub: Hub,
+}
+
+impl Subscription {
+    /// True when the hub cut this subscription off because its queue was full.
+    pub fn was_slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.topic, self.id);
+    }
+}
+
+impl Hub {
+    /// A hub whose subscribers may each have `buffer` events queued.
+    pub fn new(buffer: usize) -> Self {
+        Hub {
+            inner: Arc::new(Inner {
+                slots: (0..SLOTS).map(|_| Mutex::new(HashMap::new())).collect(),
+                seq: AtomicU64::new(0),
+                next_sub: AtomicU64::new(1),
+                buffer: buffer.max(1),
+            }),
+        }
+    }
+
+    fn slot(&self, topic: &Topic) -> &Mutex<HashMap<Topic, Vec<Sub>>> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        topic.hash(&mut h);
+        &self.inner.slots[h.finish() as usize % SLOTS]
+    }
+
+    fn lock<'a>(
+        m: &'a Mutex<HashMap<Topic, Vec<Sub>>>,
+    ) -> std::sync::MutexGuard<'a, HashMap<Topic, Vec<Sub>>> {
+        // A panic while holding the lock cannot leave the map inconsistent (single operations).
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The number of the last event published.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.seq.load(Ordering::Acquire)
+    }
+
+    /// Follows `topic` from now on.
+    pub fn subscribe(&self, topic: Topic) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.inner.buffer);
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let slow = Arc::new(AtomicBool::new(false));
+        Self::lock(self.slot(&topic))
+            .entry(topic.clone())
+            .or_default()
+            .push(Sub {
+                id,
+                tx,
+                slow: slow.clone(),
+            });
+        Subscription {
+            rx,
+            slow,
+            topic,
+            id,
+            hub: self.clone(),
+        }
+    }
+
+    fn unsubscribe(&self, topic: &Topic, id: u64) {
+        let mut map = Self::lock(self.slot(topic));
+        if let Some(subs) = map.get_mut(topic) {
+            subs.retain(|s| s.id != id);
+            if subs.is_empty() {
+                map.remove(topic);
+            }
+        }
+    }
+
+    /// Whether anyone follows `topic` (lets publishers skip building events nobody reads).
+    pub fn has_subscribers(&self, topic: &Topic) -> bool {
+        Self::lock(self.slot(topic)).contains_key(topic)
+    }
+
+    /// Publishes a message of `kind` with `fields` (an object) to `topic`. `order` names the
+    /// order, its version and status when the event reflects a committed order change.
+    pub fn publish(
+        &self,
+        topic: Topic,
+        kind: &str,
+        order: Option<(&str, Option<i64>, Option<OrderStatus>)>,
+        fields: Value,
+    ) {
+        let mut map = Self::lock(self.slot(&topic));
+        let Some(subs) = map.get_mut(&topic) else {
+            return;
+        };
+        let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut body = match fields {
+            Value::Object(m) => m,
+            other => {
+                let mut m = serde_json::Map::new();
+                m.insert("data".into(), other);
+                m
+            }
+        };
+        body.insert("type".into(), Value::from(kind));
+        body.insert("seq".into(), Value::from(seq));
+        body.insert("ts".into(), Value::from(now_ms()));
+        let event = Arc::new(Event {
+            seq,
+            published: Instant::now(),
+            order_id: order.map(|o| o.0.to_string()),
+            version: order.and_then(|o| o.1),
+            status: order.and_then(|o| o.2),
+            text: Value::Object(body).to_string(),
+        });
+        subs.retain(|s| match s.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                s.slow.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if subs.is_empty() {
+            map.remove(&topic);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_reach_subscribers_in_order_and_a_full_queue_cuts_off() {
+        let hub = Hub::new(2);
+        let t = Topic::Order("o1".into());
+        let mut fast = hub.subscribe(t.clone());
+        let slow = hub.subscribe(t.clone());
+        hub.publish(t.clone(), "a", None, serde_json::json!({}));
+        hub.publish(t.clone(), "b", None, serde_json::json!({}));
+        assert!(fast.rx.recv().await.is_some_and(|e| e.seq == 1));
+        assert!(fast.rx.recv().await.is_some_and(|e| e.seq == 2));
+        hub.publish(t.clone(), "c", None, serde_json::json!({}));
+        assert!(slow.was_slow(), "third event overflows a queue of two");
+        assert!(!fast.was_slow());
+        let e = fast.rx.recv().await;
+        assert!(e.is_some_and(|e| e.text.contains("\"type\":\"c\"") && e.seq == 3));
+        drop(fast);
+        drop(slow);
+        assert!(!hub.has_subscribers(&t));
+    }
+}

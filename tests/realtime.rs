@@ -1,0 +1,334 @@
+//! Websockets against a real node on port 0 with real websocket clients: tracking an order through
+//! its whole life, reconnecting mid-flow, the merchant feed taking new orders and accepting them
+//! from the socket, refusals at upgrade, heartbeats, and a thousand concurrent trackers.
+
+mod common;
+
+use common::{config, fresh_db, Db, Frame, TestApp};
+use serde_json::{json, Value};
+use waimai::config::LockBackendKind;
+use waimai::domain::{now_ms, Role};
+use waimai::Config;
+
+/// Embedded defaults on a fresh SQLite file, with every rider position forwarded.
+async fn rt_config() -> Config {
+    let url = fresh_db(Db::Sqlite).await;
+    let mut cfg = config(&url, LockBackendKind::Local);
+    cfg.realtime.location_interval_ms = 0;
+    cfg.dispatch.retry_ms = 100;
+    cfg
+}
+
+/// Reads from `sock` until it closes; returns the messages and the close frame.
+async fn drain(sock: &mut common::Socket, secs: u64) -> (Vec<Value>, (u16, String)) {
+    let mut out = Vec::new();
+    loop {
+        match sock.next(secs).await {
+            Frame::Json(v) => out.push(v),
+            Frame::Closed(code, why) => return (out, (code, why)),
+            Frame::Timeout => panic!("socket neither sent nor closed; got so far: {out:?}"),
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn tracking_socket_follows_an_order_from_payment_to_completion() {
+    let app = TestApp::spawn(rt_config().await).await;
+    let (mid, mtoken) = app.merchant_with_stock("dumpling", 10).await;
+    let (rid, rtoken) = app.rider_at(31.231, 121.471).await;
+    let mut feed = app
+        .ws(&format!("/v1/riders/{rid}/feed"), &rtoken)
+        .await
+        .expect("rider feed");
+    assert_eq!(feed.json(5).await["type"], "snapshot");
+
+    let r = app.order("alice", &mid, "dumpling", 2, None).await;
+    assert_eq!(r.status, 201);
+    let oid = r.body["id"].as_str().expect("id").to_string();
+    let ctoken = app.token(Role::Customer, "alice");
+    let mut track = app
+        .ws(&format!("/v1/orders/{oid}/track"), &ctoken)
+        .await
+        .expect("track");
+    let snap = track.json(5).await;
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["order"]["status"], "pending_payment");
+    assert_eq!(snap["version"], 1);
+    for key in ["seq", "ts", "order_id"] {
+        assert!(!snap[key].is_null(), "snapshot has {key}: {snap}");
+    }
+
+    assert_eq!(app.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None).await.status, 200);
+    let r = app
+        .post(&format!("/v1/merchants/{mid}/orders/{oid}/accept"), &mtoken, None)
+        .await;
+    assert_eq!(r.status, 200);
+    // Dispatch offers the accepted order to the only rider, who accepts over REST.
+    let offer = feed.expect_type("offer", 5).await;
+    assert_eq!(offer["order_id"], oid.as_str());
+    let r = app
+        .post(&format!("/v1/riders/{rid}/offers/{oid}/accept"), &rtoken, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "rider_assigned");
+    assert_eq!(feed.expect_type("assigned", 5).await["order_id"], oid.as_str());
+
+    let rpath = format!("/v1/riders/{rid}/orders/{oid}");
+    assert_eq!(app.post(&format!("{rpath}/pickup"), &rtoken, None).await.status, 200);
+    for i in 0..3 {
+        let at = json!({"lat": 31.23 - 0.01 * f64::from(i), "lng": 121.48});
+        assert_eq!(app.put(&format!("/v1/riders/{rid}/location"), &rtoken, at).await.status, 200);
+    }
+    assert_eq!(app.post(&format!("{rpath}/deliver"), &rtoken, None).await.status, 200);
+    assert_eq!(app.post(&format!("/v1/orders/{oid}/confirm"), &ctoken, None).await.status, 200);
+
+    let (msgs, (code, _)) = drain(&mut track, 5).await;
+    assert_eq!(code, 1000, "normal close once the order is terminal");
+    let statuses: Vec<&str> = msgs
+        .iter()
+        .filter(|m| m["type"] == "status")
+        .map(|m| m["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["paid", "accepted", "rider_assigned", "picked_up", "delivered", "completed"],
+        "every change once, in order"
+    );
+    let versions: Vec<i64> = msgs
+        .iter()
+        .filter(|m| m["type"] == "status")
+        .map(|m| m["version"].as_i64().expect("version"))
+        .collect();
+    assert_eq!(versions, (2..=7).collect::<Vec<_>>());
+    let kinds: Vec<&str> = msgs.iter().map(|m| m["type"].as_str().expect("type")).collect();
+    let picked = msgs.iter().position(|m| m["status"] == "picked_up").expect("picked_up");
+    let delivered = msgs.iter().position(|m| m["status"] == "delivered").expect("delivered");
+    let locations: Vec<usize> = kinds
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| **k == "rider_location")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(locations.len(), 3, "every position (no throttle in this test): {kinds:?}");
+    assert!(locations.iter().all(|i| *i > picked && *i < delivered), "{kinds:?}");
+    assert_eq!(msgs[locations[0]]["rider_id"], rid.as_str());
+    let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence grows: {seqs:?}");
+}
+
+#[actix_rt::test]
+async fn a_reconnecting_tracker_misses_nothing_and_sees_nothing_twice() {
+    let app = TestApp::spawn(rt_config().await).await;
+    let (mid, mtoken) = app.merchant_with_stock("dumpling", 10).await;
+    let r = app.order("bob", &mid, "dumpling", 1, None).await;
+    let oid = r.body["id"].as_str().expect("id").to_string();
+    let ctoken = app.token(Role::Customer, "bob");
+    let path = format!("/v1/orders/{oid}/track");
+
+    let mut first = app.ws(&path, &ctoken).await.expect("track");
+    let mut seen = vec![first.json(5).await["version"].as_i64().expect("v")];
+    assert_eq!(app.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None).await.status, 200);
+    seen.push(first.expect_type("status", 5).await["version"].as_i64().expect("v"));
+    drop(first);
+
+    // Changes while nobody watches, and one racing the reconnection.
+    let accept_path = format!("/v1/merchants/{mid}/orders/{oid}/accept");
+    let accept = app.post(&accept_path, &mtoken, None);
+    let (r, second) = tokio::join!(accept, app.ws(&path, &ctoken));
+    assert_eq!(r.status, 200);
+    let mut second = second.expect("track again");
+    let snap = second.json(5).await;
+    assert_eq!(snap["type"], "snapshot");
+    let snap_v = snap["version"].as_i64().expect("v");
+    assert!(snap_v >= 2);
+    let (rid, rtoken) = app.rider_at(31.231, 121.471).await;
+    app.wait_offer(&rid, &rtoken, &oid).await;
+    let r = app
+        .post(&format!("/v1/riders/{rid}/offers/{oid}/accept"), &rtoken, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut later = Vec::new();
+    while later.last().copied() != Some(4) {
+        let m = second.expect_type("status", 5).await;
+        later.push(m["version"].as_i64().expect("v"));
+    }
+    // First socket: 1, 2. Second: its snapshot, then every later version exactly once.
+    assert_eq!(seen, [1, 2]);
+    let expected: Vec<i64> = (snap_v + 1..=4).collect();
+    assert_eq!(later, expected, "after snapshot v{snap_v}");
+}
+
+#[actix_rt::test]
+async fn the_merchant_feed_gets_paid_orders_and_accepts_them_from_the_socket() {
+    let app = TestApp::spawn(rt_config().await).await;
+    let (mid, mtoken) = app.merchant_with_stock("noodles", 10).await;
+    let mut feed = app
+        .ws(&format!("/v1/merchants/{mid}/feed"), &mtoken)
+        .await
+        .expect("merchant feed");
+    let snap = feed.json(5).await;
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["orders"], json!([]));
+
+    let r = app.order("carol", &mid, "noodles", 3, None).await;
+    let oid = r.body["id"].as_str().expect("id").to_string();
+    let ctoken = app.token(Role::Customer, "carol");
+    assert_eq!(app.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None).await.status, 200);
+    let new = feed.json(5).await;
+    assert_eq!(new["type"], "new_order", "unpaid orders are not announced: {new}");
+    assert_eq!(new["order_id"], oid.as_str());
+    assert_eq!(new["order"]["items"][0]["qty"], 3);
+
+    feed.send(json!({"type": "accept", "order_id": oid})).await;
+    let mut got_ack = false;
+    let mut got_update = false;
+    while !(got_ack && got_update) {
+        let m = feed.json(5).await;
+        match m["type"].as_str() {
+            Some("ack") => {
+                assert_eq!(m["status"], "accepted");
+                got_ack = true;
+            }
+            Some("order_updated") => {
+                assert_eq!(m["status"], "accepted");
+                got_update = true;
+            }
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert_eq!(app.status_of(&oid).await, "accepted");
+
+    // A bad command gets an error on the socket, which stays open.
+    feed.send(json!({"type": "accept", "order_id": "no-such-order"})).await;
+    let e = feed.json(5).await;
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["code"], "not_found");
+    feed.send(json!({"type": "teleport"})).await;
+    assert_eq!(feed.json(5).await["code"], "invalid_body");
+
+    // A customer cancelling shows up as order_cancelled; a late joiner's snapshot has the rest.
+    let r2 = app.order("dave", &mid, "noodles", 1, None).await;
+    let o2 = r2.body["id"].as_str().expect("id").to_string();
+    let dtoken = app.token(Role::Customer, "dave");
+    assert_eq!(app.post(&format!("/v1/orders/{o2}/pay"), &dtoken, None).await.status, 200);
+    assert_eq!(feed.expect_type("new_order", 5).await["order_id"], o2.as_str());
+    assert_eq!(app.post(&format!("/v1/orders/{o2}/cancel"), &dtoken, None).await.status, 200);
+    let c = feed.expect_type("order_cancelled", 5).await;
+    assert_eq!(c["order_id"], o2.as_str());
+    let mut late = app
+        .ws(&format!("/v1/merchants/{mid}/feed"), &mtoken)
+        .await
+        .expect("late feed");
+    let snap = late.json(5).await;
+    let ids: Vec<&str> = snap["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .map(|o| o["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, [oid.as_str()], "only the open order");
+}
+
+#[actix_rt::test]
+async fn sockets_refuse_strangers_at_upgrade() {
+    let app = TestApp::spawn(rt_config().await).await;
+    let (mid, _mtoken) = app.merchant_with_stock("rice", 10).await;
+    let r = app.order("erin", &mid, "rice", 1, None).await;
+    let oid = r.body["id"].as_str().expect("id").to_string();
+    let path = format!("/v1/orders/{oid}/track");
+    let mallory = app.token(Role::Customer, "mallory");
+    assert_eq!(app.ws(&path, &mallory).await.err(), Some(404), "another customer's order");
+    assert_eq!(app.ws(&path, "garbage").await.err(), Some(401));
+    let other_merchant = app.token(Role::Merchant, "someone-else");
+    assert_eq!(
+        app.ws(&format!("/v1/merchants/{mid}/feed"), &other_merchant).await.err(),
+        Some(403)
+    );
+    let rider = app.token(Role::Rider, "r1");
+    assert_eq!(app.ws("/v1/riders/r2/feed", &rider).await.err(), Some(403));
+    assert_eq!(app.ws("/v1/orders/nope/track", &app.admin).await.err(), Some(404));
+    // The owner, its merchant and an admin get in.
+    let erin = app.token(Role::Customer, "erin");
+    assert!(app.ws(&path, &erin).await.is_ok());
+    assert!(app.ws(&path, &app.token(Role::Merchant, &mid)).await.is_ok());
+    assert!(app.ws(&path, &app.admin).await.is_ok());
+}
+
+#[actix_rt::test]
+async fn a_silent_client_is_dropped_after_two_heartbeats() {
+    let mut cfg = rt_config().await;
+    cfg.realtime.heartbeat_ms = 100;
+    let app = TestApp::spawn(cfg).await;
+    let (mid, _) = app.merchant_with_stock("tea", 10).await;
+    let r = app.order("fay", &mid, "tea", 1, None).await;
+    let oid = r.body["id"].as_str().expect("id").to_string();
+    let mut sock = app
+        .ws(&format!("/v1/orders/{oid}/track"), &app.token(Role::Customer, "fay"))
+        .await
+        .expect("track");
+    // Not reading means not answering pings.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let (_, (code, why)) = drain(&mut sock, 5).await;
+    assert_eq!(code, 1013);
+    assert!(why.contains("heartbeat"), "{why}");
+}
+
+#[actix_rt::test]
+async fn a_thousand_tracking_sockets_all_get_their_events() {
+    const N: usize = 1000;
+    let app = std::sync::Arc::new(TestApp::spawn(rt_config().await).await);
+    let (mid, _) = app.merchant_with_stock("bun", 100_000).await;
+    let mut creates = Vec::new();
+    for i in 0..N {
+        let app = app.clone();
+        let mid = mid.clone();
+        creates.push(tokio::spawn(async move {
+            let c = format!("cust{i}");
+            let r = app.order(&c, &mid, "bun", 1, None).await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            (c, r.body["id"].as_str().expect("id").to_string())
+        }));
+    }
+    let mut orders = Vec::new();
+    for t in creates {
+        orders.push(t.await.expect("create"));
+    }
+    let mut socks = Vec::new();
+    for (c, oid) in &orders {
+        let mut s = app
+            .ws(&format!("/v1/orders/{oid}/track"), &app.token(Role::Customer, c))
+            .await
+            .expect("track");
+        assert_eq!(s.json(10).await["type"], "snapshot");
+        socks.push(s);
+    }
+    let open = waimai::metrics::WS_OPEN.with_label_values(&["track"]).get();
+    assert!(open >= N as i64, "{open} sockets open");
+    let mut pays = Vec::new();
+    for (c, oid) in orders.clone() {
+        let app = app.clone();
+        pays.push(tokio::spawn(async move {
+            let r = app
+                .post(&format!("/v1/orders/{oid}/pay"), &app.token(Role::Customer, &c), None)
+                .await;
+            assert_eq!(r.status, 200);
+        }));
+    }
+    for p in pays {
+        p.await.expect("pay");
+    }
+    let mut lat_ms = Vec::with_capacity(N);
+    for (s, (_, oid)) in socks.iter_mut().zip(&orders) {
+        let m = s.expect_type("status", 10).await;
+        assert_eq!(m["order_id"], oid.as_str());
+        assert_eq!(m["status"], "paid");
+        lat_ms.push(now_ms() - m["ts"].as_i64().expect("ts"));
+    }
+    lat_ms.sort_unstable();
+    println!(
+        "{N} tracking sockets: event published -> read by the client (ms, includes reading them one by one): p50 {} p99 {} max {}",
+        lat_ms[N / 2],
+        lat_ms[N * 99 / 100],
+        lat_ms[N - 1]
+    );
+}
