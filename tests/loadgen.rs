@@ -1,9 +1,6 @@
 //! `waimai loadgen` against a real node on port 0 (embedded SQLite, local locks): each
 //! scenario runs for about two seconds with small numbers, and the invariant checks must pass
 //! with counts that add up.
-//!
-//! `lifecycle` and `track` are not tested here yet: they need the websocket protocol of issue 3
-//! (merchant and rider feeds, order tracking), which this branch does not have.
 
 mod common;
 
@@ -153,6 +150,93 @@ async fn hot_sku_with_more_stock_than_customers_sells_to_everyone() {
     assert_clean(&r);
     let h = r.hot_sku.as_ref().expect("hot-sku figures");
     assert_eq!((h.attempts, h.succeeded, h.out_of_stock), (30, 30, 0));
+}
+
+#[actix_rt::test]
+async fn lifecycle_delivers_and_completes_every_order() {
+    let app = TestApp::embedded().await;
+    let r = run(
+        &app,
+        &[
+            "lifecycle",
+            "--concurrency",
+            "4",
+            "--riders",
+            "6",
+            "--merchants",
+            "2",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            "--rider-steps",
+            "2",
+            "--step-ms",
+            "20",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let whole = op(&r, "whole_order");
+    assert!(whole.ok > 0, "{}", r.table());
+    assert_eq!(whole.errors, 0);
+    let delivery = r
+        .orders
+        .creation_to_delivery
+        .as_ref()
+        .expect("creation to delivery measured");
+    assert_eq!(delivery.count, whole.ok);
+    // An operation counts when it starts inside the window, so later steps of the last
+    // orders fall outside it.
+    assert!(op(&r, "pay").ok <= op(&r, "create_order").ok);
+    assert!(op(&r, "deliver").ok <= op(&r, "pickup").ok);
+    assert!(
+        r.ws_events.iter().any(|e| e.event == "merchant:new_order"),
+        "{}",
+        r.table()
+    );
+    assert!(r.ws_events.iter().any(|e| e.event == "rider:offer"));
+}
+
+#[actix_rt::test]
+async fn track_sees_every_status_and_a_normal_close() {
+    let app = TestApp::embedded().await;
+    let r = run(
+        &app,
+        &[
+            "track",
+            "--concurrency",
+            "3",
+            "--watchers",
+            "3",
+            "--riders",
+            "5",
+            "--merchants",
+            "2",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            "--rider-steps",
+            "2",
+            "--step-ms",
+            "20",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let whole = op(&r, "whole_order");
+    assert!(whole.ok > 0, "{}", r.table());
+    // Every order's watchers connected.
+    assert_eq!(op(&r, "track_connect").ok, 3 * op(&r, "create_order").ok);
+    let status = r
+        .ws_events
+        .iter()
+        .find(|e| e.event == "track:status")
+        .expect("status events");
+    // paid, accepted, rider_assigned, picked_up, delivered, completed: 6 per watcher, fewer
+    // counted for the last orders, whose events arrive after the window closes.
+    assert!(status.latency.count >= 3 * whole.ok, "{}", r.table());
 }
 
 #[actix_rt::test]

@@ -18,7 +18,7 @@ pub(crate) const CENTRE: Location = Location {
 };
 
 /// Half the side of the square merchants, riders and customers are scattered over, degrees.
-const SPREAD: f64 = 0.05;
+const SPREAD: f64 = 0.03;
 
 /// Setup requests in flight at once.
 const SETUP_PARALLELISM: usize = 32;
