@@ -483,7 +483,7 @@ async fn rider(
     r: SimRider,
     index: u64,
     ready: mpsc::Sender<Result<(), String>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let ctx = &sim.ctx;
     let mut rng = rng(Some(ctx.plan.seed), 1_000_000 + index);
@@ -507,6 +507,25 @@ async fn rider(
             .await;
         return;
     }
+    rider_feed(&sim, &r, &here, ready, stop).await;
+    // Leave no idle rider behind: the dispatcher would offer later runs' orders to it.
+    let t = Instant::now();
+    let off = ctx
+        .http
+        .post(&format!("/v1/riders/{}/offline", r.id), &r.token, None)
+        .await;
+    record(ctx, "rider_offline", t, &off);
+}
+
+/// A rider's feed session(s) until `stop`: accepts offers and starts trips.
+async fn rider_feed(
+    sim: &Arc<Sim>,
+    r: &SimRider,
+    here: &Arc<Mutex<Location>>,
+    ready: mpsc::Sender<Result<(), String>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let ctx = &sim.ctx;
     let path = format!("/v1/riders/{}/feed", r.id);
     let mut ready = Some(ready);
     let mut offers: HashMap<String, Offer> = HashMap::new();
@@ -567,7 +586,7 @@ async fn rider(
                         ctx.rec.op("rider_accept_ws", t, Class::Ok);
                     }
                     if v["status"].as_str() == Some("rider_assigned") {
-                        start_trip(&sim, &r, &oid, &offers, &mut riding, &here, &tx);
+                        start_trip(sim, r, &oid, &offers, &mut riding, here, &tx);
                     }
                 }
                 "error" => {
@@ -580,7 +599,7 @@ async fn rider(
                 "offer_withdrawn" => {
                     offers.remove(&oid);
                 }
-                "assigned" => start_trip(&sim, &r, &oid, &offers, &mut riding, &here, &tx),
+                "assigned" => start_trip(sim, r, &oid, &offers, &mut riding, here, &tx),
                 _ => {}
             }
         }
