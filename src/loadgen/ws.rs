@@ -41,7 +41,8 @@ pub(crate) async fn connect(base: &str, path: &str, token: &str) -> Result<Socke
     let auth = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|e| format!("ws auth header: {e}"))?;
     req.headers_mut().insert("authorization", auth);
-    let (socket, _) = tokio_tungstenite::connect_async(req)
+    // Nagle off: small commands must not wait for the server's delayed ACK.
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
         .await
         .map_err(|e| format!("ws connect {path}: {e}"))?;
     Ok(socket)
