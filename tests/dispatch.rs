@@ -26,7 +26,11 @@ async fn dispatch_config(offer_ttl_ms: u64) -> Config {
 /// online (so no offer can slip past it).
 async fn rider(app: &TestApp, metres_north: f64) -> (String, String, Socket) {
     let r = app
-        .post("/v1/riders", &app.admin, Some(serde_json::json!({"name": "R"})))
+        .post(
+            "/v1/riders",
+            &app.admin,
+            Some(serde_json::json!({"name": "R"})),
+        )
         .await;
     assert_eq!(r.status, 201);
     let rid = r.body["id"].as_str().expect("id").to_string();
@@ -38,8 +42,11 @@ async fn rider(app: &TestApp, metres_north: f64) -> (String, String, Socket) {
     let snap = feed.json(5).await;
     assert_eq!(snap["type"], "snapshot");
     assert!(snap["offer"].is_null());
-    let at = serde_json::json!({"location": {"lat": M_LAT + metres_north / 111_320.0, "lng": M_LNG}});
-    let r = app.post(&format!("/v1/riders/{rid}/online"), &token, Some(at)).await;
+    let at =
+        serde_json::json!({"location": {"lat": M_LAT + metres_north / 111_320.0, "lng": M_LNG}});
+    let r = app
+        .post(&format!("/v1/riders/{rid}/online"), &token, Some(at))
+        .await;
     assert_eq!(r.status, 200);
     (rid, token, feed)
 }
@@ -71,7 +78,11 @@ async fn the_nearest_idle_rider_is_offered_first_and_declines_and_expiry_move_on
     assert_eq!(offer["order_id"], first.as_str());
     assert_eq!(offer["distance_m"], 100.0);
     let r = app
-        .post(&format!("/v1/riders/{_busy}/offers/{first}/accept"), &busy_t, None)
+        .post(
+            &format!("/v1/riders/{_busy}/offers/{first}/accept"),
+            &busy_t,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 
@@ -93,27 +104,43 @@ async fn the_nearest_idle_rider_is_offered_first_and_declines_and_expiry_move_on
     }
     assert_eq!(got["offer_withdrawn"]["reason"], "declined");
     assert_eq!(got["ack"]["order_id"], oid.as_str());
-    assert_eq!(far_feed.expect_type("offer", 5).await["order_id"], oid.as_str());
+    assert_eq!(
+        far_feed.expect_type("offer", 5).await["order_id"],
+        oid.as_str()
+    );
 
     // The far rider lets it expire; the near rider declined already and is not asked again,
     // and the rider outside the radius never is.
     let w = far_feed.expect_type("offer_withdrawn", 5).await;
     assert_eq!(w["reason"], "expired");
-    assert!(quiet(&mut near_feed, 600).await, "a rider who declined is not asked again");
+    assert!(
+        quiet(&mut near_feed, 600).await,
+        "a rider who declined is not asked again"
+    );
     assert!(quiet(&mut outside_feed, 10).await);
     assert_eq!(app.status_of(&oid).await, "accepted", "the order waits");
     let r = app
-        .post(&format!("/v1/riders/{near}/offers/{oid}/accept"), &near_t, None)
+        .post(
+            &format!("/v1/riders/{near}/offers/{oid}/accept"),
+            &near_t,
+            None,
+        )
         .await;
     assert_eq!(r.status, 409, "no open offer: {}", r.body);
 
     // A new rider in range gets it.
     let (fresh, fresh_t, mut fresh_feed) = rider(&app, 2_000.0).await;
-    assert_eq!(fresh_feed.expect_type("offer", 5).await["order_id"], oid.as_str());
+    assert_eq!(
+        fresh_feed.expect_type("offer", 5).await["order_id"],
+        oid.as_str()
+    );
     fresh_feed
         .send(serde_json::json!({"type": "accept", "order_id": oid}))
         .await;
-    assert_eq!(fresh_feed.expect_type("ack", 5).await["status"], "rider_assigned");
+    assert_eq!(
+        fresh_feed.expect_type("ack", 5).await["status"],
+        "rider_assigned"
+    );
     let o = app.get(&format!("/v1/orders/{oid}"), &app.admin).await;
     assert_eq!(o.body["rider_id"], fresh.as_str());
     drop(fresh_t);
@@ -148,7 +175,8 @@ async fn two_orders_never_get_the_same_rider() {
     for i in 0..ORDERS {
         let (app, mid, mtoken) = (app.clone(), mid.clone(), mtoken.clone());
         placing.push(tokio::spawn(async move {
-            app.accepted_order(&format!("c{i}"), &mid, &mtoken, "bao").await
+            app.accepted_order(&format!("c{i}"), &mid, &mtoken, "bao")
+                .await
         }));
     }
     let mut orders = Vec::new();
@@ -174,7 +202,11 @@ async fn two_orders_never_get_the_same_rider() {
     distinct.sort();
     distinct.dedup();
     assert_eq!(assigned.len(), RIDERS, "every rider got exactly one order");
-    assert_eq!(distinct.len(), RIDERS, "no rider holds two orders: {assigned:?}");
+    assert_eq!(
+        distinct.len(),
+        RIDERS,
+        "no rider holds two orders: {assigned:?}"
+    );
     for rid in &riders {
         let r = app.get(&format!("/v1/riders/{rid}"), &app.admin).await;
         assert!(r.body["current_order"].is_string(), "{}", r.body);
@@ -185,7 +217,10 @@ async fn two_orders_never_get_the_same_rider() {
     for o in &orders {
         let r = app.get(&format!("/v1/orders/{o}"), &app.admin).await;
         if r.body["status"] == "rider_assigned" {
-            found = Some((o.clone(), r.body["rider_id"].as_str().expect("r").to_string()));
+            found = Some((
+                o.clone(),
+                r.body["rider_id"].as_str().expect("r").to_string(),
+            ));
             break;
         }
     }
@@ -205,7 +240,10 @@ async fn two_orders_never_get_the_same_rider() {
             assert!(orders.contains(&o.to_string()));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "freed rider got no new order");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "freed rider got no new order"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
@@ -225,7 +263,10 @@ async fn an_order_with_no_rider_waits_and_a_release_puts_it_back() {
         .post(&format!("/v1/riders/{a}/offers/{oid}/accept"), &a_t, None)
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(a_feed.expect_type("assigned", 5).await["order_id"], oid.as_str());
+    assert_eq!(
+        a_feed.expect_type("assigned", 5).await["order_id"],
+        oid.as_str()
+    );
 
     // The rider gives it back: dispatch offers it to someone else, never to them again.
     let (b, _b_t, mut b_feed) = rider(&app, 1_500.0).await;
@@ -233,18 +274,30 @@ async fn an_order_with_no_rider_waits_and_a_release_puts_it_back() {
         .post(&format!("/v1/riders/{a}/orders/{oid}/release"), &a_t, None)
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(b_feed.expect_type("offer", 5).await["order_id"], oid.as_str());
+    assert_eq!(
+        b_feed.expect_type("offer", 5).await["order_id"],
+        oid.as_str()
+    );
     let r = app
         .post(&format!("/v1/riders/{a}/offers/{oid}/accept"), &a_t, None)
         .await;
     assert_eq!(r.status, 409, "the releasing rider holds no offer");
     let r = app
-        .post(&format!("/v1/riders/{b}/offers/{oid}/decline"), &app.token(Role::Rider, "someone"), None)
+        .post(
+            &format!("/v1/riders/{b}/offers/{oid}/decline"),
+            &app.token(Role::Rider, "someone"),
+            None,
+        )
         .await;
     assert_eq!(r.status, 403, "only the offered rider answers");
     // A customer cancelling withdraws the offer.
     let ct = app.token(Role::Customer, "c1");
-    assert_eq!(app.post(&format!("/v1/orders/{oid}/cancel"), &ct, None).await.status, 200);
+    assert_eq!(
+        app.post(&format!("/v1/orders/{oid}/cancel"), &ct, None)
+            .await
+            .status,
+        200
+    );
     let w = b_feed.expect_type("offer_withdrawn", 5).await;
     assert_eq!(w["order_id"], oid.as_str());
 }

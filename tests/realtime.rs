@@ -58,29 +58,65 @@ async fn tracking_socket_follows_an_order_from_payment_to_completion() {
         assert!(!snap[key].is_null(), "snapshot has {key}: {snap}");
     }
 
-    assert_eq!(app.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None).await.status, 200);
+    assert_eq!(
+        app.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None)
+            .await
+            .status,
+        200
+    );
     let r = app
-        .post(&format!("/v1/merchants/{mid}/orders/{oid}/accept"), &mtoken, None)
+        .post(
+            &format!("/v1/merchants/{mid}/orders/{oid}/accept"),
+            &mtoken,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200);
     // Dispatch offers the accepted order to the only rider, who accepts over REST.
     let offer = feed.expect_type("offer", 5).await;
     assert_eq!(offer["order_id"], oid.as_str());
     let r = app
-        .post(&format!("/v1/riders/{rid}/offers/{oid}/accept"), &rtoken, None)
+        .post(
+            &format!("/v1/riders/{rid}/offers/{oid}/accept"),
+            &rtoken,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["status"], "rider_assigned");
-    assert_eq!(feed.expect_type("assigned", 5).await["order_id"], oid.as_str());
+    assert_eq!(
+        feed.expect_type("assigned", 5).await["order_id"],
+        oid.as_str()
+    );
 
     let rpath = format!("/v1/riders/{rid}/orders/{oid}");
-    assert_eq!(app.post(&format!("{rpath}/pickup"), &rtoken, None).await.status, 200);
+    assert_eq!(
+        app.post(&format!("{rpath}/pickup"), &rtoken, None)
+            .await
+            .status,
+        200
+    );
     for i in 0..3 {
         let at = json!({"lat": 31.23 - 0.01 * f64::from(i), "lng": 121.48});
-        assert_eq!(app.put(&format!("/v1/riders/{rid}/location"), &rtoken, at).await.status, 200);
+        assert_eq!(
+            app.put(&format!("/v1/riders/{rid}/location"), &rtoken, at)
+                .await
+                .status,
+            200
+        );
     }
-    assert_eq!(app.post(&format!("{rpath}/deliver"), &rtoken, None).await.status, 200);
-    assert_eq!(app.post(&format!("/v1/orders/{oid}/confirm"), &ctoken, None).await.status, 200);
+    assert_eq!(
+        app.post(&format!("{rpath}/deliver"), &rtoken, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.post(&format!("/v1/orders/{oid}/confirm"), &ctoken, None)
+            .await
+            .status,
+        200
+    );
 
     let (msgs, (code, _)) = drain(&mut track, 5).await;
     assert_eq!(code, 1000, "normal close once the order is terminal");
@@ -91,7 +127,14 @@ async fn tracking_socket_follows_an_order_from_payment_to_completion() {
         .collect();
     assert_eq!(
         statuses,
-        ["paid", "accepted", "rider_assigned", "picked_up", "delivered", "completed"],
+        [
+            "paid",
+            "accepted",
+            "rider_assigned",
+            "picked_up",
+            "delivered",
+            "completed"
+        ],
         "every change once, in order"
     );
     let versions: Vec<i64> = msgs
@@ -100,20 +143,42 @@ async fn tracking_socket_follows_an_order_from_payment_to_completion() {
         .map(|m| m["version"].as_i64().expect("version"))
         .collect();
     assert_eq!(versions, (2..=7).collect::<Vec<_>>());
-    let kinds: Vec<&str> = msgs.iter().map(|m| m["type"].as_str().expect("type")).collect();
-    let picked = msgs.iter().position(|m| m["status"] == "picked_up").expect("picked_up");
-    let delivered = msgs.iter().position(|m| m["status"] == "delivered").expect("delivered");
+    let kinds: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["type"].as_str().expect("type"))
+        .collect();
+    let picked = msgs
+        .iter()
+        .position(|m| m["status"] == "picked_up")
+        .expect("picked_up");
+    let delivered = msgs
+        .iter()
+        .position(|m| m["status"] == "delivered")
+        .expect("delivered");
     let locations: Vec<usize> = kinds
         .iter()
         .enumerate()
         .filter(|(_, k)| **k == "rider_location")
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(locations.len(), 3, "every position (no throttle in this test): {kinds:?}");
-    assert!(locations.iter().all(|i| *i > picked && *i < delivered), "{kinds:?}");
+    assert_eq!(
+        locations.len(),
+        3,
+        "every position (no throttle in this test): {kinds:?}"
+    );
+    assert!(
+        locations.iter().all(|i| *i > picked && *i < delivered),
+        "{kinds:?}"
+    );
     assert_eq!(msgs[locations[0]]["rider_id"], rid.as_str());
-    let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence grows: {seqs:?}");
+    let seqs: Vec<u64> = msgs
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "sequence grows: {seqs:?}"
+    );
 }
 
 #[actix_rt::test]
@@ -127,8 +192,17 @@ async fn a_reconnecting_tracker_misses_nothing_and_sees_nothing_twice() {
 
     let mut first = app.ws(&path, &ctoken).await.expect("track");
     let mut seen = vec![first.json(5).await["version"].as_i64().expect("v")];
-    assert_eq!(app.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None).await.status, 200);
-    seen.push(first.expect_type("status", 5).await["version"].as_i64().expect("v"));
+    assert_eq!(
+        app.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None)
+            .await
+            .status,
+        200
+    );
+    seen.push(
+        first.expect_type("status", 5).await["version"]
+            .as_i64()
+            .expect("v"),
+    );
     drop(first);
 
     // Changes while nobody watches, and one racing the reconnection.
@@ -144,7 +218,11 @@ async fn a_reconnecting_tracker_misses_nothing_and_sees_nothing_twice() {
     let (rid, rtoken) = app.rider_at(31.231, 121.471).await;
     app.wait_offer(&rid, &rtoken, &oid).await;
     let r = app
-        .post(&format!("/v1/riders/{rid}/offers/{oid}/accept"), &rtoken, None)
+        .post(
+            &format!("/v1/riders/{rid}/offers/{oid}/accept"),
+            &rtoken,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let mut later = Vec::new();
@@ -173,9 +251,17 @@ async fn the_merchant_feed_gets_paid_orders_and_accepts_them_from_the_socket() {
     let r = app.order("carol", &mid, "noodles", 3, None).await;
     let oid = r.body["id"].as_str().expect("id").to_string();
     let ctoken = app.token(Role::Customer, "carol");
-    assert_eq!(app.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None).await.status, 200);
+    assert_eq!(
+        app.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None)
+            .await
+            .status,
+        200
+    );
     let new = feed.json(5).await;
-    assert_eq!(new["type"], "new_order", "unpaid orders are not announced: {new}");
+    assert_eq!(
+        new["type"], "new_order",
+        "unpaid orders are not announced: {new}"
+    );
     assert_eq!(new["order_id"], oid.as_str());
     assert_eq!(new["order"]["items"][0]["qty"], 3);
 
@@ -199,7 +285,8 @@ async fn the_merchant_feed_gets_paid_orders_and_accepts_them_from_the_socket() {
     assert_eq!(app.status_of(&oid).await, "accepted");
 
     // A bad command gets an error on the socket, which stays open.
-    feed.send(json!({"type": "accept", "order_id": "no-such-order"})).await;
+    feed.send(json!({"type": "accept", "order_id": "no-such-order"}))
+        .await;
     let e = feed.json(5).await;
     assert_eq!(e["type"], "error");
     assert_eq!(e["code"], "not_found");
@@ -210,9 +297,22 @@ async fn the_merchant_feed_gets_paid_orders_and_accepts_them_from_the_socket() {
     let r2 = app.order("dave", &mid, "noodles", 1, None).await;
     let o2 = r2.body["id"].as_str().expect("id").to_string();
     let dtoken = app.token(Role::Customer, "dave");
-    assert_eq!(app.post(&format!("/v1/orders/{o2}/pay"), &dtoken, None).await.status, 200);
-    assert_eq!(feed.expect_type("new_order", 5).await["order_id"], o2.as_str());
-    assert_eq!(app.post(&format!("/v1/orders/{o2}/cancel"), &dtoken, None).await.status, 200);
+    assert_eq!(
+        app.post(&format!("/v1/orders/{o2}/pay"), &dtoken, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        feed.expect_type("new_order", 5).await["order_id"],
+        o2.as_str()
+    );
+    assert_eq!(
+        app.post(&format!("/v1/orders/{o2}/cancel"), &dtoken, None)
+            .await
+            .status,
+        200
+    );
     let c = feed.expect_type("order_cancelled", 5).await;
     assert_eq!(c["order_id"], o2.as_str());
     let mut late = app
@@ -237,20 +337,32 @@ async fn sockets_refuse_strangers_at_upgrade() {
     let oid = r.body["id"].as_str().expect("id").to_string();
     let path = format!("/v1/orders/{oid}/track");
     let mallory = app.token(Role::Customer, "mallory");
-    assert_eq!(app.ws(&path, &mallory).await.err(), Some(404), "another customer's order");
+    assert_eq!(
+        app.ws(&path, &mallory).await.err(),
+        Some(404),
+        "another customer's order"
+    );
     assert_eq!(app.ws(&path, "garbage").await.err(), Some(401));
     let other_merchant = app.token(Role::Merchant, "someone-else");
     assert_eq!(
-        app.ws(&format!("/v1/merchants/{mid}/feed"), &other_merchant).await.err(),
+        app.ws(&format!("/v1/merchants/{mid}/feed"), &other_merchant)
+            .await
+            .err(),
         Some(403)
     );
     let rider = app.token(Role::Rider, "r1");
     assert_eq!(app.ws("/v1/riders/r2/feed", &rider).await.err(), Some(403));
-    assert_eq!(app.ws("/v1/orders/nope/track", &app.admin).await.err(), Some(404));
+    assert_eq!(
+        app.ws("/v1/orders/nope/track", &app.admin).await.err(),
+        Some(404)
+    );
     // The owner, its merchant and an admin get in.
     let erin = app.token(Role::Customer, "erin");
     assert!(app.ws(&path, &erin).await.is_ok());
-    assert!(app.ws(&path, &app.token(Role::Merchant, &mid)).await.is_ok());
+    assert!(app
+        .ws(&path, &app.token(Role::Merchant, &mid))
+        .await
+        .is_ok());
     assert!(app.ws(&path, &app.admin).await.is_ok());
 }
 
@@ -263,7 +375,10 @@ async fn a_silent_client_is_dropped_after_two_heartbeats() {
     let r = app.order("fay", &mid, "tea", 1, None).await;
     let oid = r.body["id"].as_str().expect("id").to_string();
     let mut sock = app
-        .ws(&format!("/v1/orders/{oid}/track"), &app.token(Role::Customer, "fay"))
+        .ws(
+            &format!("/v1/orders/{oid}/track"),
+            &app.token(Role::Customer, "fay"),
+        )
         .await
         .expect("track");
     // Not reading means not answering pings.
@@ -296,7 +411,10 @@ async fn a_thousand_tracking_sockets_all_get_their_events() {
     let mut socks = Vec::new();
     for (c, oid) in &orders {
         let mut s = app
-            .ws(&format!("/v1/orders/{oid}/track"), &app.token(Role::Customer, c))
+            .ws(
+                &format!("/v1/orders/{oid}/track"),
+                &app.token(Role::Customer, c),
+            )
             .await
             .expect("track");
         assert_eq!(s.json(10).await["type"], "snapshot");
@@ -322,7 +440,11 @@ async fn a_thousand_tracking_sockets_all_get_their_events() {
         let app = app.clone();
         pays.push(tokio::spawn(async move {
             let r = app
-                .post(&format!("/v1/orders/{oid}/pay"), &app.token(Role::Customer, &c), None)
+                .post(
+                    &format!("/v1/orders/{oid}/pay"),
+                    &app.token(Role::Customer, &c),
+                    None,
+                )
                 .await;
             assert_eq!(r.status, 200);
         }));

@@ -47,7 +47,12 @@ async fn an_unpaid_order_is_cancelled_at_its_deadline_and_its_stock_released() {
     let r2 = app.order("hal", &mid, "cake", 1, None).await;
     let paid = r2.body["id"].as_str().expect("id").to_string();
     let ht = app.token(Role::Customer, "hal");
-    assert_eq!(app.post(&format!("/v1/orders/{paid}/pay"), &ht, None).await.status, 200);
+    assert_eq!(
+        app.post(&format!("/v1/orders/{paid}/pay"), &ht, None)
+            .await
+            .status,
+        200
+    );
 
     app.wait_status(&oid, "cancelled", 10).await;
     let o = app.get(&format!("/v1/orders/{oid}"), &app.admin).await;
@@ -58,8 +63,18 @@ async fn an_unpaid_order_is_cancelled_at_its_deadline_and_its_stock_released() {
     );
     assert_eq!(o.body["version"], 2, "fired exactly once");
     assert_eq!(stock(&app, &mid, "cake").await, 4, "the 2 units are back");
-    assert_eq!(app.status_of(&paid).await, "paid", "never fires on an order that moved on");
-    let (s, _) = app.node.store.sku_stock(&mid, "cake").await.expect("store").expect("sku");
+    assert_eq!(
+        app.status_of(&paid).await,
+        "paid",
+        "never fires on an order that moved on"
+    );
+    let (s, _) = app
+        .node
+        .store
+        .sku_stock(&mid, "cake")
+        .await
+        .expect("store")
+        .expect("sku");
     assert_eq!(s, 4, "and in the store");
 }
 
@@ -99,19 +114,37 @@ async fn a_paid_order_the_merchant_never_answers_is_refunded() {
     let r = app.order("jon", &mid, "soup", 1, None).await;
     let oid = r.body["id"].as_str().expect("id").to_string();
     let jt = app.token(Role::Customer, "jon");
-    assert_eq!(app.post(&format!("/v1/orders/{oid}/pay"), &jt, None).await.status, 200);
+    assert_eq!(
+        app.post(&format!("/v1/orders/{oid}/pay"), &jt, None)
+            .await
+            .status,
+        200
+    );
     // Another paid order that the merchant accepts in time stays accepted.
     let r = app.order("kim", &mid, "soup", 1, None).await;
     let kept = r.body["id"].as_str().expect("id").to_string();
     let kt = app.token(Role::Customer, "kim");
-    assert_eq!(app.post(&format!("/v1/orders/{kept}/pay"), &kt, None).await.status, 200);
+    assert_eq!(
+        app.post(&format!("/v1/orders/{kept}/pay"), &kt, None)
+            .await
+            .status,
+        200
+    );
     let r = app
-        .post(&format!("/v1/merchants/{mid}/orders/{kept}/accept"), &mtoken, None)
+        .post(
+            &format!("/v1/merchants/{mid}/orders/{kept}/accept"),
+            &mtoken,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200);
 
     app.wait_status(&oid, "refunded", 10).await;
-    assert_eq!(stock(&app, &mid, "soup").await, 4, "the refunded unit is back");
+    assert_eq!(
+        stock(&app, &mid, "soup").await,
+        4,
+        "the refunded unit is back"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(app.status_of(&kept).await, "accepted");
 }

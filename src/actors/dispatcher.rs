@@ -118,7 +118,11 @@ fn project(l: Location) -> Xyz {
 }
 
 fn distance_m(a: Xyz, b: Xyz) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 #[derive(Debug, Default)]

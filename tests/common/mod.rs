@@ -337,15 +337,27 @@ impl TestApp {
 
     /// Places and pays an order of one `sku` as `customer`, then lets merchant `mtoken`
     /// accept it; returns the order id.
-    pub async fn accepted_order(&self, customer: &str, mid: &str, mtoken: &str, sku: &str) -> String {
+    pub async fn accepted_order(
+        &self,
+        customer: &str,
+        mid: &str,
+        mtoken: &str,
+        sku: &str,
+    ) -> String {
         let r = self.order(customer, mid, sku, 1, None).await;
         assert_eq!(r.status, 201, "order: {}", r.body);
         let oid = r.body["id"].as_str().expect("order id").to_string();
         let ctoken = self.token(Role::Customer, customer);
-        let r = self.post(&format!("/v1/orders/{oid}/pay"), &ctoken, None).await;
+        let r = self
+            .post(&format!("/v1/orders/{oid}/pay"), &ctoken, None)
+            .await;
         assert_eq!(r.status, 200, "pay: {}", r.body);
         let r = self
-            .post(&format!("/v1/merchants/{mid}/orders/{oid}/accept"), mtoken, None)
+            .post(
+                &format!("/v1/merchants/{mid}/orders/{oid}/accept"),
+                mtoken,
+                None,
+            )
             .await;
         assert_eq!(r.status, 200, "accept: {}", r.body);
         oid
@@ -362,7 +374,10 @@ impl TestApp {
             if s.json(5).await["offer"]["order_id"] == oid {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "no offer of {oid} reached {rid}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no offer of {oid} reached {rid}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
