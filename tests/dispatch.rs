@@ -301,3 +301,26 @@ async fn an_order_with_no_rider_waits_and_a_release_puts_it_back() {
     let w = b_feed.expect_type("offer_withdrawn", 5).await;
     assert_eq!(w["order_id"], oid.as_str());
 }
+
+#[actix_rt::test]
+async fn the_index_follows_positions_streamed_on_the_rider_socket() {
+    let app = TestApp::spawn(dispatch_config(5_000).await).await;
+    let (mid, mtoken) = app.merchant_with_stock("bao", 100).await;
+    let (rid, _t, mut feed) = rider(&app, 8_000.0).await;
+    let oid = app.accepted_order("c1", &mid, &mtoken, "bao").await;
+    assert!(
+        quiet(&mut feed, 400).await,
+        "8 km is outside the 5 km radius"
+    );
+    feed.send(serde_json::json!({"type": "location", "lat": M_LAT + 0.009, "lng": M_LNG}))
+        .await;
+    let offer = feed.expect_type("offer", 5).await;
+    assert_eq!(offer["order_id"], oid.as_str());
+    let d = offer["distance_m"].as_f64().expect("distance");
+    assert!((990.0..=1010.0).contains(&d), "about 1 km now: {d}");
+    let r = app.get(&format!("/v1/riders/{rid}"), &app.admin).await;
+    assert_eq!(r.body["location"]["lat"], M_LAT + 0.009);
+    feed.send(serde_json::json!({"type": "location", "lat": 123.0, "lng": 0.0}))
+        .await;
+    assert_eq!(feed.expect_type("error", 5).await["code"], "invalid_body");
+}

@@ -182,6 +182,68 @@ async fn tracking_socket_follows_an_order_from_payment_to_completion() {
 }
 
 #[actix_rt::test]
+async fn rider_positions_reach_trackers_at_the_configured_rate() {
+    let mut cfg = rt_config().await;
+    cfg.realtime.location_interval_ms = 60_000;
+    let app = TestApp::spawn(cfg).await;
+    let (mid, mtoken) = app.merchant_with_stock("dumpling", 10).await;
+    let (rid, rtoken) = app.rider_at(31.231, 121.471).await;
+    let oid = app.accepted_order("zed", &mid, &mtoken, "dumpling").await;
+    app.wait_offer(&rid, &rtoken, &oid).await;
+    let r = app
+        .post(
+            &format!("/v1/riders/{rid}/offers/{oid}/accept"),
+            &rtoken,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let mut track = app
+        .ws(
+            &format!("/v1/orders/{oid}/track"),
+            &app.token(Role::Customer, "zed"),
+        )
+        .await
+        .expect("track");
+    let rpath = format!("/v1/riders/{rid}/orders/{oid}");
+    assert_eq!(
+        app.post(&format!("{rpath}/pickup"), &rtoken, None)
+            .await
+            .status,
+        200
+    );
+    for i in 0..5 {
+        let at = json!({"lat": 31.2 + 0.001 * f64::from(i), "lng": 121.48});
+        assert_eq!(
+            app.put(&format!("/v1/riders/{rid}/location"), &rtoken, at)
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        app.post(&format!("{rpath}/deliver"), &rtoken, None)
+            .await
+            .status,
+        200
+    );
+    let mut locations = 0;
+    loop {
+        let m = track.json(5).await;
+        if m["type"] == "rider_location" {
+            locations += 1;
+        }
+        if m["status"] == "delivered" {
+            break;
+        }
+    }
+    assert_eq!(
+        locations, 1,
+        "5 positions within one interval give one event"
+    );
+}
+
+#[actix_rt::test]
 async fn a_reconnecting_tracker_misses_nothing_and_sees_nothing_twice() {
     let app = TestApp::spawn(rt_config().await).await;
     let (mid, mtoken) = app.merchant_with_stock("dumpling", 10).await;
