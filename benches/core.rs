@@ -617,7 +617,7 @@ fn bench_fanout(c: &mut Criterion) {
                         topic.clone(),
                         "order_updated",
                         Some(("o1", Some(2), Some(OrderStatus::Accepted))),
-                        json!({"order_id": "o1", "version": 2, "status": "accepted"}),
+                        || json!({"order_id": "o1", "version": 2, "status": "accepted"}),
                     );
                     for s in subs.iter_mut() {
                         black_box(s.rx.recv().await.expect("event"));

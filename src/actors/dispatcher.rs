@@ -259,11 +259,13 @@ impl Dispatcher {
             Topic::Rider(rider.clone()),
             "offer",
             Some((order_id, None, None)),
-            serde_json::json!({
-                "rider_id": rider, "order_id": offer.order_id, "pickup": offer.pickup,
-                "dropoff": offer.dropoff, "expires_at": offer.expires_at,
-                "distance_m": offer.distance_m,
-            }),
+            || {
+                serde_json::json!({
+                    "rider_id": rider, "order_id": offer.order_id, "pickup": offer.pickup,
+                    "dropoff": offer.dropoff, "expires_at": offer.expires_at,
+                    "distance_m": offer.distance_m,
+                })
+            },
         );
         metrics::DISPATCH_OFFERS
             .with_label_values(&["offered"])
@@ -281,7 +283,7 @@ impl Dispatcher {
             Topic::Rider(out.rider.clone()),
             "offer_withdrawn",
             Some((order_id, None, None)),
-            serde_json::json!({ "rider_id": out.rider, "order_id": order_id, "reason": reason }),
+            || serde_json::json!({ "rider_id": out.rider, "order_id": order_id, "reason": reason }),
         );
         Some(out.rider)
     }

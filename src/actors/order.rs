@@ -399,15 +399,12 @@ fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
     let from = before.map(|b| b.status);
     let hub = &deps.hub;
     let order_ref = Some((after.id.as_str(), Some(after.version), Some(after.status)));
-    hub.publish(
-        Topic::Order(after.id.clone()),
-        "status",
-        order_ref,
+    hub.publish(Topic::Order(after.id.clone()), "status", order_ref, || {
         serde_json::json!({
             "order_id": after.id, "version": after.version, "status": after.status,
             "from": from, "rider_id": after.rider_id,
-        }),
-    );
+        })
+    });
     if from.is_some() {
         let kind = match after.status {
             OrderStatus::Paid => "new_order",
@@ -416,18 +413,21 @@ fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
             }
             _ => "order_updated",
         };
-        let mut body = serde_json::json!({
-            "order_id": after.id, "merchant_id": after.merchant_id, "version": after.version,
-            "status": after.status, "from": from, "rider_id": after.rider_id,
-        });
-        if kind == "new_order" {
-            body["order"] = serde_json::to_value(after).unwrap_or_default();
-        }
         hub.publish(
             Topic::Merchant(after.merchant_id.clone()),
             kind,
             order_ref,
-            body,
+            || {
+                let mut body = serde_json::json!({
+                    "order_id": after.id, "merchant_id": after.merchant_id,
+                    "version": after.version, "status": after.status, "from": from,
+                    "rider_id": after.rider_id,
+                });
+                if kind == "new_order" {
+                    body["order"] = serde_json::to_value(after).unwrap_or_default();
+                }
+                body
+            },
         );
     }
     let rider = after
@@ -442,16 +442,13 @@ fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
         } else {
             "order_updated"
         };
-        hub.publish(
-            Topic::Rider(rider.clone()),
-            kind,
-            order_ref,
+        hub.publish(Topic::Rider(rider.clone()), kind, order_ref, || {
             serde_json::json!({
                 "order_id": after.id, "rider_id": rider, "version": after.version,
                 "status": after.status, "pickup_merchant_id": after.merchant_id,
                 "dropoff": after.deliver_to,
-            }),
-        );
+            })
+        });
     }
     deps.timers.do_send(Arm {
         order_id: after.id.clone(),

@@ -223,9 +223,11 @@ impl RiderActor {
             Topic::Order(order.clone()),
             "rider_location",
             Some((order.as_str(), None, None)),
-            serde_json::json!({
-                "order_id": order, "rider_id": r.id, "lat": loc.lat, "lng": loc.lng,
-            }),
+            || {
+                serde_json::json!({
+                    "order_id": order, "rider_id": r.id, "lat": loc.lat, "lng": loc.lng,
+                })
+            },
         );
     }
 
