@@ -10,6 +10,8 @@
 //! - [`lock`]: lease backends (Redis and in-process) behind the lock actor.
 //! - [`api`]: the warp front door (REST, health, metrics) and its error mapping.
 //! - [`server`]: starting and stopping a node; [`config`]: typed configuration.
+//! - [`loadgen`]: `waimai loadgen`, a load generator that drives a running node over HTTP and
+//!   websockets and checks its invariants afterwards.
 #![forbid(unsafe_code)]
 
 pub mod actors;
@@ -18,6 +20,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod loadgen;
 pub mod lock;
 pub mod metrics;
 pub mod model;

@@ -53,6 +53,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Drive a running node with simulated customers, merchants and riders over HTTP and
+    /// websockets; print throughput, latency and invariant checks (exit 1 if one breaks).
+    Loadgen(waimai::loadgen::LoadgenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,6 +110,23 @@ fn main() -> anyhow::Result<()> {
                 .mint(role, &sub, ttl.unwrap_or(cfg.auth.token_ttl_secs))
                 .context("signing token")?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Loadgen(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let json = args.json.clone();
+            let report = rt
+                .block_on(waimai::loadgen::run(args))
+                .context("load generation")?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                println!("JSON report: {}", path.display());
+            }
+            let broken = report.violations();
+            if !broken.is_empty() {
+                let names: Vec<&str> = broken.iter().map(|c| c.name.as_str()).collect();
+                anyhow::bail!("{} invariant(s) BROKEN: {}", broken.len(), names.join("; "));
+            }
             Ok(())
         }
     }

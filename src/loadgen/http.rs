@@ -1,0 +1,152 @@
+//! The REST client: one reqwest pool sized to the load, JSON in and out, and a compact outcome
+//! (status, body, error code) that scenarios and the recorder classify.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::LoadgenError;
+
+/// A response as the load generator sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Resp {
+    /// HTTP status.
+    pub status: u16,
+    /// Parsed JSON body (Null when not JSON).
+    pub body: Value,
+}
+
+impl Resp {
+    /// The `error.code` of an error body, if any.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// 2xx.
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// `"409 out_of_stock"`, for error counts.
+    pub fn kind(&self) -> String {
+        let code = self.code();
+        if code.is_empty() {
+            self.status.to_string()
+        } else {
+            format!("{} {code}", self.status)
+        }
+    }
+
+    /// A string field of the body.
+    pub fn str(&self, field: &str) -> Option<String> {
+        self.body[field].as_str().map(str::to_string)
+    }
+}
+
+/// A request that got no HTTP response: `"transport timeout"`, `"transport connect"`, ...
+#[derive(Debug, Clone)]
+pub(crate) struct TransportError(pub String);
+
+/// The outcome of one request.
+pub(crate) type Outcome = Result<Resp, TransportError>;
+
+/// Kind of an outcome for error counts: `"201"`, `"409 out_of_stock"`, `"transport timeout"`.
+pub(crate) fn kind(o: &Outcome) -> String {
+    match o {
+        Ok(r) => r.kind(),
+        Err(e) => e.0.clone(),
+    }
+}
+
+/// The node's REST front door.
+pub(crate) struct Http {
+    /// Pooled client.
+    client: reqwest::Client,
+    /// `http://host:port`, no trailing slash.
+    base: String,
+}
+
+impl Http {
+    /// A client for `base` keeping up to `conns` idle connections.
+    pub fn new(base: &str, conns: usize, timeout: Duration) -> Result<Http, LoadgenError> {
+        let url = url::Url::parse(base)
+            .map_err(|e| LoadgenError::Args(format!("--target {base}: {e}")))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(LoadgenError::Args(format!(
+                "--target {base}: scheme must be http or https"
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(conns.max(1))
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| LoadgenError::Client(e.to_string()))?;
+        Ok(Http {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends `method path` with a bearer token, an optional idempotency key and JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Outcome {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(transport)?;
+        Ok(Resp {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        })
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str, token: &str) -> Outcome {
+        self.call(Method::GET, path, token, None, None).await
+    }
+
+    /// POST with an optional body.
+    pub async fn post(&self, path: &str, token: &str, body: Option<&Value>) -> Outcome {
+        self.call(Method::POST, path, token, None, body).await
+    }
+
+    /// PUT with a body.
+    pub async fn put(&self, path: &str, token: &str, body: &Value) -> Outcome {
+        self.call(Method::PUT, path, token, None, Some(body)).await
+    }
+}
+
+fn transport(e: reqwest::Error) -> TransportError {
+    let what = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "request"
+    };
+    TransportError(format!("transport {what}"))
+}

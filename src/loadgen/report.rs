@@ -1,0 +1,543 @@
+//! Measurements and the report: a [`Recorder`] that scenarios feed (HDR histograms in
+//! microseconds per operation and per websocket event type, error counts by HTTP status and
+//! error code), and the [`Report`] built from it: a human table and the same data as JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::invariants::Check;
+use super::Ctx;
+
+/// Largest latency the histograms hold, µs (an hour).
+const MAX_US: u64 = 3_600_000_000;
+
+fn histogram() -> Histogram<u64> {
+    // 3 significant figures over 1 µs ..= 1 h: the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, MAX_US, 3).unwrap_or_else(|_| {
+        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"))
+    })
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Class {
+    /// 2xx (or an acknowledged websocket command).
+    Ok,
+    /// An answer the scenario expects under contention (hot-sku's 409 out_of_stock).
+    Rejected(String),
+    /// Anything else: `"409 illegal_transition"`, `"transport timeout"`, ...
+    Error(String),
+}
+
+#[derive(Debug)]
+struct OpStats {
+    hist: Histogram<u64>,
+    ok: u64,
+    rejected: u64,
+    errors: u64,
+}
+
+impl OpStats {
+    fn new() -> OpStats {
+        OpStats {
+            hist: histogram(),
+            ok: 0,
+            rejected: 0,
+            errors: 0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    /// Per operation.
+    ops: BTreeMap<&'static str, OpStats>,
+    /// (operation, kind) -> count; both errors and expected rejections.
+    answers: BTreeMap<(&'static str, String), u64>,
+    /// Websocket event type -> server-to-client latency.
+    events: BTreeMap<String, Histogram<u64>>,
+    /// Whole orders that reached their goal in the window.
+    orders_done: u64,
+    /// Creation (intended start) to delivery, per finished order.
+    delivery: Option<Histogram<u64>>,
+}
+
+/// The measured window: operations whose (intended) start falls inside it count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    /// End of warm-up.
+    pub from: Instant,
+    /// End of the run.
+    pub until: Instant,
+}
+
+impl Window {
+    fn contains(&self, t: Instant) -> bool {
+        t >= self.from && t < self.until
+    }
+}
+
+/// Thread-safe sink for measurements.
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    /// Set when the load starts.
+    window: OnceLock<Window>,
+    /// Everything measured.
+    stats: Mutex<Stats>,
+    /// Live counters for the progress bar (warm-up included).
+    live_ok: AtomicU64,
+    /// Live error count for the progress bar.
+    live_errors: AtomicU64,
+}
+
+impl Recorder {
+    /// An empty recorder, not measuring yet.
+    pub fn new() -> Recorder {
+        Recorder::default()
+    }
+
+    /// Starts measuring operations that start within `w`.
+    pub fn open(&self, w: Window) {
+        let _ = self.window.set(w);
+    }
+
+    /// The window, once opened.
+    pub fn window(&self) -> Option<Window> {
+        self.window.get().copied()
+    }
+
+    fn measured(&self, t: Instant) -> bool {
+        self.window.get().is_some_and(|w| w.contains(t))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (ok, errors) so far, warm-up included.
+    pub fn live(&self) -> (u64, u64) {
+        (
+            self.live_ok.load(Ordering::Relaxed),
+            self.live_errors.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Records operation `op` that started (or was meant to start) at `started` and ended now.
+    pub fn op(&self, op: &'static str, started: Instant, class: Class) {
+        let elapsed = started.elapsed();
+        match class {
+            Class::Error(_) => self.live_errors.fetch_add(1, Ordering::Relaxed),
+            _ => self.live_ok.fetch_add(1, Ordering::Relaxed),
+        };
+        if !self.measured(started) {
+            return;
+        }
+        let mut g = self.lock();
+        let s = g.ops.entry(op).or_insert_with(OpStats::new);
+        s.hist.saturating_record(micros(elapsed));
+        let kind = match class {
+            Class::Ok => {
+                s.ok += 1;
+                None
+            }
+            Class::Rejected(k) => {
+                s.rejected += 1;
+                Some(k)
+            }
+            Class::Error(k) => {
+                s.errors += 1;
+                Some(k)
+            }
+        };
+        if let Some(k) = kind {
+            *g.answers.entry((op, k)).or_default() += 1;
+        }
+    }
+
+    /// Records a websocket event of type `kind` produced at server time `ts_ms` and received now.
+    pub fn event(&self, kind: &str, ts_ms: i64) {
+        if !self.measured(Instant::now()) {
+            return;
+        }
+        let lag_ms = (crate::domain::now_ms() - ts_ms).max(0) as u64;
+        let mut g = self.lock();
+        let h = g.events.entry(kind.to_string()).or_insert_with(histogram);
+        h.saturating_record(lag_ms.saturating_mul(1000).max(1));
+    }
+
+    /// Records a whole order finished: `started` is its creation's (intended) start,
+    /// `delivered` when the rider's deliver was acknowledged.
+    pub fn order_done(&self, started: Instant, delivered: Instant) {
+        if !self.measured(started) {
+            return;
+        }
+        let mut g = self.lock();
+        g.orders_done += 1;
+        g.delivery
+            .get_or_insert_with(histogram)
+            .saturating_record(micros(delivered.saturating_duration_since(started)));
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros().min(MAX_US as u128) as u64).max(1)
+}
+
+/// Latency percentiles, milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            count: h.len(),
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// One operation's figures over the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpReport {
+    /// e.g. `create_order`, `pay`, `merchant_accept_ws`.
+    pub op: String,
+    /// Requests.
+    pub count: u64,
+    /// 2xx / acknowledged.
+    pub ok: u64,
+    /// Expected rejections (hot-sku's 409 out_of_stock).
+    pub rejected: u64,
+    /// Everything else.
+    pub errors: u64,
+    /// count / measured seconds.
+    pub per_sec: f64,
+    /// Latency of all answers (open model: from the intended start).
+    pub latency: Latency,
+}
+
+/// Answers other than success, by operation and kind.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnswerCount {
+    /// Operation.
+    pub op: String,
+    /// `"409 out_of_stock"`, `"transport timeout"`, ...
+    pub kind: String,
+    /// How many.
+    pub count: u64,
+    /// Whether the scenario expects it (not an error).
+    pub expected: bool,
+}
+
+/// One websocket event type's server-to-client latency (ms resolution: `ts` is in ms).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventReport {
+    /// Message `type`.
+    pub event: String,
+    /// Latency from the event's `ts` to its arrival.
+    pub latency: Latency,
+}
+
+/// Whole orders.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrdersReport {
+    /// Orders acknowledged (201) over the whole run, warm-up included.
+    pub acknowledged: u64,
+    /// Orders that reached the scenario's goal in the measured window (created for
+    /// create/hot-sku, delivered and confirmed for lifecycle/track).
+    pub finished: u64,
+    /// finished / measured seconds.
+    pub per_sec: f64,
+    /// Lifecycle/track: creation to delivery.
+    pub creation_to_delivery: Option<Latency>,
+}
+
+/// Hot-sku outcome over every attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct HotSkuReport {
+    /// Units on offer.
+    pub stock: i64,
+    /// Attempts made.
+    pub attempts: u64,
+    /// 201s.
+    pub succeeded: u64,
+    /// 409 out_of_stock.
+    pub out_of_stock: u64,
+    /// Anything else.
+    pub other: u64,
+}
+
+/// An invariant check's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvariantReport {
+    /// What was checked.
+    pub name: String,
+    /// Whether it held.
+    pub ok: bool,
+    /// Evidence: counts, or the first offending ids.
+    pub detail: String,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Node URL.
+    pub target: String,
+    /// Load model.
+    pub load: String,
+    /// Warm-up, seconds.
+    pub warmup_s: f64,
+    /// Measured window, seconds.
+    pub measured_s: f64,
+    /// Merchants, SKUs per merchant, stock per SKU, riders, customers.
+    pub world: BTreeMap<String, i64>,
+    /// Per operation.
+    pub ops: Vec<OpReport>,
+    /// Whole orders.
+    pub orders: OrdersReport,
+    /// Non-success answers.
+    pub answers: Vec<AnswerCount>,
+    /// Websocket event latency by type.
+    pub ws_events: Vec<EventReport>,
+    /// Hot-sku only.
+    pub hot_sku: Option<HotSkuReport>,
+    /// Invariant verdicts.
+    pub invariants: Vec<InvariantReport>,
+}
+
+impl Report {
+    /// Builds the report from a finished run.
+    pub(crate) fn build(ctx: &Ctx, measured: Duration, checks: Vec<Check>) -> Report {
+        let plan = &ctx.plan;
+        let secs = measured.as_secs_f64().max(1e-9);
+        let g = ctx.rec.lock();
+        let ops = g
+            .ops
+            .iter()
+            .map(|(name, s)| OpReport {
+                op: name.to_string(),
+                count: s.ok + s.rejected + s.errors,
+                ok: s.ok,
+                rejected: s.rejected,
+                errors: s.errors,
+                per_sec: (s.ok + s.rejected + s.errors) as f64 / secs,
+                latency: Latency::of(&s.hist),
+            })
+            .collect::<Vec<_>>();
+        let expected_kinds = ["409 out_of_stock"];
+        let hot = plan.args.scenario == super::Scenario::HotSku;
+        let answers = g
+            .answers
+            .iter()
+            .map(|((op, kind), n)| AnswerCount {
+                op: op.to_string(),
+                kind: kind.clone(),
+                count: *n,
+                expected: hot && expected_kinds.contains(&kind.as_str()),
+            })
+            .collect();
+        let ws_events = g
+            .events
+            .iter()
+            .map(|(k, h)| EventReport {
+                event: k.clone(),
+                latency: Latency::of(h),
+            })
+            .collect();
+        let finished = match plan.args.scenario {
+            super::Scenario::Create | super::Scenario::HotSku => g
+                .ops
+                .get(super::scenarios::CREATE_ORDER)
+                .map(|s| s.ok)
+                .unwrap_or(0),
+            _ => g.orders_done,
+        };
+        let orders = OrdersReport {
+            acknowledged: ctx.ledger.acked_count() as u64,
+            finished,
+            per_sec: finished as f64 / secs,
+            creation_to_delivery: g.delivery.as_ref().map(Latency::of),
+        };
+        let hot_sku = hot.then(|| {
+            let a = ctx.ledger.answers();
+            let succeeded = a.get("201").copied().unwrap_or(0);
+            let out_of_stock = a.get("409 out_of_stock").copied().unwrap_or(0);
+            let attempts: u64 = a.values().sum();
+            HotSkuReport {
+                stock: plan.stock,
+                attempts,
+                succeeded,
+                out_of_stock,
+                other: attempts - succeeded - out_of_stock,
+            }
+        });
+        let world = BTreeMap::from([
+            ("merchants".to_string(), plan.merchants as i64),
+            ("skus_per_merchant".to_string(), plan.skus as i64),
+            ("stock_per_sku".to_string(), plan.stock),
+            ("riders".to_string(), plan.riders as i64),
+            ("customers".to_string(), plan.customers as i64),
+        ]);
+        Report {
+            scenario: plan.args.scenario.name().to_string(),
+            target: plan.args.target.clone(),
+            load: plan.load.describe(),
+            warmup_s: plan.warmup.as_secs_f64(),
+            measured_s: measured.as_secs_f64(),
+            world,
+            ops,
+            orders,
+            answers,
+            ws_events,
+            hot_sku,
+            invariants: checks
+                .into_iter()
+                .map(|c| InvariantReport {
+                    name: c.name,
+                    ok: c.ok,
+                    detail: c.detail,
+                })
+                .collect(),
+        }
+    }
+
+    /// The invariants that broke (empty when the run is clean).
+    pub fn violations(&self) -> Vec<&InvariantReport> {
+        self.invariants.iter().filter(|c| !c.ok).collect()
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario {} against {} | {} | warm-up {:.1}s, measured {:.1}s",
+            self.scenario, self.target, self.load, self.warmup_s, self.measured_s
+        );
+        let world: Vec<String> = self.world.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "world: {}", world.join(" "));
+        let _ = writeln!(out);
+        let header = format!(
+            "{:<22} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "operation",
+            "count",
+            "ok",
+            "rejected",
+            "errors",
+            "per s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms"
+        );
+        let _ = writeln!(out, "{header}");
+        let _ = writeln!(out, "{}", "-".repeat(header.len()));
+        for o in &self.ops {
+            let l = &o.latency;
+            let _ =
+                writeln!(
+                out,
+                "{:<22} {:>8} {:>8} {:>8} {:>7} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                o.op, o.count, o.ok, o.rejected, o.errors, o.per_sec, l.p50_ms, l.p90_ms, l.p99_ms,
+                l.p999_ms, l.max_ms
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "orders: {} acknowledged in all, {} finished in the window, {:.1} orders/s",
+            self.orders.acknowledged, self.orders.finished, self.orders.per_sec
+        );
+        if let Some(l) = &self.orders.creation_to_delivery {
+            let _ = writeln!(
+                out,
+                "creation -> delivery ms: p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} (n={})",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+            );
+        }
+        if let Some(h) = &self.hot_sku {
+            let _ = writeln!(
+                out,
+                "hot-sku: stock {} | attempts {} | succeeded {} | out_of_stock {} | other {}",
+                h.stock, h.attempts, h.succeeded, h.out_of_stock, h.other
+            );
+        }
+        if !self.ws_events.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{:<22} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "ws event (ts->client)",
+                "count",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms"
+            );
+            for e in &self.ws_events {
+                let l = &e.latency;
+                let _ = writeln!(
+                    out,
+                    "{:<22} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                    e.event, l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+                );
+            }
+        }
+        if !self.answers.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "answers other than success (measured window):");
+            for a in &self.answers {
+                let _ = writeln!(
+                    out,
+                    "  {:<22} {:<36} {:>8}{}",
+                    a.op,
+                    a.kind,
+                    a.count,
+                    if a.expected { "  (expected)" } else { "" }
+                );
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "invariants:");
+        for c in &self.invariants {
+            let _ = writeln!(
+                out,
+                "  [{}] {}: {}",
+                if c.ok { "ok" } else { "BROKEN" },
+                c.name,
+                c.detail
+            );
+        }
+        out
+    }
+}

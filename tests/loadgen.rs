@@ -1,0 +1,260 @@
+//! `waimai loadgen` against a real node on port 0 (embedded SQLite, local locks): each
+//! scenario runs for about two seconds with small numbers, and the invariant checks must pass
+//! with counts that add up.
+
+mod common;
+
+use common::TestApp;
+use waimai::loadgen::{parse_args, run_with_auth, LoadgenError, Report};
+
+async fn run(app: &TestApp, words: &[&str]) -> Report {
+    let mut all: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+    all.extend(["--target".into(), app.base.clone(), "--quiet".into()]);
+    let args = parse_args(all).expect("arguments parse");
+    run_with_auth(args, app.node.auth.clone())
+        .await
+        .expect("run completes")
+}
+
+fn assert_clean(r: &Report) {
+    assert!(
+        r.violations().is_empty(),
+        "invariants broken:\n{}",
+        r.table()
+    );
+}
+
+fn op<'a>(r: &'a Report, name: &str) -> &'a waimai::loadgen::report::OpReport {
+    r.ops
+        .iter()
+        .find(|o| o.op == name)
+        .unwrap_or_else(|| panic!("no {name} in\n{}", r.table()))
+}
+
+#[actix_rt::test]
+async fn create_closed_model_keeps_every_order_and_all_stock() {
+    let app = TestApp::embedded().await;
+    let r = run(
+        &app,
+        &[
+            "create",
+            "--concurrency",
+            "8",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--merchants",
+            "2",
+            "--skus",
+            "3",
+            "--customers",
+            "20",
+            "--seed",
+            "7",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let c = op(&r, "create_order");
+    assert!(c.ok > 0, "some orders were measured:\n{}", r.table());
+    assert_eq!(c.errors, 0, "no errors:\n{}", r.table());
+    assert_eq!(c.count, c.ok);
+    // Warm-up orders are acknowledged but not measured.
+    assert!(r.orders.acknowledged >= c.ok);
+    assert_eq!(r.orders.finished, c.ok);
+    assert!(c.latency.p50_ms <= c.latency.p99_ms && c.latency.p99_ms <= c.latency.max_ms);
+    assert_eq!(r.invariants.len(), 5, "{}", r.table());
+}
+
+#[actix_rt::test]
+async fn create_open_model_issues_the_scheduled_arrivals() {
+    let app = TestApp::embedded().await;
+    let json = std::env::temp_dir().join(format!("waimai-loadgen-{}.json", common::unique()));
+    let r = run(
+        &app,
+        &[
+            "create",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            "--merchants",
+            "2",
+            "--json",
+            json.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let c = op(&r, "create_order");
+    // 100/s for 2 s: 200 arrivals are scheduled, all inside the window.
+    assert_eq!(c.count, 200, "{}", r.table());
+    assert_eq!(r.orders.acknowledged, 200);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("valid json");
+    assert_eq!(written["scenario"], "create");
+    assert_eq!(written["orders"]["acknowledged"], 200);
+    assert!(written["ops"][0]["latency"]["p999_ms"].is_number());
+    let _ = std::fs::remove_file(json);
+}
+
+#[actix_rt::test]
+async fn hot_sku_sells_exactly_the_stock() {
+    let app = TestApp::embedded().await;
+    let r = run(
+        &app,
+        &[
+            "hot-sku",
+            "--customers",
+            "400",
+            "--stock",
+            "25",
+            "--concurrency",
+            "100",
+            "--duration",
+            "10",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let h = r.hot_sku.as_ref().expect("hot-sku figures");
+    assert_eq!(h.attempts, 400);
+    assert_eq!(h.succeeded, 25);
+    assert_eq!(h.out_of_stock, 375);
+    assert_eq!(h.other, 0);
+    assert_eq!(r.orders.acknowledged, 25);
+    let c = op(&r, "create_order");
+    assert_eq!((c.ok, c.rejected, c.errors), (25, 375, 0));
+}
+
+#[actix_rt::test]
+async fn hot_sku_with_more_stock_than_customers_sells_to_everyone() {
+    let app = TestApp::embedded().await;
+    let r = run(
+        &app,
+        &[
+            "hot-sku",
+            "--customers",
+            "30",
+            "--stock",
+            "50",
+            "--rate",
+            "200",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let h = r.hot_sku.as_ref().expect("hot-sku figures");
+    assert_eq!((h.attempts, h.succeeded, h.out_of_stock), (30, 30, 0));
+}
+
+#[actix_rt::test]
+async fn lifecycle_delivers_and_completes_every_order() {
+    let app = TestApp::embedded().await;
+    let r = run(
+        &app,
+        &[
+            "lifecycle",
+            "--concurrency",
+            "4",
+            "--riders",
+            "6",
+            "--merchants",
+            "2",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            "--rider-steps",
+            "2",
+            "--step-ms",
+            "20",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let whole = op(&r, "whole_order");
+    assert!(whole.ok > 0, "{}", r.table());
+    assert_eq!(whole.errors, 0);
+    let delivery = r
+        .orders
+        .creation_to_delivery
+        .as_ref()
+        .expect("creation to delivery measured");
+    assert_eq!(delivery.count, whole.ok);
+    // An operation counts when it starts inside the window, so later steps of the last
+    // orders fall outside it.
+    assert!(op(&r, "pay").ok <= op(&r, "create_order").ok);
+    assert!(op(&r, "deliver").ok <= op(&r, "pickup").ok);
+    assert!(
+        r.ws_events.iter().any(|e| e.event == "merchant:new_order"),
+        "{}",
+        r.table()
+    );
+    assert!(r.ws_events.iter().any(|e| e.event == "rider:offer"));
+}
+
+#[actix_rt::test]
+async fn track_sees_every_status_and_a_normal_close() {
+    let app = TestApp::embedded().await;
+    let r = run(
+        &app,
+        &[
+            "track",
+            "--concurrency",
+            "3",
+            "--watchers",
+            "3",
+            "--riders",
+            "5",
+            "--merchants",
+            "2",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            "--rider-steps",
+            "2",
+            "--step-ms",
+            "20",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let whole = op(&r, "whole_order");
+    assert!(whole.ok > 0, "{}", r.table());
+    // Every order's watchers connected.
+    assert_eq!(op(&r, "track_connect").ok, 3 * op(&r, "create_order").ok);
+    let status = r
+        .ws_events
+        .iter()
+        .find(|e| e.event == "track:status")
+        .expect("status events");
+    // paid, accepted, rider_assigned, picked_up, delivered, completed: 6 per watcher, fewer
+    // counted for the last orders, whose events arrive after the window closes.
+    assert!(status.latency.count >= 3 * whole.ok, "{}", r.table());
+}
+
+#[actix_rt::test]
+async fn a_wrong_secret_fails_setup_loudly() {
+    let app = TestApp::embedded().await;
+    let args = parse_args(["create", "--target", app.base.as_str(), "--quiet"]).expect("args");
+    let err = run_with_auth(args, waimai::api::Auth::new("not-the-node-secret"))
+        .await
+        .expect_err("setup must fail");
+    assert!(
+        matches!(&err, LoadgenError::Setup(m) if m.contains("401")),
+        "{err}"
+    );
+}
+
+#[test]
+fn closed_and_open_models_exclude_each_other() {
+    assert!(parse_args(["create", "--concurrency", "5", "--rate", "3"]).is_err());
+    assert!(parse_args(["create", "--rate", "3"]).is_ok());
+    assert!(parse_args(["nonsense"]).is_err());
+}
