@@ -12,6 +12,11 @@
 //! (`WAIMAI_TEST_MYSQL`, default `mysql://root@127.0.0.1:3306/test`) must be running; the bench
 //! panics naming the missing service otherwise.
 //!
+//! - `lock_lease/{local,redis}`: one lease's grant, renewal and release on each backend (Redis
+//!   at `WAIMAI_TEST_REDIS`, default `redis://127.0.0.1:6379`).
+//! - `json`: encoding and decoding the hot wire types (an order, a status event).
+//! - `ws_fanout`: one hub event delivered to 1,000 subscribers' queues and drained.
+//!
 //! Run: `cargo bench --bench core`.
 
 use std::hint::black_box;
@@ -27,7 +32,9 @@ use waimai::actors::order_machine::{transition, OrderEvent, OrderStatus};
 use waimai::cluster::Router;
 use waimai::config::LockBackendKind;
 use waimai::domain::{now_ms, Caller, Location};
+use waimai::lock::LockBackend;
 use waimai::model::{Order, OrderLine, OutboxEvent};
+use waimai::realtime::{Hub, Topic};
 use waimai::store::{Store, Write};
 use waimai::{Config, Node};
 
@@ -479,11 +486,164 @@ fn bench_group_commit(c: &mut Criterion) {
     g.finish();
 }
 
+// ---- 4. lock leases ----
+
+fn bench_locks(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut g = c.benchmark_group("lock_lease");
+    small(&mut g);
+    for kind in [LockBackendKind::Local, LockBackendKind::Redis] {
+        let mut cfg = Config::defaults().expect("embedded config").lock;
+        cfg.backend = kind;
+        cfg.redis_url =
+            std::env::var("WAIMAI_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        cfg.key_prefix = format!("waimai-bench-{}", unique());
+        let backend = rt
+            .block_on(LockBackend::from_config(&cfg))
+            .unwrap_or_else(|e| panic!("lock backend {kind:?} (is Redis running?): {e}"));
+        let name = backend.name();
+        g.bench_function(format!("{name}/grant_renew_release"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        let key = format!("stock:{i}");
+                        let lease = backend.acquire(&key, 10_000, 1).await.expect("grant");
+                        backend.renew(&lease, 10_000).await.expect("renew");
+                        backend.release(&lease).await.expect("release");
+                    }
+                    let elapsed = start.elapsed();
+                    record(
+                        &format!("lock_lease/{name} (grant+renew+release)"),
+                        elapsed,
+                        iters,
+                    );
+                    elapsed
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+// ---- 5. JSON of the hot types ----
+
+fn sample_order() -> Order {
+    Order {
+        id: uuid::Uuid::new_v4().to_string(),
+        customer_id: "customer-42".into(),
+        merchant_id: uuid::Uuid::new_v4().to_string(),
+        rider_id: None,
+        status: OrderStatus::PendingPayment,
+        items: vec![
+            OrderLine {
+                sku: "beef-noodles".into(),
+                name: "Beef noodles".into(),
+                qty: 2,
+                price_cents: 2800,
+            },
+            OrderLine {
+                sku: "tea".into(),
+                name: "Jasmine tea".into(),
+                qty: 1,
+                price_cents: 600,
+            },
+        ],
+        total_cents: 6200,
+        deliver_to: Location {
+            lat: 31.2,
+            lng: 121.5,
+        },
+        version: 1,
+        created_at: now_ms(),
+        updated_at: now_ms(),
+        request_hash: None,
+    }
+}
+
+fn bench_json(c: &mut Criterion) {
+    let mut g = c.benchmark_group("json");
+    small(&mut g);
+    let order = sample_order();
+    let text = serde_json::to_string(&order).expect("encode");
+    let request = json!({"merchant_id": order.merchant_id, "items": [{"sku": "beef-noodles", "qty": 2}], "deliver_to": {"lat": 31.2, "lng": 121.5}}).to_string();
+    g.bench_function("order_encode", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&order)).expect("encode"))
+    });
+    g.bench_function("order_decode", |b| {
+        b.iter(|| serde_json::from_str::<Order>(black_box(&text)).expect("decode"))
+    });
+    g.bench_function("create_request_decode", |b| {
+        b.iter(|| serde_json::from_str::<serde_json::Value>(black_box(&request)).expect("decode"))
+    });
+    g.bench_function("status_event_encode", |b| {
+        b.iter(|| {
+            json!({
+                "type": "status", "order_id": black_box(&order.id), "version": 2,
+                "status": OrderStatus::Paid, "from": OrderStatus::PendingPayment,
+                "rider_id": null, "seq": 1, "ts": 0,
+            })
+            .to_string()
+        })
+    });
+    g.finish();
+}
+
+// ---- 6. websocket fan-out through the hub ----
+
+fn bench_fanout(c: &mut Criterion) {
+    const SUBSCRIBERS: usize = 1_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut g = c.benchmark_group("ws_fanout");
+    small(&mut g);
+    g.throughput(Throughput::Elements(SUBSCRIBERS as u64));
+    let hub = Hub::new(1024);
+    let topic = Topic::Merchant("busy-merchant".into());
+    let mut subs: Vec<_> = (0..SUBSCRIBERS)
+        .map(|_| hub.subscribe(topic.clone()))
+        .collect();
+    g.bench_function(format!("publish_to_{SUBSCRIBERS}_and_drain"), |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    hub.publish(
+                        topic.clone(),
+                        "order_updated",
+                        Some(("o1", Some(2), Some(OrderStatus::Accepted))),
+                        || json!({"order_id": "o1", "version": 2, "status": "accepted"}),
+                    );
+                    for s in subs.iter_mut() {
+                        black_box(s.rx.recv().await.expect("event"));
+                    }
+                }
+                let elapsed = start.elapsed();
+                record(
+                    "ws_fanout (per subscriber delivery)",
+                    elapsed,
+                    iters * SUBSCRIBERS as u64,
+                );
+                elapsed
+            })
+        })
+    });
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench_state_transition(&mut c);
     bench_router(&mut c);
     bench_group_commit(&mut c);
+    bench_locks(&mut c);
+    bench_json(&mut c);
+    bench_fanout(&mut c);
     c.final_summary();
     print_summary();
 }

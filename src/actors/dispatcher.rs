@@ -102,19 +102,27 @@ pub struct Offer {
 
 // ---- actor ----
 
-type Point = GeomWithData<[f64; 2], String>;
+type Xyz = [f64; 3];
+type Point = GeomWithData<Xyz, String>;
 
-/// Equirectangular projection to metres: accurate enough to rank riders within a city.
-fn project(l: Location) -> [f64; 2] {
-    const M_PER_DEG: f64 = 111_320.0;
+/// A position on the Earth's surface in metres from its centre: straight-line (chord) distance
+/// between two such points ranks riders exactly like distance along the surface, anywhere.
+fn project(l: Location) -> Xyz {
+    const EARTH_RADIUS_M: f64 = 6_371_000.0;
+    let (lat, lng) = (l.lat.to_radians(), l.lng.to_radians());
     [
-        l.lng * M_PER_DEG * l.lat.to_radians().cos(),
-        l.lat * M_PER_DEG,
+        EARTH_RADIUS_M * lat.cos() * lng.cos(),
+        EARTH_RADIUS_M * lat.cos() * lng.sin(),
+        EARTH_RADIUS_M * lat.sin(),
     ]
 }
 
-fn distance_m(a: [f64; 2], b: [f64; 2]) -> f64 {
-    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt()
+fn distance_m(a: Xyz, b: Xyz) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 #[derive(Debug, Default)]
@@ -125,7 +133,7 @@ struct RiderEntry {
     /// The order offered to this rider, if any.
     offer: Option<String>,
     /// The point this rider has in the tree, if indexed.
-    indexed: Option<[f64; 2]>,
+    indexed: Option<Xyz>,
 }
 
 impl RiderEntry {
@@ -251,11 +259,13 @@ impl Dispatcher {
             Topic::Rider(rider.clone()),
             "offer",
             Some((order_id, None, None)),
-            serde_json::json!({
-                "rider_id": rider, "order_id": offer.order_id, "pickup": offer.pickup,
-                "dropoff": offer.dropoff, "expires_at": offer.expires_at,
-                "distance_m": offer.distance_m,
-            }),
+            || {
+                serde_json::json!({
+                    "rider_id": rider, "order_id": offer.order_id, "pickup": offer.pickup,
+                    "dropoff": offer.dropoff, "expires_at": offer.expires_at,
+                    "distance_m": offer.distance_m,
+                })
+            },
         );
         metrics::DISPATCH_OFFERS
             .with_label_values(&["offered"])
@@ -273,7 +283,7 @@ impl Dispatcher {
             Topic::Rider(out.rider.clone()),
             "offer_withdrawn",
             Some((order_id, None, None)),
-            serde_json::json!({ "rider_id": out.rider, "order_id": order_id, "reason": reason }),
+            || serde_json::json!({ "rider_id": out.rider, "order_id": order_id, "reason": reason }),
         );
         Some(out.rider)
     }

@@ -13,7 +13,7 @@ use actix::{
 use serde::{Deserialize, Serialize};
 
 use super::lock::{AcquireLease, LeaseLost, ReleaseLease};
-use super::shard::{Idle, Shard};
+use super::shard::{Idle, Shard, Slot};
 use super::{Deps, Entity, Idleness, Loaded, Stop};
 use crate::cluster::Routed;
 use crate::domain::{now_ms, Caller, Location, Role};
@@ -186,7 +186,7 @@ impl Entity for MerchantActor {
         }
     }
 
-    fn registry(shard: &mut Shard) -> &mut std::collections::HashMap<String, Addr<Self>> {
+    fn registry(shard: &mut Shard) -> &mut std::collections::HashMap<String, Slot<Self>> {
         &mut shard.merchants
     }
 }

@@ -77,7 +77,9 @@ pub trait Entity: Actor<Context = Context<Self>> + Supervised + Handler<Stop> {
     /// A fresh, not yet loaded actor for `id`.
     fn fresh(id: String, deps: Deps, shard: Addr<shard::Shard>) -> Self;
     /// This kind's registry inside a shard.
-    fn registry(shard: &mut shard::Shard) -> &mut std::collections::HashMap<String, Addr<Self>>;
+    fn registry(
+        shard: &mut shard::Shard,
+    ) -> &mut std::collections::HashMap<String, shard::Slot<Self>>;
 }
 
 /// Sent by the shard after it forgot the actor: finish what is queued, then stop.

@@ -14,9 +14,9 @@ use super::dispatcher::OrderChanged;
 use super::merchant::{ReserveStock, RestockItems, SettleReservation, StockFence, UnreserveStock};
 use super::order_machine::{frees_rider, releases_stock, transition, OrderEvent, OrderStatus};
 use super::rider::{ClaimRider, FreeRider};
-use super::shard::{Idle, Shard};
+use super::shard::{Shard, Slot, Terminal};
 use super::timers::Arm;
-use super::{guard, Deps, Entity, Idleness, Loaded, Stop};
+use super::{guard, Deps, Entity, Loaded, Stop};
 use crate::cluster::{Routed, Router};
 use crate::domain::{now_ms, Caller, Location, Role};
 use crate::error::{Error, Result};
@@ -110,8 +110,6 @@ pub struct OrderActor {
     shard: Addr<Shard>,
     /// Persisted state once loaded.
     state: Loaded<Order>,
-    /// Passivation bookkeeping.
-    idle: Idleness,
 }
 
 impl Entity for OrderActor {
@@ -123,11 +121,10 @@ impl Entity for OrderActor {
             deps,
             shard,
             state: Loaded::Loading,
-            idle: Idleness::new(),
         }
     }
 
-    fn registry(shard: &mut Shard) -> &mut std::collections::HashMap<String, Addr<Self>> {
+    fn registry(shard: &mut Shard) -> &mut std::collections::HashMap<String, Slot<Self>> {
         &mut shard.orders
     }
 }
@@ -138,18 +135,8 @@ impl Actor for OrderActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(usize::MAX >> 4);
         self.load(ctx);
-        ctx.run_interval(self.deps.settings.idle_check(), |act, _ctx| {
-            let limit = match &act.state {
-                Loaded::Present(o) if !o.status.is_terminal() => act.deps.settings.idle,
-                _ => act.deps.settings.terminal_idle,
-            };
-            if act.idle.due(limit) {
-                act.shard.do_send(Idle {
-                    kind: Self::KIND,
-                    id: act.id.clone(),
-                });
-            }
-        });
+        // Idleness is tracked by the shard (it sees every message): one sweep per shard instead
+        // of one timer per order.
     }
 }
 
@@ -252,7 +239,12 @@ impl OrderActor {
                 .into_actor(self)
                 .map(|res, act, _| {
                     act.state = match res {
-                        Ok(Some(o)) => Loaded::Present(o),
+                        Ok(Some(o)) => {
+                            if o.status.is_terminal() {
+                                act.shard.do_send(Terminal { id: o.id.clone() });
+                            }
+                            Loaded::Present(o)
+                        }
                         Ok(None) => Loaded::Absent,
                         Err(e) => Loaded::Failed(e.to_string()),
                     };
@@ -399,15 +391,12 @@ fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
     let from = before.map(|b| b.status);
     let hub = &deps.hub;
     let order_ref = Some((after.id.as_str(), Some(after.version), Some(after.status)));
-    hub.publish(
-        Topic::Order(after.id.clone()),
-        "status",
-        order_ref,
+    hub.publish(Topic::Order(after.id.clone()), "status", order_ref, || {
         serde_json::json!({
             "order_id": after.id, "version": after.version, "status": after.status,
             "from": from, "rider_id": after.rider_id,
-        }),
-    );
+        })
+    });
     if from.is_some() {
         let kind = match after.status {
             OrderStatus::Paid => "new_order",
@@ -416,18 +405,21 @@ fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
             }
             _ => "order_updated",
         };
-        let mut body = serde_json::json!({
-            "order_id": after.id, "merchant_id": after.merchant_id, "version": after.version,
-            "status": after.status, "from": from, "rider_id": after.rider_id,
-        });
-        if kind == "new_order" {
-            body["order"] = serde_json::to_value(after).unwrap_or_default();
-        }
         hub.publish(
             Topic::Merchant(after.merchant_id.clone()),
             kind,
             order_ref,
-            body,
+            || {
+                let mut body = serde_json::json!({
+                    "order_id": after.id, "merchant_id": after.merchant_id,
+                    "version": after.version, "status": after.status, "from": from,
+                    "rider_id": after.rider_id,
+                });
+                if kind == "new_order" {
+                    body["order"] = serde_json::to_value(after).unwrap_or_default();
+                }
+                body
+            },
         );
     }
     let rider = after
@@ -442,16 +434,13 @@ fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
         } else {
             "order_updated"
         };
-        hub.publish(
-            Topic::Rider(rider.clone()),
-            kind,
-            order_ref,
+        hub.publish(Topic::Rider(rider.clone()), kind, order_ref, || {
             serde_json::json!({
                 "order_id": after.id, "rider_id": rider, "version": after.version,
                 "status": after.status, "pickup_merchant_id": after.merchant_id,
                 "dropoff": after.deliver_to,
-            }),
-        );
+            })
+        });
     }
     deps.timers.do_send(Arm {
         order_id: after.id.clone(),
@@ -473,7 +462,6 @@ impl Handler<ChangeOrder> for OrderActor {
     type Result = Reply<Order>;
 
     fn handle(&mut self, msg: ChangeOrder, ctx: &mut Context<Self>) -> Self::Result {
-        self.idle.touch();
         let plan = match guard(|| self.plan(msg, ctx)) {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => return ready(Err(e)),
@@ -503,6 +491,11 @@ impl Handler<ChangeOrder> for OrderActor {
                 let committed = steps.last().cloned();
                 if let Some(done) = &committed {
                     act.state = Loaded::Present(done.clone());
+                    if done.status.is_terminal() {
+                        act.shard.do_send(Terminal {
+                            id: done.id.clone(),
+                        });
+                    }
                     if plan.restock {
                         act.deps.router.notify(
                             &o.merchant_id,
@@ -544,7 +537,6 @@ impl Handler<PlaceOrder> for OrderActor {
     type Result = Reply<Placed>;
 
     fn handle(&mut self, msg: PlaceOrder, ctx: &mut Context<Self>) -> Self::Result {
-        self.idle.touch();
         match &self.state {
             Loaded::Present(o) => {
                 let same = o.customer_id == msg.caller.id
@@ -661,7 +653,6 @@ impl Handler<GetOrder> for OrderActor {
     type Result = Result<Order>;
 
     fn handle(&mut self, msg: GetOrder, ctx: &mut Context<Self>) -> Self::Result {
-        self.idle.touch();
         let o = self.current(ctx)?;
         if may_read(&msg.caller, &o) {
             Ok(o)

@@ -7,7 +7,7 @@ use actix::{
 };
 
 use super::dispatcher::RiderState;
-use super::shard::{Idle, Shard};
+use super::shard::{Idle, Shard, Slot};
 use super::{Deps, Entity, Idleness, Loaded, Stop};
 use crate::cluster::Routed;
 use crate::domain::{now_ms, Caller, Location, Role};
@@ -129,7 +129,7 @@ impl Entity for RiderActor {
         }
     }
 
-    fn registry(shard: &mut Shard) -> &mut std::collections::HashMap<String, Addr<Self>> {
+    fn registry(shard: &mut Shard) -> &mut std::collections::HashMap<String, Slot<Self>> {
         &mut shard.riders
     }
 }
@@ -223,9 +223,11 @@ impl RiderActor {
             Topic::Order(order.clone()),
             "rider_location",
             Some((order.as_str(), None, None)),
-            serde_json::json!({
-                "order_id": order, "rider_id": r.id, "lat": loc.lat, "lng": loc.lng,
-            }),
+            || {
+                serde_json::json!({
+                    "order_id": order, "rider_id": r.id, "lat": loc.lat, "lng": loc.lng,
+                })
+            },
         );
     }
 

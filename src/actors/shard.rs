@@ -3,6 +3,7 @@
 //! persisted state with its mailbox intact) and passivates the idle ones.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use actix::{
     Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, MessageResult,
@@ -17,6 +18,16 @@ use crate::cluster::Routed;
 use crate::error::Result;
 use crate::metrics;
 
+/// A live actor in a shard's registry.
+pub struct Slot<A: Actor> {
+    /// Its address.
+    pub addr: Addr<A>,
+    /// When the shard last routed a message to it.
+    pub last: Instant,
+    /// Its order is terminal (passivated sooner).
+    pub terminal: bool,
+}
+
 /// One shard's supervisor.
 pub struct Shard {
     /// Shard number.
@@ -24,11 +35,11 @@ pub struct Shard {
     /// Handed to every actor it starts.
     deps: Deps,
     /// Live order actors by id.
-    pub(crate) orders: HashMap<String, Addr<OrderActor>>,
+    pub(crate) orders: HashMap<String, Slot<OrderActor>>,
     /// Live merchant actors by id.
-    pub(crate) merchants: HashMap<String, Addr<MerchantActor>>,
+    pub(crate) merchants: HashMap<String, Slot<MerchantActor>>,
     /// Live rider actors by id.
-    pub(crate) riders: HashMap<String, Addr<RiderActor>>,
+    pub(crate) riders: HashMap<String, Slot<RiderActor>>,
 }
 
 /// A message for entity `id`, as the router hands it to the shard.
@@ -50,6 +61,14 @@ pub struct Idle {
     /// `order`, `merchant` or `rider`.
     pub kind: &'static str,
     /// The entity.
+    pub id: String,
+}
+
+/// An order actor reached a terminal status: passivate it after `terminal_idle`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Terminal {
+    /// The order.
     pub id: String,
 }
 
@@ -76,31 +95,51 @@ impl Shard {
     }
 
     fn get_or_start<A: Entity>(&mut self, id: &str, ctx: &mut Context<Self>) -> Addr<A> {
-        if let Some(addr) = A::registry(self).get(id) {
-            if addr.connected() {
-                return addr.clone();
+        if let Some(slot) = A::registry(self).get_mut(id) {
+            if slot.addr.connected() {
+                slot.last = Instant::now();
+                return slot.addr.clone();
             }
         }
         let deps = self.deps.clone();
         let shard = ctx.address();
         let owned = id.to_string();
         let addr = Supervisor::start(move |_| A::fresh(owned, deps, shard));
-        if A::registry(self)
-            .insert(id.to_string(), addr.clone())
-            .is_none()
-        {
+        let slot = Slot {
+            addr: addr.clone(),
+            last: Instant::now(),
+            terminal: false,
+        };
+        if A::registry(self).insert(id.to_string(), slot).is_none() {
             metrics::ACTORS_ACTIVE.with_label_values(&[A::KIND]).inc();
         }
         addr
     }
 
     fn forget<A: Entity>(&mut self, id: &str) {
-        if let Some(addr) = A::registry(self).remove(id) {
+        if let Some(slot) = A::registry(self).remove(id) {
             metrics::ACTORS_ACTIVE.with_label_values(&[A::KIND]).dec();
             metrics::ACTOR_PASSIVATIONS
                 .with_label_values(&[A::KIND])
                 .inc();
-            addr.do_send(Stop);
+            slot.addr.do_send(Stop);
+        }
+    }
+
+    /// Passivates the order actors idle past their limit (orders have no timer of their own).
+    fn sweep_orders(&mut self) {
+        let (idle, terminal_idle) = (self.deps.settings.idle, self.deps.settings.terminal_idle);
+        let due: Vec<String> = self
+            .orders
+            .iter()
+            .filter(|(_, s)| {
+                let limit = if s.terminal { terminal_idle } else { idle };
+                s.last.elapsed() >= limit
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.forget::<OrderActor>(&id);
         }
     }
 }
@@ -110,6 +149,7 @@ impl Actor for Shard {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(usize::MAX >> 4);
+        ctx.run_interval(self.deps.settings.idle_check(), |act, _| act.sweep_orders());
     }
 }
 
@@ -136,13 +176,35 @@ impl Handler<Idle> for Shard {
     }
 }
 
+impl Handler<Terminal> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Terminal, _ctx: &mut Context<Self>) {
+        if let Some(slot) = self.orders.get_mut(&msg.id) {
+            slot.terminal = true;
+        }
+    }
+}
+
 impl Handler<Drain> for Shard {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
-        let orders: Vec<_> = self.orders.drain().map(|(_, a)| a.send(Stop)).collect();
-        let merchants: Vec<_> = self.merchants.drain().map(|(_, a)| a.send(Stop)).collect();
-        let riders: Vec<_> = self.riders.drain().map(|(_, a)| a.send(Stop)).collect();
+        let orders: Vec<_> = self
+            .orders
+            .drain()
+            .map(|(_, s)| s.addr.send(Stop))
+            .collect();
+        let merchants: Vec<_> = self
+            .merchants
+            .drain()
+            .map(|(_, s)| s.addr.send(Stop))
+            .collect();
+        let riders: Vec<_> = self
+            .riders
+            .drain()
+            .map(|(_, s)| s.addr.send(Stop))
+            .collect();
         ctx.stop();
         Box::pin(async move {
             futures::future::join_all(orders).await;

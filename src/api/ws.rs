@@ -256,13 +256,25 @@ async fn run(socket: WebSocket, mut s: Session) {
             }
         };
     }
+    // Sends a close frame, then lets the client answer it (the closing handshake) before the
+    // connection is dropped, so the client reads the reason instead of a reset.
     macro_rules! close {
         ($code:expr, $why:expr) => {{
-            let _ = tokio::time::timeout(
+            let sent = tokio::time::timeout(
                 send_timeout,
                 tx.send(Message::close_with($code, $why.to_string())),
             )
             .await;
+            if matches!(sent, Ok(Ok(()))) {
+                let _ = tokio::time::timeout(send_timeout, async {
+                    while let Some(Ok(m)) = rx.next().await {
+                        if m.is_close() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
         }};
     }
 

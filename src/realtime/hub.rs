@@ -154,20 +154,21 @@ impl Hub {
     }
 
     /// Publishes a message of `kind` with `fields` (an object) to `topic`. `order` names the
-    /// order, its version and status when the event reflects a committed order change.
+    /// order, its version and status when the event reflects a committed order change. `fields`
+    /// is only called when someone follows the topic, so unwatched entities pay nothing.
     pub fn publish(
         &self,
         topic: Topic,
         kind: &str,
         order: Option<(&str, Option<i64>, Option<OrderStatus>)>,
-        fields: Value,
+        fields: impl FnOnce() -> Value,
     ) {
         let mut map = Self::lock(self.slot(&topic));
         let Some(subs) = map.get_mut(&topic) else {
             return;
         };
         let seq = self.inner.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut body = match fields {
+        let mut body = match fields() {
             Value::Object(m) => m,
             other => {
                 let mut m = serde_json::Map::new();
@@ -210,11 +211,11 @@ mod tests {
         let t = Topic::Order("o1".into());
         let mut fast = hub.subscribe(t.clone());
         let slow = hub.subscribe(t.clone());
-        hub.publish(t.clone(), "a", None, serde_json::json!({}));
-        hub.publish(t.clone(), "b", None, serde_json::json!({}));
+        hub.publish(t.clone(), "a", None, || serde_json::json!({}));
+        hub.publish(t.clone(), "b", None, || serde_json::json!({}));
         assert!(fast.rx.recv().await.is_some_and(|e| e.seq == 1));
         assert!(fast.rx.recv().await.is_some_and(|e| e.seq == 2));
-        hub.publish(t.clone(), "c", None, serde_json::json!({}));
+        hub.publish(t.clone(), "c", None, || serde_json::json!({}));
         assert!(slow.was_slow(), "third event overflows a queue of two");
         assert!(!fast.was_slow());
         let e = fast.rx.recv().await;

@@ -28,6 +28,8 @@ const SQLITE: &[&str] = &[
         deliver_lat REAL NOT NULL, deliver_lng REAL NOT NULL, request_hash TEXT,
         version BIGINT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS orders_merchant ON orders (merchant_id)",
+    // Startup recovery of deadlines and dispatch reads orders by status.
+    "CREATE INDEX IF NOT EXISTS orders_status ON orders (status)",
     "CREATE TABLE IF NOT EXISTS outbox (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, aggregate_type TEXT NOT NULL,
         aggregate_id TEXT NOT NULL, event_type TEXT NOT NULL, payload TEXT NOT NULL,
@@ -55,6 +57,8 @@ const POSTGRES: &[&str] = &[
         request_hash TEXT, version BIGINT NOT NULL, created_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS orders_merchant ON orders (merchant_id)",
+    // Startup recovery of deadlines and dispatch reads orders by status.
+    "CREATE INDEX IF NOT EXISTS orders_status ON orders (status)",
     "CREATE TABLE IF NOT EXISTS outbox (
         seq BIGSERIAL PRIMARY KEY, aggregate_type TEXT NOT NULL, aggregate_id TEXT NOT NULL,
         event_type TEXT NOT NULL, payload TEXT NOT NULL, created_at BIGINT NOT NULL,
@@ -82,6 +86,8 @@ const MYSQL: &[&str] = &[
         deliver_lng DOUBLE NOT NULL, request_hash VARCHAR(64), version BIGINT NOT NULL,
         created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
         INDEX orders_merchant (merchant_id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    // Startup recovery of deadlines and dispatch reads orders by status.
+    "CREATE INDEX IF NOT EXISTS orders_status ON orders (status)",
     "CREATE TABLE IF NOT EXISTS outbox (
         seq BIGINT AUTO_INCREMENT PRIMARY KEY, aggregate_type VARCHAR(32) NOT NULL,
         aggregate_id VARCHAR(64) NOT NULL, event_type VARCHAR(64) NOT NULL, payload TEXT NOT NULL,

@@ -151,11 +151,19 @@ async fn try_batch(
                 .collect(),
         )
     };
+    let single = batch.len() == 1;
+    if !single {
+        match try_bulk(pool, backend, batch).await {
+            Bulk::Committed => return Some(batch.iter().map(|_| Ok(())).collect()),
+            Bulk::Deadlock if retry => return None,
+            Bulk::CommitFailed(e) => return fail_all(&e),
+            Bulk::Deadlock | Bulk::Fallback => {} // per-change path below finds the culprit
+        }
+    }
     let mut tx: Transaction<'_, Any> = match pool.begin().await {
         Ok(tx) => tx,
         Err(e) => return fail_all(&e),
     };
-    let single = batch.len() == 1;
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
         if !single {
@@ -188,6 +196,182 @@ async fn try_batch(
         Ok(()) => Some(outcomes),
         Err(e) => fail_all(&e),
     }
+}
+
+/// How the optimistic bulk attempt at a batch ended.
+enum Bulk {
+    /// Every change of the batch is committed.
+    Committed,
+    /// Something failed and everything was rolled back: run the per-change path.
+    Fallback,
+    /// The database chose this transaction as a deadlock victim; rolled back.
+    Deadlock,
+    /// COMMIT itself failed.
+    CommitFailed(sqlx::Error),
+}
+
+/// Row counts multi-row inserts are cut into, so each table has a handful of statement shapes
+/// in the prepared-statement cache rather than one per batch size.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// Cuts `n` rows into `CHUNKS`-sized pieces, largest first.
+fn chunk_sizes(mut n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    for c in CHUNKS {
+        while n >= c {
+            out.push(c);
+            n -= c;
+        }
+    }
+    out
+}
+
+/// `INSERT INTO {head} VALUES (?, ..), (?, ..)` with `rows` tuples of `cols` placeholders.
+fn multi_insert(b: Backend, head: &str, cols: usize, rows: usize) -> String {
+    let tuple = format!("({})", vec!["?"; cols].join(", "));
+    dialect(
+        b,
+        &format!("INSERT INTO {head} VALUES {}", vec![tuple; rows].join(", ")),
+    )
+}
+
+/// The optimistic first attempt at a batch of several changes: one transaction without
+/// savepoints, order and outbox inserts as multi-row statements, stock adjustments summed per
+/// (merchant, SKU, fence) and applied in ascending fence order. The batch is atomic, so any
+/// order of its changes is a valid serialisation; the per-row guards (`fence <= ?`,
+/// `stock + ? >= 0`, primary keys, versions) still hold for the sum. If anything fails, the
+/// whole attempt is rolled back and the batch goes through the per-change path, which reports
+/// exactly which change failed.
+async fn try_bulk(pool: &AnyPool, backend: Backend, batch: &[Job]) -> Bulk {
+    let mut tx: Transaction<'_, Any> = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(_) => return Bulk::Fallback,
+    };
+    let failed = |e: &StoreError| {
+        if is_deadlock(e) {
+            Bulk::Deadlock
+        } else {
+            Bulk::Fallback
+        }
+    };
+    let mut orders: Vec<&Order> = Vec::new();
+    let mut events: Vec<&OutboxEvent> = Vec::new();
+    let mut stock: std::collections::BTreeMap<(&str, &str, i64), i64> = Default::default();
+    for job in batch {
+        for w in &job.writes {
+            match w {
+                Write::InsertOrder(o) => orders.push(o),
+                Write::Event(e) => events.push(e),
+                Write::AdjustStock {
+                    merchant_id,
+                    sku,
+                    delta,
+                    fence,
+                } => *stock.entry((merchant_id, sku, *fence)).or_default() += delta,
+                other => {
+                    if let Err(e) = apply_one(&mut tx, backend, other).await {
+                        let _ = tx.rollback().await;
+                        return failed(&e);
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = bulk_orders(&mut tx, backend, &orders).await {
+        let _ = tx.rollback().await;
+        return failed(&e);
+    }
+    for ((merchant_id, sku, fence), delta) in stock {
+        let adjust = Write::AdjustStock {
+            merchant_id: merchant_id.to_string(),
+            sku: sku.to_string(),
+            delta,
+            fence,
+        };
+        if let Err(e) = apply_one(&mut tx, backend, &adjust).await {
+            let _ = tx.rollback().await;
+            return failed(&e);
+        }
+    }
+    if let Err(e) = bulk_events(&mut tx, backend, &events).await {
+        let _ = tx.rollback().await;
+        return failed(&e);
+    }
+    match tx.commit().await {
+        Ok(()) => Bulk::Committed,
+        Err(e) => Bulk::CommitFailed(e),
+    }
+}
+
+async fn bulk_orders(
+    conn: &mut AnyConnection,
+    b: Backend,
+    orders: &[&Order],
+) -> Result<(), StoreError> {
+    let mut rest = orders;
+    for n in chunk_sizes(orders.len()) {
+        let (now, later) = rest.split_at(n);
+        rest = later;
+        let sql = multi_insert(
+            b,
+            "orders (id, customer_id, merchant_id, rider_id, status, items, total_cents, \
+             deliver_lat, deliver_lng, request_hash, version, created_at, updated_at)",
+            13,
+            n,
+        );
+        let mut q = sqlx::query(&sql);
+        for o in now {
+            let items =
+                serde_json::to_string(&o.items).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            q = q
+                .bind(&o.id)
+                .bind(&o.customer_id)
+                .bind(&o.merchant_id)
+                .bind(&o.rider_id)
+                .bind(o.status.as_str())
+                .bind(items)
+                .bind(o.total_cents)
+                .bind(o.deliver_to.lat)
+                .bind(o.deliver_to.lng)
+                .bind(&o.request_hash)
+                .bind(o.version)
+                .bind(o.created_at)
+                .bind(o.updated_at);
+        }
+        q.execute(&mut *conn)
+            .await
+            .map_err(|e| unique(e, "order"))?;
+    }
+    Ok(())
+}
+
+async fn bulk_events(
+    conn: &mut AnyConnection,
+    b: Backend,
+    events: &[&OutboxEvent],
+) -> Result<(), StoreError> {
+    let mut rest = events;
+    for n in chunk_sizes(events.len()) {
+        let (now, later) = rest.split_at(n);
+        rest = later;
+        let sql = multi_insert(
+            b,
+            "outbox (aggregate_type, aggregate_id, event_type, payload, created_at)",
+            5,
+            n,
+        );
+        let mut q = sqlx::query(&sql);
+        for ev in now {
+            q = q
+                .bind(&ev.aggregate_type)
+                .bind(&ev.aggregate_id)
+                .bind(&ev.event_type)
+                .bind(ev.payload.to_string())
+                .bind(ev.created_at);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// `sqlx::Error` is not `Clone`; keep the message.
@@ -515,4 +699,28 @@ async fn sku_fence(
         .fetch_optional(&mut *conn)
         .await?;
     Ok(row.map(|r| r.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_row_with_few_shapes() {
+        for n in 0..300 {
+            let parts = chunk_sizes(n);
+            assert_eq!(parts.iter().sum::<usize>(), n);
+            assert!(parts.iter().all(|p| CHUNKS.contains(p)));
+            assert!(parts.windows(2).all(|w| w[0] >= w[1]), "largest first");
+        }
+        assert_eq!(chunk_sizes(85), [64, 16, 4, 1]);
+    }
+
+    #[test]
+    fn multi_row_inserts_number_postgres_placeholders_across_rows() {
+        let sql = multi_insert(Backend::Postgres, "t (a, b)", 2, 2);
+        assert_eq!(sql, "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)");
+        let sql = multi_insert(Backend::Sqlite, "t (a, b)", 2, 2);
+        assert_eq!(sql, "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)");
+    }
 }
