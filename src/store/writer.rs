@@ -338,9 +338,11 @@ async fn bulk_orders(
                 .bind(o.created_at)
                 .bind(o.updated_at);
         }
-        q.execute(&mut *conn)
-            .await
-            .map_err(|e| unique(e, "order"))?;
+        let what = match now {
+            [one] => format!("order {}", one.id),
+            _ => "order".to_string(),
+        };
+        q.execute(&mut *conn).await.map_err(|e| unique(e, what))?;
     }
     Ok(())
 }
@@ -399,33 +401,7 @@ fn unique(e: sqlx::Error, what: impl Into<String>) -> StoreError {
 
 async fn apply_one(conn: &mut AnyConnection, b: Backend, w: &Write) -> Result<(), StoreError> {
     match w {
-        Write::InsertOrder(o) => {
-            let items =
-                serde_json::to_string(&o.items).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let sql = dialect(
-                b,
-                "INSERT INTO orders (id, customer_id, merchant_id, rider_id, status, items, total_cents, \
-                 deliver_lat, deliver_lng, request_hash, version, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            );
-            sqlx::query(&sql)
-                .bind(&o.id)
-                .bind(&o.customer_id)
-                .bind(&o.merchant_id)
-                .bind(&o.rider_id)
-                .bind(o.status.as_str())
-                .bind(items)
-                .bind(o.total_cents)
-                .bind(o.deliver_to.lat)
-                .bind(o.deliver_to.lng)
-                .bind(&o.request_hash)
-                .bind(o.version)
-                .bind(o.created_at)
-                .bind(o.updated_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| unique(e, format!("order {}", o.id)))?;
-        }
+        Write::InsertOrder(o) => bulk_orders(conn, b, &[o]).await?,
         Write::UpdateOrder {
             order: o,
             expected_version,
@@ -650,21 +626,7 @@ async fn apply_one(conn: &mut AnyConnection, b: Backend, w: &Write) -> Result<()
                 });
             }
         }
-        Write::Event(ev) => {
-            let sql = dialect(
-                b,
-                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at) \
-                 VALUES (?, ?, ?, ?, ?)",
-            );
-            sqlx::query(&sql)
-                .bind(&ev.aggregate_type)
-                .bind(&ev.aggregate_id)
-                .bind(&ev.event_type)
-                .bind(ev.payload.to_string())
-                .bind(ev.created_at)
-                .execute(&mut *conn)
-                .await?;
-        }
+        Write::Event(ev) => bulk_events(conn, b, &[ev]).await?,
     }
     Ok(())
 }
