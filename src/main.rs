@@ -115,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         Command::Loadgen(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             let json = args.json.clone();
+            let max_errors = args.max_errors;
             let report = rt
                 .block_on(waimai::loadgen::run(args))
                 .context("load generation")?;
@@ -126,6 +127,12 @@ fn main() -> anyhow::Result<()> {
             if !broken.is_empty() {
                 let names: Vec<&str> = broken.iter().map(|c| c.name.as_str()).collect();
                 anyhow::bail!("{} invariant(s) BROKEN: {}", broken.len(), names.join("; "));
+            }
+            if let Some(max) = max_errors {
+                let errors = report.errors();
+                if errors > max {
+                    anyhow::bail!("{errors} error answers, more than --max-errors {max}");
+                }
             }
             Ok(())
         }

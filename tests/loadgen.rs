@@ -258,3 +258,114 @@ fn closed_and_open_models_exclude_each_other() {
     assert!(parse_args(["create", "--rate", "3"]).is_ok());
     assert!(parse_args(["nonsense"]).is_err());
 }
+
+/// A proxy in front of the real node that lies: it forwards everything, except that every
+/// third `POST /v1/orders` is answered `201` with a made-up order id and never reaches the
+/// node, as a node that acknowledged and then lost the order would look from outside.
+async fn lying_proxy(node: String) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use warp::Filter;
+
+    let client = reqwest::Client::new();
+    let creates = Arc::new(AtomicU64::new(0));
+    let route = warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .then(
+            move |method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  headers: warp::http::HeaderMap,
+                  body: bytes::Bytes| {
+                let client = client.clone();
+                let creates = creates.clone();
+                let node = node.clone();
+                async move {
+                    if method == warp::http::Method::POST
+                        && path.as_str() == "/v1/orders"
+                        && creates.fetch_add(1, Ordering::Relaxed) % 3 == 2
+                    {
+                        let fake = serde_json::json!({"id": uuid::Uuid::new_v4().to_string()});
+                        return warp::http::Response::builder()
+                            .status(201)
+                            .header("content-type", "application/json")
+                            .body(fake.to_string().into_bytes())
+                            .expect("response");
+                    }
+                    let url = if query.is_empty() {
+                        format!("{node}{}", path.as_str())
+                    } else {
+                        format!("{node}{}?{query}", path.as_str())
+                    };
+                    // warp speaks http 0.2, reqwest http 1: cross over as bytes.
+                    let method =
+                        reqwest::Method::from_bytes(method.as_str().as_bytes()).expect("method");
+                    let mut req = client.request(method, url).body(body);
+                    for (name, value) in &headers {
+                        if name != "host" && name != "content-length" {
+                            req = req.header(name.as_str(), value.as_bytes());
+                        }
+                    }
+                    let answer = req.send().await.expect("node answers the proxy");
+                    let mut out = warp::http::Response::builder().status(answer.status().as_u16());
+                    if let Some(ct) = answer.headers().get("content-type") {
+                        out = out.header("content-type", ct.as_bytes());
+                    }
+                    let bytes = answer.bytes().await.expect("node body");
+                    out.body(bytes.to_vec()).expect("response")
+                }
+            },
+        );
+    let (addr, server) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
+    tokio::spawn(server);
+    format!("http://{addr}")
+}
+
+#[actix_rt::test]
+async fn the_checks_catch_a_node_that_loses_acknowledged_orders() {
+    let app = TestApp::embedded().await;
+    let proxy = lying_proxy(app.base.clone()).await;
+    let args = parse_args([
+        "create",
+        "--target",
+        proxy.as_str(),
+        "--quiet",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--merchants",
+        "1",
+        "--skus",
+        "2",
+        "--customers",
+        "10",
+    ])
+    .expect("args");
+    let r = run_with_auth(args, app.node.auth.clone())
+        .await
+        .expect("the run itself completes");
+    let broken: Vec<&str> = r.violations().iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        broken
+            .iter()
+            .any(|n| n.starts_with("every acknowledged order exists")),
+        "lost orders not caught: {broken:?}\n{}",
+        r.table()
+    );
+    assert!(
+        broken.iter().any(|n| n.starts_with("no SKU oversold")),
+        "stock imbalance not caught: {broken:?}\n{}",
+        r.table()
+    );
+    // The honest parts still pass: the checks are not failing wholesale.
+    assert!(
+        !broken.iter().any(|n| n.starts_with("no duplicate orders")),
+        "{broken:?}"
+    );
+}

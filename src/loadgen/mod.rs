@@ -132,6 +132,11 @@ pub struct LoadgenArgs {
     /// After the run, how long in-flight iterations may take to finish, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub drain: f64,
+    /// Fail the run (non-zero exit) if more than this many answers in the measured window were
+    /// errors (anything but success and the scenario's expected rejections). Default: errors
+    /// are reported but do not fail the run; CI's smoke uses 0.
+    #[arg(long)]
+    pub max_errors: Option<u64>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

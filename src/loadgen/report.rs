@@ -429,6 +429,12 @@ impl Report {
         }
     }
 
+    /// Answers in the measured window that were errors (not success, not an expected
+    /// rejection), over every operation.
+    pub fn errors(&self) -> u64 {
+        self.ops.iter().map(|o| o.errors).sum()
+    }
+
     /// The invariants that broke (empty when the run is clean).
     pub fn violations(&self) -> Vec<&InvariantReport> {
         self.invariants.iter().filter(|c| !c.ok).collect()
