@@ -85,6 +85,7 @@ conformance! {
     check_concurrent_stock => sqlite_concurrent_stock, postgres_concurrent_stock, mysql_concurrent_stock;
     check_concurrent_multi_sku => sqlite_concurrent_multi_sku, postgres_concurrent_multi_sku, mysql_concurrent_multi_sku;
     check_closed_store_rejects_writes => sqlite_closed_store_rejects_writes, postgres_closed_store_rejects_writes, mysql_closed_store_rejects_writes;
+    check_concurrent_loads => sqlite_concurrent_loads, postgres_concurrent_loads, mysql_concurrent_loads;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1325,4 +1326,41 @@ async fn check_closed_store_rejects_writes(store: &Store) {
     assert_eq!(stock(store, &mid, "a").await, Some((1, 1)));
     // Closing twice is harmless.
     store.close().await;
+}
+
+/// Loads are coalesced into `WHERE id IN (..)` rounds: 600 concurrent loads of 200 stored
+/// orders (each asked for twice), 100 missing ids and the same missing id 100 times must each
+/// get exactly their own row or `None`.
+async fn check_concurrent_loads(store: &Store) {
+    let mid = id("m");
+    let mut stored = Vec::new();
+    for i in 0..200 {
+        let mut o = order(&id("o"), &mid);
+        o.total_cents = i;
+        stored.push(o);
+    }
+    let writes: Vec<_> = stored
+        .iter()
+        .map(|o| store.commit(vec![Write::InsertOrder(o.clone())]))
+        .collect();
+    for w in join_all(writes).await {
+        w.expect("insert");
+    }
+    let missing: Vec<String> = (0..100).map(|_| id("absent")).collect();
+    let same_missing = id("absent");
+    let mut asks: Vec<(String, Option<Order>)> = Vec::new();
+    for o in stored.iter().chain(stored.iter()) {
+        asks.push((o.id.clone(), Some(o.clone())));
+    }
+    for m in &missing {
+        asks.push((m.clone(), None));
+    }
+    for _ in 0..100 {
+        asks.push((same_missing.clone(), None));
+    }
+    let loads = asks.iter().map(|(id, _)| store.load_order(id));
+    let got = join_all(loads).await;
+    for ((id, want), got) in asks.iter().zip(got) {
+        assert_eq!(&got.expect("load"), want, "load of {id}");
+    }
 }

@@ -215,7 +215,7 @@ enum Bulk {
 const CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
 /// Cuts `n` rows into `CHUNKS`-sized pieces, largest first.
-fn chunk_sizes(mut n: usize) -> Vec<usize> {
+pub(super) fn chunk_sizes(mut n: usize) -> Vec<usize> {
     let mut out = Vec::new();
     for c in CHUNKS {
         while n >= c {
@@ -281,14 +281,22 @@ async fn try_bulk(pool: &AnyPool, backend: Backend, batch: &[Job]) -> Bulk {
         let _ = tx.rollback().await;
         return failed(&e);
     }
-    for ((merchant_id, sku, fence), delta) in stock {
-        let adjust = Write::AdjustStock {
-            merchant_id: merchant_id.to_string(),
-            sku: sku.to_string(),
+    let stock: Vec<StockDelta<'_>> = stock
+        .into_iter()
+        .map(|((merchant_id, sku, fence), delta)| StockDelta {
+            merchant_id,
+            sku,
             delta,
             fence,
-        };
-        if let Err(e) = apply_one(&mut tx, backend, &adjust).await {
+        })
+        .collect();
+    match bulk_stock(&mut tx, backend, &stock).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = tx.rollback().await;
+            return Bulk::Fallback;
+        }
+        Err(e) => {
             let _ = tx.rollback().await;
             return failed(&e);
         }
@@ -301,6 +309,100 @@ async fn try_bulk(pool: &AnyPool, backend: Backend, batch: &[Job]) -> Bulk {
         Ok(()) => Bulk::Committed,
         Err(e) => Bulk::CommitFailed(e),
     }
+}
+
+/// A batch's summed stock change to one SKU under one fence.
+struct StockDelta<'a> {
+    merchant_id: &'a str,
+    sku: &'a str,
+    delta: i64,
+    fence: i64,
+}
+
+/// Applies summed stock changes, each guarded like `Write::AdjustStock` (`fence <= f`,
+/// `stock + d >= 0`). On SQLite and PostgreSQL, when every SKU appears once, it is one
+/// `UPDATE .. FROM (VALUES ..)` per chunk instead of a statement per SKU (a batch of a few
+/// hundred orders touches a hundred SKUs or more). `Ok(false)`: some row did not match its
+/// guard; the caller rolls back and lets the per-change path say which change failed.
+async fn bulk_stock(
+    conn: &mut AnyConnection,
+    b: Backend,
+    rows: &[StockDelta<'_>],
+) -> Result<bool, StoreError> {
+    let unique_skus = rows
+        .windows(2)
+        .all(|w| (w[0].merchant_id, w[0].sku) != (w[1].merchant_id, w[1].sku));
+    if b == Backend::MySql || !unique_skus {
+        // MySQL has no UPDATE .. FROM VALUES (and counts only changed rows); a SKU under two
+        // fences needs them applied in order. Both are rare or slower anyway: one at a time.
+        for r in rows {
+            let adjust = Write::AdjustStock {
+                merchant_id: r.merchant_id.to_string(),
+                sku: r.sku.to_string(),
+                delta: r.delta,
+                fence: r.fence,
+            };
+            match apply_one(conn, b, &adjust).await {
+                Ok(()) => {}
+                Err(StoreError::StaleFence { .. } | StoreError::InsufficientStock { .. }) => {
+                    return Ok(false)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(true);
+    }
+    let mut rest = rows;
+    for n in chunk_sizes(rows.len()) {
+        let (now, later) = rest.split_at(n);
+        rest = later;
+        let sql = stock_update(b, n);
+        let mut q = sqlx::query(&sql);
+        for r in now {
+            q = q
+                .bind(r.merchant_id)
+                .bind(r.sku)
+                .bind(r.delta)
+                .bind(r.fence);
+        }
+        let done = q.execute(&mut *conn).await?;
+        if done.rows_affected() != n as u64 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `UPDATE skus .. FROM (VALUES ..)` for `rows` (merchant, sku, delta, fence) tuples.
+fn stock_update(b: Backend, rows: usize) -> String {
+    let (tuple, alias, m, s, d, f) = if b == Backend::Postgres {
+        (
+            "(?::text, ?::text, ?::bigint, ?::bigint)",
+            "v (m, s, d, f)",
+            "v.m",
+            "v.s",
+            "v.d",
+            "v.f",
+        )
+    } else {
+        (
+            "(?, ?, ?, ?)",
+            "v",
+            "v.column1",
+            "v.column2",
+            "v.column3",
+            "v.column4",
+        )
+    };
+    dialect(
+        b,
+        &format!(
+            "UPDATE skus SET stock = skus.stock + {d}, fence = {f} FROM (VALUES {}) AS {alias} \
+             WHERE skus.merchant_id = {m} AND skus.sku = {s} AND skus.fence <= {f} \
+             AND skus.stock + {d} >= 0",
+            vec![tuple; rows].join(", ")
+        ),
+    )
 }
 
 async fn bulk_orders(
