@@ -10,6 +10,12 @@ use waimai::domain::Role;
 use waimai::store::Store;
 use waimai::Config;
 
+/// mimalloc instead of glibc malloc: a node allocates small objects on several threads (actor
+/// messages, JSON, HTTP buffers); glibc's arenas showed in profiles (`_int_malloc`,
+/// `malloc_consolidate`) and held freed memory back.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "waimai",

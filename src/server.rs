@@ -15,7 +15,7 @@ use crate::actors::order_machine::OrderStatus;
 use crate::actors::rider::GetRider;
 use crate::actors::shard::{Drain, Shard};
 use crate::actors::timers::{Arm, TimerActor};
-use crate::actors::{Deps, Settings};
+use crate::actors::{Deps, Services, Settings};
 use crate::api::{self, ApiState, Auth};
 use crate::cluster::Router;
 use crate::config::{Config, DEV_SECRET};
@@ -79,7 +79,7 @@ impl Node {
         let dispatcher =
             Dispatcher::new(router.clone(), hub.clone(), config.dispatch.clone()).start();
         let timers = TimerActor::new(router.clone(), config.timers.clone()).start();
-        let deps = Deps {
+        let deps: Deps = Arc::new(Services {
             store: store.clone(),
             router: router.clone(),
             lock: lock.clone(),
@@ -87,7 +87,7 @@ impl Node {
             dispatcher: dispatcher.clone(),
             timers: timers.clone(),
             settings,
-        };
+        });
         let n_arbiters = match config.shards.arbiters {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())

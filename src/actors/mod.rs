@@ -21,9 +21,12 @@ use crate::cluster::Router;
 use crate::config::Config;
 use crate::store::Store;
 
-/// What every entity actor needs from the node.
-#[derive(Clone)]
-pub struct Deps {
+/// What every entity actor needs from the node, shared: each of a million live actors holds one
+/// pointer rather than its own clones (an actix `Addr` clone allocates twice).
+pub type Deps = Arc<Services>;
+
+/// The node services behind [`Deps`].
+pub struct Services {
     /// Persistence.
     pub store: Store,
     /// To reach other entities.

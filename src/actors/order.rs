@@ -106,8 +106,8 @@ pub struct OrderActor {
     id: String,
     /// Node services.
     deps: Deps,
-    /// The owning shard, told when idle.
-    shard: Addr<Shard>,
+    // No `Addr<Shard>` here: a million live orders would each hold a clone (two allocations);
+    // the router finds the owning shard when the order turns terminal.
     /// Persisted state once loaded.
     state: Loaded<Order>,
 }
@@ -115,11 +115,10 @@ pub struct OrderActor {
 impl Entity for OrderActor {
     const KIND: &'static str = "order";
 
-    fn fresh(id: String, deps: Deps, shard: Addr<Shard>) -> Self {
+    fn fresh(id: String, deps: Deps, _shard: Addr<Shard>) -> Self {
         OrderActor {
             id,
             deps,
-            shard,
             state: Loaded::Loading,
         }
     }
@@ -229,6 +228,15 @@ struct Plan {
 }
 
 impl OrderActor {
+    /// Tells the owning shard this order is terminal (it is passivated sooner).
+    fn tell_terminal(&self) {
+        if let Ok(shard) = self.deps.router.shard_for(&self.id) {
+            shard.do_send(Terminal {
+                id: self.id.clone(),
+            });
+        }
+    }
+
     /// Reads the state from the store; the mailbox waits until it is loaded.
     fn load(&mut self, ctx: &mut Context<Self>) {
         self.state = Loaded::Loading;
@@ -241,7 +249,7 @@ impl OrderActor {
                     act.state = match res {
                         Ok(Some(o)) => {
                             if o.status.is_terminal() {
-                                act.shard.do_send(Terminal { id: o.id.clone() });
+                                act.tell_terminal();
                             }
                             Loaded::Present(o)
                         }
@@ -492,9 +500,7 @@ impl Handler<ChangeOrder> for OrderActor {
                 if let Some(done) = &committed {
                     act.state = Loaded::Present(done.clone());
                     if done.status.is_terminal() {
-                        act.shard.do_send(Terminal {
-                            id: done.id.clone(),
-                        });
+                        act.tell_terminal();
                     }
                     if plan.restock {
                         act.deps.router.notify(

@@ -79,7 +79,8 @@ impl Router {
         }
     }
 
-    fn shard_for(&self, id: &str) -> Result<&Addr<Shard>> {
+    /// The shard that owns `id` (for an entity telling its own shard something).
+    pub fn shard_for(&self, id: &str) -> Result<&Addr<Shard>> {
         let shards = self
             .shards
             .get()

@@ -114,8 +114,9 @@ struct Inner {
     writer: std::sync::Mutex<Option<mpsc::Sender<writer::Job>>>,
     /// Queue into the order loaders (coalesced reads).
     loader: mpsc::Sender<loader::Load>,
-    /// The writer tasks, awaited on close so every acknowledged write is flushed.
-    tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Fires once the writers have drained the queue (awaited on close so every acknowledged
+    /// write is flushed).
+    flushed: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl Store {
@@ -155,27 +156,50 @@ impl Store {
         } else {
             cfg.writers.max(1)
         };
-        let mut tasks = Vec::new();
-        for _ in 0..writers {
-            tasks.push(tokio::spawn(writer::run(
-                pool.clone(),
-                backend,
-                rx.clone(),
-                cfg.batch_max.max(1),
-            )));
-        }
         let (loader, loads) = mpsc::channel(cfg.queue_depth.max(1));
         let loads = Arc::new(tokio::sync::Mutex::new(loads));
-        for _ in 0..LOADERS {
-            tokio::spawn(loader::run(pool.clone(), backend, loads.clone()));
-        }
+        let (flushed, flushed_rx) = oneshot::channel();
+        let batch_max = cfg.batch_max.max(1);
+        let store_pool = pool.clone();
+        // The writers and loaders get a thread of their own. On the node's shared runtime each
+        // statement's completion waited in the run queue behind hundreds of HTTP tasks, and a
+        // batch is a chain of statements: under load the writer spent most of its time
+        // waiting to be polled, not writing. Here it is polled as soon as its statement is done.
+        std::thread::Builder::new()
+            .name("waimai-store".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "store runtime could not start");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let loaders: Vec<_> = (0..LOADERS)
+                        .map(|_| {
+                            tokio::spawn(loader::run(store_pool.clone(), backend, loads.clone()))
+                        })
+                        .collect();
+                    let writers = (0..writers)
+                        .map(|_| writer::run(store_pool.clone(), backend, rx.clone(), batch_max));
+                    futures::future::join_all(writers).await;
+                    let _ = flushed.send(());
+                    // Reads keep working until the last handle to the store is dropped.
+                    futures::future::join_all(loaders).await;
+                });
+            })
+            .map_err(|e| StoreError::Config(format!("store thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
                 backend,
                 loader,
                 writer: std::sync::Mutex::new(Some(tx)),
-                tasks: tokio::sync::Mutex::new(tasks),
+                flushed: tokio::sync::Mutex::new(Some(flushed_rx)),
             }),
         })
     }
@@ -221,9 +245,8 @@ impl Store {
         if let Ok(mut w) = self.inner.writer.lock() {
             w.take();
         }
-        let mut tasks = self.inner.tasks.lock().await;
-        for t in tasks.drain(..) {
-            let _ = t.await;
+        if let Some(flushed) = self.inner.flushed.lock().await.take() {
+            let _ = flushed.await;
         }
     }
 

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::{dialect, Backend, StoreError};
@@ -67,6 +68,7 @@ pub(super) async fn run(
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     batch_max: usize,
 ) {
+    let mut conn: Option<PoolConnection<Any>> = None;
     loop {
         let batch = {
             let mut rx = rx.lock().await;
@@ -82,7 +84,25 @@ pub(super) async fn run(
         };
         let started = Instant::now();
         let size = batch.len();
-        let outcomes = commit_batch(&pool, backend, &batch).await;
+        // One connection per writer for as long as it works: its page cache (SQLite) and
+        // prepared statements stay warm instead of rotating through the pool's connections.
+        let outcomes = match conn.take() {
+            Some(c) => Ok(c),
+            None => pool.acquire().await,
+        };
+        let outcomes = match outcomes {
+            Ok(mut c) => {
+                let outcomes = commit_batch(&mut c, backend, &batch).await;
+                if !outcomes.iter().any(connection_broken) {
+                    conn = Some(c);
+                }
+                outcomes
+            }
+            Err(e) => batch
+                .iter()
+                .map(|_| Err(StoreError::Database(clone_err(&e))))
+                .collect(),
+        };
         metrics::STORE_BATCH_SIZE.observe(size as f64);
         metrics::STORE_BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
         for (job, outcome) in batch.into_iter().zip(outcomes) {
@@ -92,6 +112,15 @@ pub(super) async fn run(
             let _ = job.reply.send(outcome);
         }
     }
+}
+
+/// Whether an outcome says the connection itself failed (rather than a change being refused),
+/// so the writer should take a fresh one.
+fn connection_broken(outcome: &Result<(), StoreError>) -> bool {
+    matches!(
+        outcome,
+        Err(StoreError::Database(e)) if !matches!(e, sqlx::Error::Database(_))
+    )
 }
 
 /// How often a batch is run again after the database picked it as a deadlock victim.
@@ -105,14 +134,14 @@ const DEADLOCK_ATTEMPTS: u32 = 8;
 /// transaction. Either way the victim is not any one change's fault, and nothing of the batch has
 /// been acknowledged yet, so the whole batch is rolled back and run again.
 async fn commit_batch(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
     backend: Backend,
     batch: &[Job],
 ) -> Vec<Result<(), StoreError>> {
     let mut attempt = 1;
     loop {
         let retry = attempt < DEADLOCK_ATTEMPTS;
-        match try_batch(pool, backend, batch, retry).await {
+        match try_batch(conn, backend, batch, retry).await {
             Some(outcomes) => return outcomes,
             None => {
                 let pause = rand::random::<u64>() % (5 * u64::from(attempt)) + 1;
@@ -138,7 +167,7 @@ fn is_deadlock(e: &StoreError) -> bool {
 /// One attempt at a batch. `None` means it was rolled back as a deadlock victim (only when
 /// `retry` is set) and should run again.
 async fn try_batch(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
     backend: Backend,
     batch: &[Job],
     retry: bool,
@@ -153,14 +182,14 @@ async fn try_batch(
     };
     let single = batch.len() == 1;
     if !single {
-        match try_bulk(pool, backend, batch).await {
+        match try_bulk(conn, backend, batch).await {
             Bulk::Committed => return Some(batch.iter().map(|_| Ok(())).collect()),
             Bulk::Deadlock if retry => return None,
             Bulk::CommitFailed(e) => return fail_all(&e),
             Bulk::Deadlock | Bulk::Fallback => {} // per-change path below finds the culprit
         }
     }
-    let mut tx: Transaction<'_, Any> = match pool.begin().await {
+    let mut tx: Transaction<'_, Any> = match conn.begin().await {
         Ok(tx) => tx,
         Err(e) => return fail_all(&e),
     };
@@ -242,8 +271,8 @@ fn multi_insert(b: Backend, head: &str, cols: usize, rows: usize) -> String {
 /// `stock + ? >= 0`, primary keys, versions) still hold for the sum. If anything fails, the
 /// whole attempt is rolled back and the batch goes through the per-change path, which reports
 /// exactly which change failed.
-async fn try_bulk(pool: &AnyPool, backend: Backend, batch: &[Job]) -> Bulk {
-    let mut tx: Transaction<'_, Any> = match pool.begin().await {
+async fn try_bulk(conn: &mut AnyConnection, backend: Backend, batch: &[Job]) -> Bulk {
+    let mut tx: Transaction<'_, Any> = match conn.begin().await {
         Ok(tx) => tx,
         Err(_) => return Bulk::Fallback,
     };
