@@ -53,6 +53,26 @@ pub enum Write {
     Event(OutboxEvent),
 }
 
+impl Write {
+    /// Which writer queue the change goes to: its merchant where it has one (an order's and
+    /// its SKUs' writes share it, so concurrent writers never lock the same SKU rows), else
+    /// its own entity.
+    pub fn partition(&self) -> Option<&str> {
+        match self {
+            Write::InsertOrder(o) => Some(&o.merchant_id),
+            Write::UpdateOrder { order, .. } => Some(&order.merchant_id),
+            Write::InsertMerchant(m) => Some(&m.id),
+            Write::UpdateMerchant { merchant, .. } => Some(&merchant.id),
+            Write::PutSku { merchant_id, .. }
+            | Write::DeleteSku { merchant_id, .. }
+            | Write::AdjustStock { merchant_id, .. } => Some(merchant_id),
+            Write::InsertRider(r) => Some(&r.id),
+            Write::UpdateRider { rider, .. } => Some(&rider.id),
+            Write::Event(_) => None,
+        }
+    }
+}
+
 /// A queued change and where to send its outcome.
 pub(super) struct Job {
     /// The statements, applied all or nothing.
