@@ -129,6 +129,10 @@ async fn hot_sku_sells_exactly_the_stock() {
     assert_eq!(r.orders.acknowledged, 25);
     let c = op(&r, "create_order");
     assert_eq!((c.ok, c.rejected, c.errors), (25, 375, 0));
+    // The rejects are also measured on their own.
+    let sold_out = op(&r, "create_order:409");
+    assert_eq!((sold_out.count, sold_out.rejected), (375, 375));
+    assert!(sold_out.latency.max_ms <= c.latency.max_ms);
 }
 
 #[actix_rt::test]

@@ -21,6 +21,8 @@ use super::{Ctx, Scenario};
 
 /// `POST /v1/orders`.
 pub(crate) const CREATE_ORDER: &str = "create_order";
+/// The expected 409 out_of_stock answers among `create_order` (hot-sku), measured on their own.
+pub(crate) const CREATE_ORDER_SOLD_OUT: &str = "create_order:409";
 
 /// Runs the plan's scenario; returns the measured duration and the scenario's own verdicts.
 pub(crate) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
@@ -180,6 +182,12 @@ async fn place(
         },
         Ok(r) if r.status == 409 && r.code() == "out_of_stock" => {
             let class = if out_of_stock_expected {
+                // The rejects' own latency: hot-sku's promise is that they come back fast.
+                ctx.rec.op(
+                    CREATE_ORDER_SOLD_OUT,
+                    it.intended,
+                    Class::Rejected(kind.clone()),
+                );
                 Class::Rejected(kind)
             } else {
                 Class::Error(kind)
