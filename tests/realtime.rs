@@ -392,6 +392,54 @@ async fn the_merchant_feed_gets_paid_orders_and_accepts_them_from_the_socket() {
 }
 
 #[actix_rt::test]
+async fn a_burst_of_accepts_on_one_socket_is_answered_in_order_while_events_keep_flowing() {
+    let app = TestApp::spawn(rt_config().await).await;
+    let (mid, mtoken) = app.merchant_with_stock("dumplings", 100).await;
+    let mut paid = Vec::new();
+    for i in 0..30 {
+        let customer = format!("burst-{i}");
+        let r = app.order(&customer, &mid, "dumplings", 1, None).await;
+        let oid = r.body["id"].as_str().expect("id").to_string();
+        let token = app.token(Role::Customer, &customer);
+        assert_eq!(
+            app.post(&format!("/v1/orders/{oid}/pay"), &token, None)
+                .await
+                .status,
+            200
+        );
+        paid.push(oid);
+    }
+    let mut feed = app
+        .ws(&format!("/v1/merchants/{mid}/feed"), &mtoken)
+        .await
+        .expect("merchant feed");
+    let snap = feed.json(5).await;
+    assert_eq!(snap["orders"].as_array().map(Vec::len), Some(30));
+    // Every accept is sent before any answer is read: the socket must take them all, run them
+    // side by side, and answer each once, in the order they were sent.
+    for oid in &paid {
+        feed.send(json!({"type": "accept", "order_id": oid})).await;
+    }
+    let mut acks = Vec::new();
+    let mut updates = 0;
+    while acks.len() < paid.len() || updates < paid.len() {
+        let m = feed.json(10).await;
+        match m["type"].as_str() {
+            Some("ack") => {
+                assert_eq!(m["status"], "accepted", "{m}");
+                acks.push(m["order_id"].as_str().expect("order_id").to_string());
+            }
+            Some("order_updated") => updates += 1,
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert_eq!(acks, paid, "one ack per accept, in the order sent");
+    for oid in &paid {
+        assert_eq!(app.status_of(oid).await, "accepted");
+    }
+}
+
+#[actix_rt::test]
 async fn sockets_refuse_strangers_at_upgrade() {
     let app = TestApp::spawn(rt_config().await).await;
     let (mid, _mtoken) = app.merchant_with_stock("rice", 10).await;

@@ -50,6 +50,7 @@ fn check_id(kind: &'static str, id: &str) -> Result<(), ApiError> {
 }
 
 /// What a socket's inbound commands act on.
+#[derive(Clone)]
 enum Commands {
     /// Tracking sockets only listen.
     None,
@@ -68,6 +69,9 @@ enum Command {
     Decline { order_id: String },
     Location { lat: f64, lng: f64 },
 }
+
+/// Most commands of one socket awaiting their answer; a client past it is closed (1008).
+const MAX_INFLIGHT_COMMANDS: usize = 256;
 
 /// One open socket's state.
 struct Session {
@@ -287,6 +291,7 @@ async fn run(socket: WebSocket, mut s: Session) {
             let mut ping = tokio::time::interval(heartbeat);
             ping.tick().await;
             let mut last_heard = Instant::now();
+            let mut inflight = futures::stream::FuturesOrdered::new();
             loop {
                 tokio::select! {
                     ev = s.sub.rx.recv() => {
@@ -326,7 +331,19 @@ async fn run(socket: WebSocket, mut s: Session) {
                         let Ok(text) = msg.to_str() else {
                             continue; // pings and pongs
                         };
-                        if let Some(reply) = command(&s, text).await {
+                        // Commands run side by side (a merchant accepting many orders waits
+                        // on each one's commit): awaiting each here stalled the socket's
+                        // events behind them until the hub cut it off as a slow consumer.
+                        // They are started in arrival order, so one entity's mailbox still
+                        // gets them in order; replies go out as they finish.
+                        if inflight.len() >= MAX_INFLIGHT_COMMANDS {
+                            close!(POLICY, format!("more than {MAX_INFLIGHT_COMMANDS} commands unanswered"));
+                            break;
+                        }
+                        inflight.push_back(command(s.st.clone(), s.commands.clone(), kind, text.to_string()));
+                    }
+                    Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                        if let Some(reply) = reply {
                             if !send!(Message::text(reply)) {
                                 break;
                             }
@@ -364,13 +381,18 @@ fn error(order_id: Option<&str>, e: ApiError) -> String {
 }
 
 /// Runs one inbound command; the reply to send back, if any.
-async fn command(s: &Session, text: &str) -> Option<String> {
-    let cmd: Command = match serde_json::from_str(text) {
+async fn command(
+    st: Arc<ApiState>,
+    commands: Commands,
+    kind: &'static str,
+    text: String,
+) -> Option<String> {
+    let cmd: Command = match serde_json::from_str(&text) {
         Ok(c) => c,
         Err(e) => return Some(error(None, ApiError::InvalidBody(e.to_string()))),
     };
-    let st = &s.st;
-    match (&s.commands, cmd) {
+    let st = &st;
+    match (&commands, cmd) {
         (
             Commands::Merchant {
                 caller,
@@ -447,7 +469,7 @@ async fn command(s: &Session, text: &str) -> Option<String> {
         }
         _ => Some(error(
             None,
-            ApiError::InvalidBody(format!("this {} socket does not take that command", s.kind)),
+            ApiError::InvalidBody(format!("this {kind} socket does not take that command")),
         )),
     }
 }

@@ -390,7 +390,6 @@ async fn merchant(
     let path = format!("/v1/merchants/{}/feed", m.id);
     let mut ready = Some(ready);
     let mut pending: HashMap<String, Instant> = HashMap::new();
-    let mut done: HashSet<String> = HashSet::new();
     while !*stop.borrow() {
         let sock = match ws::connect(ctx.http.base(), &path, &m.token).await {
             Ok(s) => s,
@@ -408,7 +407,7 @@ async fn merchant(
         }
         let (tx, mut rx) = ws::writer(sock);
         let accept = |id: &str, pending: &mut HashMap<String, Instant>| {
-            if done.contains(id) || pending.contains_key(id) {
+            if pending.contains_key(id) {
                 return;
             }
             if tx.send(json!({"type": "accept", "order_id": id})).is_ok() {
@@ -456,7 +455,10 @@ async fn merchant(
                 _ => {}
             }
         }
-        done.extend(pending.drain().map(|(k, _)| k));
+        // Accepts the lost socket never answered are not assumed done: the next snapshot lists
+        // every order still paid, and those are accepted again (marking them done left orders
+        // paid for good when the node cut the socket with accepts in flight).
+        pending.clear();
         tokio::time::sleep(RECONNECT_PAUSE).await;
     }
 }
