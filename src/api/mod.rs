@@ -275,8 +275,12 @@ pub fn routes(
         });
 
     // Boxing each route keeps the `or` chain's type shallow (warp's nested filter types
-    // otherwise make compile times explode).
+    // otherwise make compile times explode). warp tries routes in this order, so the hot order
+    // routes come first; none of them overlaps a later route (their methods differ).
     let rest: Vec<BoxedFilter<(Response,)>> = vec![
+        create_order.boxed(),
+        get_order.boxed(),
+        order_action.boxed(),
         readyz.boxed(),
         metrics.boxed(),
         create_merchant.boxed(),
@@ -293,9 +297,6 @@ pub fn routes(
         track.boxed(),
         merchant_feed.boxed(),
         rider_feed.boxed(),
-        create_order.boxed(),
-        get_order.boxed(),
-        order_action.boxed(),
     ];
     rest.into_iter()
         .fold(healthz.boxed(), |acc, r| acc.or(r).unify().boxed())
