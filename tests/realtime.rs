@@ -244,6 +244,56 @@ async fn rider_positions_reach_trackers_at_the_configured_rate() {
 }
 
 #[actix_rt::test]
+async fn the_last_position_inside_a_throttle_interval_still_reaches_trackers() {
+    let mut cfg = rt_config().await;
+    cfg.realtime.location_interval_ms = 300;
+    let app = TestApp::spawn(cfg).await;
+    let (mid, mtoken) = app.merchant_with_stock("bao", 10).await;
+    let (rid, rtoken) = app.rider_at(31.231, 121.471).await;
+    let oid = app.accepted_order("yan", &mid, &mtoken, "bao").await;
+    app.wait_offer(&rid, &rtoken, &oid).await;
+    let r = app
+        .post(
+            &format!("/v1/riders/{rid}/offers/{oid}/accept"),
+            &rtoken,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let mut track = app
+        .ws(
+            &format!("/v1/orders/{oid}/track"),
+            &app.token(Role::Customer, "yan"),
+        )
+        .await
+        .expect("track");
+    assert_eq!(track.json(5).await["type"], "snapshot");
+    for i in 0..5 {
+        let at = json!({"lat": 31.2 + 0.001 * f64::from(i), "lng": 121.48});
+        assert_eq!(
+            app.put(&format!("/v1/riders/{rid}/location"), &rtoken, at)
+                .await
+                .status,
+            200
+        );
+    }
+    // The first position goes out at once; the ones inside the interval are folded into one
+    // push of the latest, when the interval ends.
+    let mut lats = Vec::new();
+    while lats.len() < 2 {
+        let m = track.json(5).await;
+        if m["type"] == "rider_location" {
+            lats.push(m["lat"].as_f64().expect("lat"));
+        }
+    }
+    assert!((lats[0] - 31.2).abs() < 1e-9, "{lats:?}");
+    assert!(
+        (lats[1] - 31.204).abs() < 1e-9,
+        "the last position: {lats:?}"
+    );
+}
+
+#[actix_rt::test]
 async fn a_reconnecting_tracker_misses_nothing_and_sees_nothing_twice() {
     let app = TestApp::spawn(rt_config().await).await;
     let (mid, mtoken) = app.merchant_with_stock("dumpling", 10).await;

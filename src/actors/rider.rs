@@ -113,6 +113,9 @@ pub struct RiderActor {
     idle: Idleness,
     /// When trackers last got this rider's position.
     last_push: Option<std::time::Instant>,
+    /// A position arrived inside the throttle interval and a push of the latest one is
+    /// scheduled for the interval's end (so the last position before a pause is not lost).
+    trailing: bool,
 }
 
 impl Entity for RiderActor {
@@ -126,6 +129,7 @@ impl Entity for RiderActor {
             state: Loaded::Loading,
             idle: Idleness::new(),
             last_push: None,
+            trailing: false,
         }
     }
 
@@ -207,7 +211,7 @@ impl RiderActor {
 
     /// Sends the position to whoever tracks the order this rider carries, at most once per
     /// configured interval.
-    fn push_location(&mut self) {
+    fn push_location(&mut self, ctx: &mut Context<Self>) {
         let Loaded::Present(r) = &self.state else {
             return;
         };
@@ -215,7 +219,15 @@ impl RiderActor {
             return;
         };
         let every = self.deps.settings.location_interval;
-        if self.last_push.is_some_and(|t| t.elapsed() < every) {
+        if let Some(since) = self.last_push.map(|t| t.elapsed()).filter(|e| *e < every) {
+            // Throttled: the latest position goes out when the interval ends.
+            if !self.trailing {
+                self.trailing = true;
+                ctx.run_later(every - since, |act, ctx| {
+                    act.trailing = false;
+                    act.push_location(ctx);
+                });
+            }
             return;
         }
         self.last_push = Some(std::time::Instant::now());
@@ -388,7 +400,7 @@ impl Handler<UpdateLocation> for RiderActor {
             _ => return Err(Error::not_found("rider", self.id.clone())),
         };
         self.tell_dispatch();
-        self.push_location();
+        self.push_location(ctx);
         Ok(r)
     }
 }
