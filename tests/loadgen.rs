@@ -231,8 +231,18 @@ async fn track_sees_every_status_and_a_normal_close() {
     assert_clean(&r);
     let whole = op(&r, "whole_order");
     assert!(whole.ok > 0, "{}", r.table());
-    // Every order's watchers connected.
-    assert_eq!(op(&r, "track_connect").ok, 3 * op(&r, "create_order").ok);
+    // Every order's watchers connected. Connects are counted by when they start, so the
+    // watchers of an order created just before the window closed (at most one order per
+    // virtual user) may fall outside it.
+    let connects = op(&r, "track_connect");
+    let created = op(&r, "create_order").ok;
+    assert_eq!(connects.errors, 0, "{}", r.table());
+    assert!(
+        connects.ok <= 3 * created && connects.ok + 3 * 3 >= 3 * created,
+        "{} connects for {created} orders\n{}",
+        connects.ok,
+        r.table()
+    );
     let status = r
         .ws_events
         .iter()
