@@ -32,10 +32,13 @@ pub(crate) struct Driven {
     pub finished_at: Instant,
 }
 
-/// Runs iterations of `f` under `load` from now until `until` (no new iteration starts after
-/// it) or until `limit` iterations have started, then waits up to `drain` for those in flight.
+/// Runs iterations of `f` under `load` until `until` (no new iteration starts after it) or
+/// until `limit` iterations have started, then waits up to `drain` for those in flight. The
+/// open model's schedule starts at `start` (arrivals already due start at once, late, and the
+/// lateness counts in their latency).
 pub(crate) async fn drive<F, Fut>(
     load: Load,
+    start: Instant,
     until: Instant,
     limit: Option<u64>,
     drain: Duration,
@@ -74,7 +77,7 @@ where
             max_in_flight,
         } => {
             let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
-            let origin = Instant::now();
+            let origin = start;
             let mut seq = 0u64;
             while seq < limit {
                 let intended = origin + Duration::from_secs_f64(seq as f64 / rate);

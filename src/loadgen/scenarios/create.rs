@@ -11,11 +11,12 @@ use super::{drained, iteration_rng, open_window, pick, place, progress};
 
 /// Runs the scenario.
 pub(super) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
-    let until = open_window(&ctx);
+    let (start, until) = open_window(&ctx);
     let _bar = progress(&ctx, ctx.plan.warmup + ctx.plan.duration);
     let c = ctx.clone();
     let driven = drive(
         ctx.plan.load,
+        start,
         until,
         None,
         Duration::from_secs_f64(ctx.plan.args.drain),

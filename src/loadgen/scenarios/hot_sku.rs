@@ -13,12 +13,13 @@ use super::{drained, open_window, place, progress};
 /// Runs the scenario.
 pub(super) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
     let started = Instant::now();
-    let until = open_window(&ctx);
+    let (start, until) = open_window(&ctx);
     let _bar = progress(&ctx, ctx.plan.duration);
     let c = ctx.clone();
     let attempts = ctx.world.customers.len() as u64;
     let driven = drive(
         ctx.plan.load,
+        start,
         until,
         Some(attempts),
         Duration::from_secs_f64(ctx.plan.args.drain),

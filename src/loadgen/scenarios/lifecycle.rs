@@ -163,11 +163,12 @@ pub(super) async fn run(ctx: Arc<Ctx>, track: bool) -> (Duration, Vec<Check>) {
         return (Duration::ZERO, vec![feeds]);
     }
 
-    let until = open_window(&ctx);
+    let (start, until) = open_window(&ctx);
     let bar = progress(&ctx, ctx.plan.warmup + ctx.plan.duration);
     let s = sim.clone();
     let driven = drive(
         ctx.plan.load,
+        start,
         until,
         None,
         Duration::from_secs_f64(ctx.plan.args.drain),

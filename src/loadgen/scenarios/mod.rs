@@ -35,11 +35,15 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
 }
 
 /// Opens the measured window starting after the warm-up; returns its end.
-fn open_window(ctx: &Ctx) -> Instant {
-    let from = Instant::now() + ctx.plan.warmup;
+/// Opens the measured window after the warm-up; returns (start of the load, end of the window).
+/// The open model schedules its arrivals from that start, so the window holds exactly
+/// rate x duration of them however long the caller takes to begin driving.
+fn open_window(ctx: &Ctx) -> (Instant, Instant) {
+    let start = Instant::now();
+    let from = start + ctx.plan.warmup;
     let until = from + ctx.plan.duration;
     ctx.rec.open(Window { from, until });
-    until
+    (start, until)
 }
 
 /// A progress bar over warm-up + run with live throughput and errors; hidden with `--quiet` or
