@@ -156,6 +156,13 @@ impl Store {
                         // file there once reads had touched it).
                         conn.execute("PRAGMA cache_size = -32768").await?;
                         conn.execute("PRAGMA mmap_size = 67108864").await?;
+                        // Statement journals (multi-row statements inside a transaction) in
+                        // memory rather than temp files (`subjournalPageIfRequired` was 4.6% of
+                        // the writer's profile), and checkpoints every 16 MiB of WAL instead of
+                        // 4 MiB: hot index pages are written back once per checkpoint, not once
+                        // per 4 MiB.
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
+                        conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
                     }
                     Ok(())
                 })
