@@ -278,19 +278,22 @@ async fn the_last_position_inside_a_throttle_interval_still_reaches_trackers() {
         );
     }
     // The first position goes out at once; the ones inside the interval are folded into one
-    // push of the latest, when the interval ends.
+    // push of the latest, when the interval ends. (On a slow machine the PUTs may span more
+    // than one interval and an intermediate position may go out too; the last one must.)
     let mut lats = Vec::new();
-    while lats.len() < 2 {
+    loop {
         let m = track.json(5).await;
         if m["type"] == "rider_location" {
-            lats.push(m["lat"].as_f64().expect("lat"));
+            let lat = m["lat"].as_f64().expect("lat");
+            lats.push(lat);
+            if (lat - 31.204).abs() < 1e-9 {
+                break;
+            }
         }
     }
     assert!((lats[0] - 31.2).abs() < 1e-9, "{lats:?}");
-    assert!(
-        (lats[1] - 31.204).abs() < 1e-9,
-        "the last position: {lats:?}"
-    );
+    // (Folding itself is asserted with a long interval in
+    // rider_positions_reach_trackers_at_the_configured_rate.)
 }
 
 #[actix_rt::test]
