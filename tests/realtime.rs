@@ -181,14 +181,16 @@ async fn tracking_socket_follows_an_order_from_payment_to_completion() {
     );
 }
 
-#[actix_rt::test]
-async fn rider_positions_reach_trackers_at_the_configured_rate() {
-    let mut cfg = rt_config().await;
-    cfg.realtime.location_interval_ms = 60_000;
-    let app = TestApp::spawn(cfg).await;
-    let (mid, mtoken) = app.merchant_with_stock("dumpling", 10).await;
+/// A merchant, a rider near it who took the offer for `customer`'s order of `sku`, and the
+/// customer's tracking socket on that order: (rider id, rider token, order id, socket).
+async fn carried_and_tracked(
+    app: &TestApp,
+    customer: &str,
+    sku: &str,
+) -> (String, String, String, common::Socket) {
+    let (mid, mtoken) = app.merchant_with_stock(sku, 10).await;
     let (rid, rtoken) = app.rider_at(31.231, 121.471).await;
-    let oid = app.accepted_order("zed", &mid, &mtoken, "dumpling").await;
+    let oid = app.accepted_order(customer, &mid, &mtoken, sku).await;
     app.wait_offer(&rid, &rtoken, &oid).await;
     let r = app
         .post(
@@ -198,13 +200,22 @@ async fn rider_positions_reach_trackers_at_the_configured_rate() {
         )
         .await;
     assert_eq!(r.status, 200);
-    let mut track = app
+    let track = app
         .ws(
             &format!("/v1/orders/{oid}/track"),
-            &app.token(Role::Customer, "zed"),
+            &app.token(Role::Customer, customer),
         )
         .await
         .expect("track");
+    (rid, rtoken, oid, track)
+}
+
+#[actix_rt::test]
+async fn rider_positions_reach_trackers_at_the_configured_rate() {
+    let mut cfg = rt_config().await;
+    cfg.realtime.location_interval_ms = 60_000;
+    let app = TestApp::spawn(cfg).await;
+    let (rid, rtoken, oid, mut track) = carried_and_tracked(&app, "zed", "dumpling").await;
     let rpath = format!("/v1/riders/{rid}/orders/{oid}");
     assert_eq!(
         app.post(&format!("{rpath}/pickup"), &rtoken, None)
@@ -248,25 +259,7 @@ async fn the_last_position_inside_a_throttle_interval_still_reaches_trackers() {
     let mut cfg = rt_config().await;
     cfg.realtime.location_interval_ms = 300;
     let app = TestApp::spawn(cfg).await;
-    let (mid, mtoken) = app.merchant_with_stock("bao", 10).await;
-    let (rid, rtoken) = app.rider_at(31.231, 121.471).await;
-    let oid = app.accepted_order("yan", &mid, &mtoken, "bao").await;
-    app.wait_offer(&rid, &rtoken, &oid).await;
-    let r = app
-        .post(
-            &format!("/v1/riders/{rid}/offers/{oid}/accept"),
-            &rtoken,
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 200);
-    let mut track = app
-        .ws(
-            &format!("/v1/orders/{oid}/track"),
-            &app.token(Role::Customer, "yan"),
-        )
-        .await
-        .expect("track");
+    let (rid, rtoken, _oid, mut track) = carried_and_tracked(&app, "yan", "bao").await;
     assert_eq!(track.json(5).await["type"], "snapshot");
     for i in 0..5 {
         let at = json!({"lat": 31.2 + 0.001 * f64::from(i), "lng": 121.48});

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::writer::chunk_sizes;
+use super::writer::{chunk_sizes, take_batch};
 use super::{dialect, order_from_row, Backend, StoreError, ORDER_COLUMNS};
 use crate::model::Order;
 
@@ -28,17 +28,8 @@ const ROUND_MAX: usize = 256;
 /// Runs until every sender is gone.
 pub(super) async fn run(pool: AnyPool, backend: Backend, rx: Arc<Mutex<mpsc::Receiver<Load>>>) {
     loop {
-        let round = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else { return };
-            let mut round = vec![first];
-            while round.len() < ROUND_MAX {
-                match rx.try_recv() {
-                    Ok(load) => round.push(load),
-                    Err(_) => break,
-                }
-            }
-            round
+        let Some(round) = take_batch(&rx, ROUND_MAX).await else {
+            return;
         };
         answer(&pool, backend, round).await;
     }

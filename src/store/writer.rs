@@ -81,6 +81,21 @@ pub(super) struct Job {
     pub reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// Waits for the next item, then takes whatever else is already queued, up to `max` in all.
+/// `None` once the queue is closed and empty.
+pub(super) async fn take_batch<T>(rx: &Mutex<mpsc::Receiver<T>>, max: usize) -> Option<Vec<T>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// Runs until the queue is closed and drained.
 pub(super) async fn run(
     pool: AnyPool,
@@ -90,17 +105,8 @@ pub(super) async fn run(
 ) {
     let mut conn: Option<PoolConnection<Any>> = None;
     loop {
-        let batch = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < batch_max {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            batch
+        let Some(batch) = take_batch(&rx, batch_max).await else {
+            return;
         };
         let started = Instant::now();
         let size = batch.len();
