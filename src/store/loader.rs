@@ -28,7 +28,7 @@ const ROUND_MAX: usize = 256;
 /// Runs until every sender is gone.
 pub(super) async fn run(pool: AnyPool, backend: Backend, rx: Arc<Mutex<mpsc::Receiver<Load>>>) {
     loop {
-        let Some(round) = take_batch(&rx, ROUND_MAX).await else {
+        let Some(round) = take_batch(&mut *rx.lock().await, ROUND_MAX).await else {
             return;
         };
         answer(&pool, backend, round).await;
@@ -46,10 +46,10 @@ async fn answer(pool: &AnyPool, backend: Backend, round: Vec<Load>) {
     for n in chunk_sizes(ids.len()) {
         let (now, later) = rest.split_at(n);
         rest = later;
-        let mut found = fetch(pool, backend, now).await;
+        let found = fetch(pool, backend, now).await;
         for id in now {
             for reply in waiting.remove(id).unwrap_or_default() {
-                let outcome = match &mut found {
+                let outcome = match &found {
                     Ok(rows) => match rows.get(id) {
                         None => Ok(None),
                         Some(Ok(order)) => Ok(Some(order.clone())),

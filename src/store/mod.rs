@@ -1,8 +1,11 @@
 //! Persistence over sqlx's `Any` driver: SQLite (embedded default), PostgreSQL and MySQL/MariaDB.
 //!
-//! Reads go straight to the pool. Writes are `WriteSet`s — the statements of one state change plus
-//! its outbox event — that the group-commit writer (`writer.rs`) applies many to a transaction,
-//! each under its own savepoint, so one conflicting change never sinks its batch neighbours.
+//! Order reads are coalesced by the loader (`loader.rs`); other reads go straight to the pool.
+//! Writes are `WriteSet`s — the statements of one state change plus its outbox event — that the
+//! group-commit writers (`writer.rs`), one queue each, partitioned by merchant, apply many to a
+//! transaction: in bulk first, and one savepoint per change if anything in the bulk attempt
+//! fails, so one conflicting change never sinks its batch neighbours. Writers and loaders run on
+//! a thread of their own (`waimai-store`).
 //! Every update checks a version (`WHERE id = ? AND version = ?`) and every stock write a fencing
 //! token (`WHERE fence <= ?`).
 
@@ -99,17 +102,6 @@ const ORDER_COLUMNS: &str = "id, customer_id, merchant_id, rider_id, status, ite
 /// Order-loading tasks: two rounds can be in flight while the next one queues.
 const LOADERS: usize = 2;
 
-/// The writer queue for partition key `key` (stable within a process).
-fn partition_of(key: &str, writers: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    if writers <= 1 {
-        return 0;
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % writers as u64) as usize
-}
-
 /// A cloneable handle to the store.
 #[derive(Clone)]
 pub struct Store {
@@ -180,10 +172,7 @@ impl Store {
         // deadlock with each other (with a shared queue, 2 writers on PostgreSQL were slower
         // than 1).
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..writers)
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1) / writers);
-                (tx, Arc::new(tokio::sync::Mutex::new(rx)))
-            })
+            .map(|_| mpsc::channel((cfg.queue_depth / writers).max(1)))
             .unzip();
         let (loader, loads) = mpsc::channel(cfg.queue_depth.max(1));
         let loads = Arc::new(tokio::sync::Mutex::new(loads));
@@ -194,19 +183,13 @@ impl Store {
         // statement's completion waited in the run queue behind hundreds of HTTP tasks, and a
         // batch is a chain of statements: under load the writer spent most of its time
         // waiting to be polled, not writing. Here it is polled as soon as its statement is done.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Config(format!("store runtime: {e}")))?;
         std::thread::Builder::new()
             .name("waimai-store".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "store runtime could not start");
-                        return;
-                    }
-                };
                 rt.block_on(async move {
                     let loaders: Vec<_> = (0..LOADERS)
                         .map(|_| {
@@ -259,7 +242,7 @@ impl Store {
             let queues = self.inner.writer.lock().map_err(|_| StoreError::Closed)?;
             let queues = queues.as_ref().ok_or(StoreError::Closed)?;
             let key = writes.iter().find_map(Write::partition).unwrap_or("");
-            let i = partition_of(key, queues.len());
+            let i = crate::cluster::shard_of(key, queues.len() as u32) as usize;
             queues.get(i).ok_or(StoreError::Closed)?.clone()
         };
         let (reply, rx) = oneshot::channel();

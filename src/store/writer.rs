@@ -1,12 +1,11 @@
 //! The group-commit writer: drains the write queue into one transaction per batch, one savepoint
 //! per change, and acknowledges each change only after the transaction committed.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{dialect, Backend, StoreError};
 use crate::metrics;
@@ -83,8 +82,7 @@ pub(super) struct Job {
 
 /// Waits for the next item, then takes whatever else is already queued, up to `max` in all.
 /// `None` once the queue is closed and empty.
-pub(super) async fn take_batch<T>(rx: &Mutex<mpsc::Receiver<T>>, max: usize) -> Option<Vec<T>> {
-    let mut rx = rx.lock().await;
+pub(super) async fn take_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
     let first = rx.recv().await?;
     let mut batch = vec![first];
     while batch.len() < max {
@@ -100,23 +98,23 @@ pub(super) async fn take_batch<T>(rx: &Mutex<mpsc::Receiver<T>>, max: usize) -> 
 pub(super) async fn run(
     pool: AnyPool,
     backend: Backend,
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    mut rx: mpsc::Receiver<Job>,
     batch_max: usize,
 ) {
     let mut conn: Option<PoolConnection<Any>> = None;
     loop {
-        let Some(batch) = take_batch(&rx, batch_max).await else {
+        let Some(batch) = take_batch(&mut rx, batch_max).await else {
             return;
         };
         let started = Instant::now();
         let size = batch.len();
         // One connection per writer for as long as it works: its page cache (SQLite) and
         // prepared statements stay warm instead of rotating through the pool's connections.
-        let outcomes = match conn.take() {
+        let acquired = match conn.take() {
             Some(c) => Ok(c),
             None => pool.acquire().await,
         };
-        let outcomes = match outcomes {
+        let outcomes = match acquired {
             Ok(mut c) => {
                 let outcomes = commit_batch(&mut c, backend, &batch).await;
                 if !outcomes.iter().any(connection_broken) {
