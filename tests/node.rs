@@ -162,6 +162,15 @@ async fn idle_actors_are_passivated_and_reload_from_the_store() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(waimai::metrics::render().contains("waimai_actor_passivations_total{kind=\"order\"}"));
+    // The idle merchant asks its shard (found through the router) to passivate it too.
+    while !waimai::metrics::render().contains("waimai_actor_passivations_total{kind=\"merchant\"}")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "merchant actor was never passivated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // It comes back on demand with its persisted state, and the merchant with its stock.
     let r = app.get(&format!("/v1/orders/{oid}"), &alice).await;

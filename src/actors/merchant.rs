@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, AtomicResponse, Context, Handler,
-    Message, ResponseActFuture, Supervised, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message,
+    ResponseActFuture, Supervised, WrapFuture,
 };
 use serde::{Deserialize, Serialize};
 
@@ -159,8 +159,6 @@ pub struct MerchantActor {
     id: String,
     /// Node services.
     deps: Deps,
-    /// The owning shard, told when idle.
-    shard: Addr<Shard>,
     /// Persisted state once loaded.
     state: Loaded<State>,
     /// The stock lease while held.
@@ -174,11 +172,10 @@ pub struct MerchantActor {
 impl Entity for MerchantActor {
     const KIND: &'static str = "merchant";
 
-    fn fresh(id: String, deps: Deps, shard: Addr<Shard>) -> Self {
+    fn fresh(id: String, deps: Deps) -> Self {
         MerchantActor {
             id,
             deps,
-            shard,
             state: Loaded::Loading,
             lease: None,
             in_flight: 0,
@@ -199,10 +196,14 @@ impl Actor for MerchantActor {
         self.load(ctx);
         ctx.run_interval(self.deps.settings.idle_check(), |act, _ctx| {
             if act.in_flight == 0 && act.idle.due(act.deps.settings.idle) {
-                act.shard.do_send(Idle {
-                    kind: Self::KIND,
-                    id: act.id.clone(),
-                });
+                let id = act.id.clone();
+                act.deps.router.tell_owner(
+                    &act.id,
+                    Idle {
+                        kind: Self::KIND,
+                        id,
+                    },
+                );
             }
         });
     }

@@ -78,7 +78,7 @@ pub trait Entity: Actor<Context = Context<Self>> + Supervised + Handler<Stop> {
     /// `order`, `merchant` or `rider`, for metrics and logs.
     const KIND: &'static str;
     /// A fresh, not yet loaded actor for `id`.
-    fn fresh(id: String, deps: Deps, shard: Addr<shard::Shard>) -> Self;
+    fn fresh(id: String, deps: Deps) -> Self;
     /// This kind's registry inside a shard.
     fn registry(
         shard: &mut shard::Shard,

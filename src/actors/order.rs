@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, AtomicResponse, Context, Handler,
-    Message, Supervised, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message,
+    Supervised, WrapFuture,
 };
 use serde::Serialize;
 
@@ -106,8 +106,6 @@ pub struct OrderActor {
     id: String,
     /// Node services.
     deps: Deps,
-    // No `Addr<Shard>` here: a million live orders would each hold a clone (two allocations);
-    // the router finds the owning shard when the order turns terminal.
     /// Persisted state once loaded.
     state: Loaded<Order>,
 }
@@ -115,7 +113,7 @@ pub struct OrderActor {
 impl Entity for OrderActor {
     const KIND: &'static str = "order";
 
-    fn fresh(id: String, deps: Deps, _shard: Addr<Shard>) -> Self {
+    fn fresh(id: String, deps: Deps) -> Self {
         OrderActor {
             id,
             deps,
@@ -230,11 +228,8 @@ struct Plan {
 impl OrderActor {
     /// Tells the owning shard this order is terminal (it is passivated sooner).
     fn tell_terminal(&self) {
-        if let Ok(shard) = self.deps.router.shard_for(&self.id) {
-            shard.do_send(Terminal {
-                id: self.id.clone(),
-            });
-        }
+        let id = self.id.clone();
+        self.deps.router.tell_owner(&self.id, Terminal { id });
     }
 
     /// Reads the state from the store; the mailbox waits until it is loaded.

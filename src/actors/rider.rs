@@ -2,8 +2,8 @@
 //! memory (they arrive every few seconds); status changes are persisted with the latest position.
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, AtomicResponse, Context, Handler,
-    Message, ResponseActFuture, Supervised, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message,
+    ResponseActFuture, Supervised, WrapFuture,
 };
 
 use super::dispatcher::RiderState;
@@ -105,8 +105,6 @@ pub struct RiderActor {
     id: String,
     /// Node services.
     deps: Deps,
-    /// The owning shard, told when idle.
-    shard: Addr<Shard>,
     /// Persisted state once loaded (location may be newer than the store's).
     state: Loaded<Rider>,
     /// Passivation bookkeeping.
@@ -121,11 +119,10 @@ pub struct RiderActor {
 impl Entity for RiderActor {
     const KIND: &'static str = "rider";
 
-    fn fresh(id: String, deps: Deps, shard: Addr<Shard>) -> Self {
+    fn fresh(id: String, deps: Deps) -> Self {
         RiderActor {
             id,
             deps,
-            shard,
             state: Loaded::Loading,
             idle: Idleness::new(),
             last_push: None,
@@ -148,10 +145,14 @@ impl Actor for RiderActor {
             // A rider carrying an order stays resident so dispatch and tracking stay cheap.
             let busy = matches!(&act.state, Loaded::Present(r) if r.current_order.is_some());
             if !busy && act.idle.due(act.deps.settings.idle) {
-                act.shard.do_send(Idle {
-                    kind: Self::KIND,
-                    id: act.id.clone(),
-                });
+                let id = act.id.clone();
+                act.deps.router.tell_owner(
+                    &act.id,
+                    Idle {
+                        kind: Self::KIND,
+                        id,
+                    },
+                );
             }
         });
     }

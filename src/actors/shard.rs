@@ -94,7 +94,7 @@ impl Shard {
         }
     }
 
-    fn get_or_start<A: Entity>(&mut self, id: &str, ctx: &mut Context<Self>) -> Addr<A> {
+    fn get_or_start<A: Entity>(&mut self, id: &str) -> Addr<A> {
         if let Some(slot) = A::registry(self).get_mut(id) {
             if slot.addr.connected() {
                 slot.last = Instant::now();
@@ -102,9 +102,8 @@ impl Shard {
             }
         }
         let deps = self.deps.clone();
-        let shard = ctx.address();
         let owned = id.to_string();
-        let addr = Supervisor::start(move |_| A::fresh(owned, deps, shard));
+        let addr = Supervisor::start(move |_| A::fresh(owned, deps));
         let slot = Slot {
             addr: addr.clone(),
             last: Instant::now(),
@@ -156,8 +155,8 @@ impl Actor for Shard {
 impl<M: Routed> Handler<Envelope<M>> for Shard {
     type Result = ResponseFuture<Result<M::Reply>>;
 
-    fn handle(&mut self, env: Envelope<M>, ctx: &mut Context<Self>) -> Self::Result {
-        let addr: Addr<M::Actor> = self.get_or_start(&env.id, ctx);
+    fn handle(&mut self, env: Envelope<M>, _ctx: &mut Context<Self>) -> Self::Result {
+        let addr: Addr<M::Actor> = self.get_or_start(&env.id);
         let reply = addr.send(env.msg);
         Box::pin(async move { reply.await.map_err(crate::Error::from).and_then(|r| r) })
     }

@@ -79,8 +79,20 @@ impl Router {
         }
     }
 
-    /// The shard that owns `id` (for an entity telling its own shard something).
-    pub fn shard_for(&self, id: &str) -> Result<&Addr<Shard>> {
+    /// Tells the shard that owns `id` something about that entity (an actor going idle or
+    /// terminal); entity actors hold no address of their own shard.
+    pub fn tell_owner<M>(&self, id: &str, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Shard: Handler<M>,
+    {
+        if let Ok(shard) = self.shard_for(id) {
+            shard.do_send(msg);
+        }
+    }
+
+    fn shard_for(&self, id: &str) -> Result<&Addr<Shard>> {
         let shards = self
             .shards
             .get()
