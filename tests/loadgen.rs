@@ -133,6 +133,14 @@ async fn hot_sku_sells_exactly_the_stock() {
     let sold_out = op(&r, "create_order:409");
     assert_eq!((sold_out.count, sold_out.rejected), (375, 375));
     assert!(sold_out.latency.max_ms <= c.latency.max_ms);
+    // ... without being counted twice among the answers.
+    let listed: u64 = r
+        .answers
+        .iter()
+        .filter(|a| a.kind.contains("out_of_stock"))
+        .map(|a| a.count)
+        .sum();
+    assert_eq!(listed, 375, "{}", r.table());
 }
 
 #[actix_rt::test]

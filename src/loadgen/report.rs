@@ -130,11 +130,22 @@ impl Recorder {
 
     /// Records operation `op` that started (or was meant to start) at `started` and ended now.
     pub fn op(&self, op: &'static str, started: Instant, class: Class) {
-        let elapsed = started.elapsed();
         match class {
             Class::Error(_) => self.live_errors.fetch_add(1, Ordering::Relaxed),
             _ => self.live_ok.fetch_add(1, Ordering::Relaxed),
         };
+        self.record(op, started, class, true);
+    }
+
+    /// Records a subset of answers already counted under another op (hot-sku's rejects
+    /// among `create_order`) as a row of its own: latency and class only, not counted again in
+    /// the live figures or the answers table.
+    pub fn sub_op(&self, op: &'static str, started: Instant, class: Class) {
+        self.record(op, started, class, false);
+    }
+
+    fn record(&self, op: &'static str, started: Instant, class: Class, answers: bool) {
+        let elapsed = started.elapsed();
         if !self.measured(started) {
             return;
         }
@@ -155,7 +166,7 @@ impl Recorder {
                 Some(k)
             }
         };
-        if let Some(k) = kind {
+        if let (Some(k), true) = (kind, answers) {
             *g.answers.entry((op, k)).or_default() += 1;
         }
     }

@@ -187,7 +187,7 @@ async fn place(
         Ok(r) if r.status == 409 && r.code() == "out_of_stock" => {
             let class = if out_of_stock_expected {
                 // The rejects' own latency: hot-sku's promise is that they come back fast.
-                ctx.rec.op(
+                ctx.rec.sub_op(
                     CREATE_ORDER_SOLD_OUT,
                     it.intended,
                     Class::Rejected(kind.clone()),
