@@ -210,6 +210,19 @@ async fn carried_and_tracked(
     (rid, rtoken, oid, track)
 }
 
+/// The rider reports five positions in quick succession: latitude 31.200, 31.201, .. 31.204.
+async fn five_positions(app: &TestApp, rid: &str, rtoken: &str) {
+    for i in 0..5 {
+        let at = json!({"lat": 31.2 + 0.001 * f64::from(i), "lng": 121.48});
+        assert_eq!(
+            app.put(&format!("/v1/riders/{rid}/location"), rtoken, at)
+                .await
+                .status,
+            200
+        );
+    }
+}
+
 #[actix_rt::test]
 async fn rider_positions_reach_trackers_at_the_configured_rate() {
     let mut cfg = rt_config().await;
@@ -223,15 +236,7 @@ async fn rider_positions_reach_trackers_at_the_configured_rate() {
             .status,
         200
     );
-    for i in 0..5 {
-        let at = json!({"lat": 31.2 + 0.001 * f64::from(i), "lng": 121.48});
-        assert_eq!(
-            app.put(&format!("/v1/riders/{rid}/location"), &rtoken, at)
-                .await
-                .status,
-            200
-        );
-    }
+    five_positions(&app, &rid, &rtoken).await;
     assert_eq!(
         app.post(&format!("{rpath}/deliver"), &rtoken, None)
             .await
@@ -261,15 +266,7 @@ async fn the_last_position_inside_a_throttle_interval_still_reaches_trackers() {
     let app = TestApp::spawn(cfg).await;
     let (rid, rtoken, _oid, mut track) = carried_and_tracked(&app, "yan", "bao").await;
     assert_eq!(track.json(5).await["type"], "snapshot");
-    for i in 0..5 {
-        let at = json!({"lat": 31.2 + 0.001 * f64::from(i), "lng": 121.48});
-        assert_eq!(
-            app.put(&format!("/v1/riders/{rid}/location"), &rtoken, at)
-                .await
-                .status,
-            200
-        );
-    }
+    five_positions(&app, &rid, &rtoken).await;
     // The first position goes out at once; the ones inside the interval are folded into one
     // push of the latest, when the interval ends. (On a slow machine the PUTs may span more
     // than one interval and an intermediate position may go out too; the last one must.)

@@ -13,7 +13,7 @@ use actix::{
 use serde::{Deserialize, Serialize};
 
 use super::lock::{AcquireLease, LeaseLost, ReleaseLease};
-use super::shard::{Idle, Shard, Slot};
+use super::shard::{Shard, Slot};
 use super::{Deps, Entity, Idleness, Loaded, Stop};
 use crate::cluster::Routed;
 use crate::domain::{now_ms, Caller, Location, Role};
@@ -196,14 +196,7 @@ impl Actor for MerchantActor {
         self.load(ctx);
         ctx.run_interval(self.deps.settings.idle_check(), |act, _ctx| {
             if act.in_flight == 0 && act.idle.due(act.deps.settings.idle) {
-                let id = act.id.clone();
-                act.deps.router.tell_owner(
-                    &act.id,
-                    Idle {
-                        kind: Self::KIND,
-                        id,
-                    },
-                );
+                super::ask_passivation::<Self>(&act.deps, &act.id);
             }
         });
     }

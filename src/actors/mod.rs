@@ -73,6 +73,17 @@ impl Settings {
     }
 }
 
+/// Asks the shard that owns entity `id` to passivate it (it has been idle).
+pub(crate) fn ask_passivation<A: Entity>(deps: &Deps, id: &str) {
+    deps.router.tell_owner(
+        id,
+        shard::Idle {
+            kind: A::KIND,
+            id: id.to_string(),
+        },
+    );
+}
+
 /// An actor a shard owns: created on demand by id, supervised, passivated when idle.
 pub trait Entity: Actor<Context = Context<Self>> + Supervised + Handler<Stop> {
     /// `order`, `merchant` or `rider`, for metrics and logs.

@@ -7,7 +7,7 @@ use actix::{
 };
 
 use super::dispatcher::RiderState;
-use super::shard::{Idle, Shard, Slot};
+use super::shard::{Shard, Slot};
 use super::{Deps, Entity, Idleness, Loaded, Stop};
 use crate::cluster::Routed;
 use crate::domain::{now_ms, Caller, Location, Role};
@@ -145,14 +145,7 @@ impl Actor for RiderActor {
             // A rider carrying an order stays resident so dispatch and tracking stay cheap.
             let busy = matches!(&act.state, Loaded::Present(r) if r.current_order.is_some());
             if !busy && act.idle.due(act.deps.settings.idle) {
-                let id = act.id.clone();
-                act.deps.router.tell_owner(
-                    &act.id,
-                    Idle {
-                        kind: Self::KIND,
-                        id,
-                    },
-                );
+                super::ask_passivation::<Self>(&act.deps, &act.id);
             }
         });
     }
