@@ -27,12 +27,12 @@ use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use futures::future::join_all;
 use serde_json::json;
 use sqlx::Connection;
-use waimai::actors::merchant::{GetMerchant, RegisterMerchant};
 use waimai::actors::order_machine::{transition, OrderEvent, OrderStatus};
 use waimai::cluster::Router;
 use waimai::config::LockBackendKind;
 use waimai::domain::{now_ms, Caller, Location};
 use waimai::lock::LockBackend;
+use waimai::messages::{GetMerchant, RegisterMerchant};
 use waimai::model::{Order, OrderLine, OutboxEvent};
 use waimai::realtime::{Hub, Topic};
 use waimai::store::{Store, Write};
@@ -412,6 +412,10 @@ fn order_change(merchant_id: &str) -> Vec<Write> {
             lat: 31.2,
             lng: 121.5,
         },
+        pickup: Some(Location {
+            lat: 31.23,
+            lng: 121.47,
+        }),
         version: 1,
         created_at: now,
         updated_at: now,
@@ -443,7 +447,7 @@ fn bench_group_commit(c: &mut Criterion) {
             let (url, cleanup) = fresh_db(db).await;
             let mut cfg = Config::defaults().expect("embedded config");
             cfg.store.url = url;
-            let store = Store::connect(&cfg.store)
+            let store = Store::connect(&cfg.store, cfg.shards.count)
                 .await
                 .unwrap_or_else(|e| panic!("connect to {}: {e}", db.name()));
             store
@@ -557,6 +561,10 @@ fn sample_order() -> Order {
             lat: 31.2,
             lng: 121.5,
         },
+        pickup: Some(Location {
+            lat: 31.23,
+            lng: 121.47,
+        }),
         version: 1,
         created_at: now_ms(),
         updated_at: now_ms(),

@@ -23,6 +23,8 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     /// Durable order deadlines.
     pub timers: TimersConfig,
+    /// Running as one node of a cluster (off: a single node, as embedded).
+    pub cluster: ClusterConfig,
 }
 
 /// HTTP front door settings.
@@ -129,6 +131,57 @@ pub struct DispatchConfig {
     pub max_radius_m: f64,
     /// How often waiting orders are tried again, ms.
     pub retry_ms: u64,
+    /// Dispatch zones, each with one dispatcher in the whole cluster. An order belongs to the
+    /// first zone that contains its pickup point, a rider to the first that contains its
+    /// position; a zone without `bounds` contains everything.
+    pub zones: Vec<ZoneConfig>,
+}
+
+/// One dispatch zone.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// The zone's id (its dispatcher is the entity with this id).
+    pub id: String,
+    /// `[min_lat, min_lng, max_lat, max_lng]`; absent = the whole map.
+    #[serde(default)]
+    pub bounds: Option<[f64; 4]>,
+}
+
+/// Cluster settings: shards spread over nodes by a Kafka consumer group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Join a cluster. Needs PostgreSQL or MySQL, Redis locks and a Kafka-compatible broker.
+    pub enabled: bool,
+    /// Kafka bootstrap servers, `host:port[,host:port..]`.
+    pub brokers: String,
+    /// This node's id; empty = derived from the listen address.
+    pub node_id: String,
+    /// The base URL other nodes reach this one at; empty = `http://<listen address>`.
+    pub advertise: String,
+    /// The consumer group whose assignment decides which node owns which shard.
+    pub group: String,
+    /// Topics are `<prefix>.shards` (ownership) and `<prefix>.events` (outbox events).
+    pub topic_prefix: String,
+    /// Replication factor for the topics this node creates.
+    pub replication_factor: i32,
+    /// Kafka group session timeout, ms: a node silent this long loses its shards.
+    pub session_timeout_ms: u64,
+    /// Kafka group heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// How long a request waits for its shard to be served somewhere (a rebalance), ms.
+    pub forward_wait_ms: u64,
+    /// Longest wait for a connection to another node, ms.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for another node's answer to a forwarded request, ms.
+    pub forward_timeout_ms: u64,
+    /// How often the shard directory is reread from the store, ms.
+    pub refresh_ms: u64,
+    /// Longest a revoked shard's handoff may take before the rebalance is acknowledged, ms.
+    pub handoff_timeout_ms: u64,
+    /// How long the events consumer waits for more data before returning a fetch, ms.
+    pub fetch_wait_ms: u64,
 }
 
 /// Order deadlines (all persisted implicitly: status + `updated_at` in the order row).
@@ -143,6 +196,29 @@ pub struct TimersConfig {
     pub auto_complete_ms: u64,
     /// Timer resolution: due deadlines are fired on this tick, ms.
     pub tick_ms: u64,
+}
+
+impl ClusterConfig {
+    /// This node's id: the configured one, or one derived from the listen address.
+    pub fn node_id(&self, listen: &str) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let cleaned: String = listen
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        format!("node-{}", cleaned.trim_matches('-'))
+    }
+
+    /// The URL other nodes reach this one at.
+    pub fn advertise(&self, listen: &str) -> String {
+        if self.advertise.is_empty() {
+            format!("http://{listen}")
+        } else {
+            self.advertise.trim_end_matches('/').to_string()
+        }
+    }
 }
 
 /// The secret shipped in `config.yaml`; `serve` warns when it is still in use.

@@ -1,15 +1,19 @@
 //! The domain error every actor replies with; `api::error` maps it to HTTP in one place.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use crate::actors::order_machine::{OrderEvent, OrderStatus};
 
 /// What can go wrong while serving a command, as callers need to branch on it.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize)]
+/// It has a wire form because a node forwards requests to the node owning their shard and
+/// relays that node's answer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Error {
     /// The addressed entity does not exist.
     #[error("{kind} {id} not found")]
-    NotFound { kind: &'static str, id: String },
+    NotFound { kind: Cow<'static, str>, id: String },
     /// The caller is authenticated but may not act on this entity.
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -40,13 +44,17 @@ pub enum Error {
     /// A dependency (store, lock service, actor) is unavailable right now; retry later.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// This node does not serve the entity's shard (it moved, or this node was fenced): the
+    /// router looks for the owner again.
+    #[error("shard {0} is not served by this node; retry")]
+    NotOwner(u32),
 }
 
 impl Error {
     /// Shorthand for a `NotFound`.
     pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
         Error::NotFound {
-            kind,
+            kind: Cow::Borrowed(kind),
             id: id.into(),
         }
     }
@@ -64,6 +72,7 @@ impl From<crate::store::StoreError> for Error {
             }
             StoreError::InsufficientStock { sku, .. } => Error::OutOfStock { sku },
             StoreError::Duplicate(what) => Error::Conflict(format!("{what} already exists")),
+            StoreError::Fenced { shard, .. } => Error::NotOwner(shard),
             other => Error::Unavailable(format!("store: {other}")),
         }
     }

@@ -4,7 +4,11 @@
 //! - [`actors`]: one actix actor per order, merchant and rider, the shard supervisors that own
 //!   them, and the lock actor that grants stock leases. The order state machine is
 //!   [`actors::order_machine`], a pure function.
-//! - [`cluster`]: the murmur2 partitioner and the [`cluster::Router`] every message goes through.
+//! - [`messages`]: every message an entity takes from outside itself, with its wire form.
+//! - [`cluster`]: the [`cluster::Router`] every message goes through, and a node's part in a
+//!   cluster: shard ownership from a Kafka consumer group, epochs that fence stale owners,
+//!   peer links that forward requests to the owning node.
+//! - [`bus`]: the events topic: the outbox relay, the feed into every node's websocket hub.
 //! - [`store`]: sqlx over SQLite, PostgreSQL and MySQL; versioned writes, fenced stock writes, a
 //!   transactional outbox, group commit.
 //! - [`lock`]: lease backends (Redis and in-process) behind the lock actor.
@@ -16,12 +20,14 @@
 
 pub mod actors;
 pub mod api;
+pub mod bus;
 pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod loadgen;
 pub mod lock;
+pub mod messages;
 pub mod metrics;
 pub mod model;
 pub mod realtime;

@@ -74,8 +74,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen } => {
-            let cfg = Config::load(config.as_deref()).context("loading config")?;
-            let addr = listen.unwrap_or_else(|| cfg.server.listen.clone());
+            let mut cfg = Config::load(config.as_deref()).context("loading config")?;
+            if let Some(l) = listen {
+                cfg.server.listen = l; // the cluster derives this node's id and address from it
+            }
+            let addr = cfg.server.listen.clone();
             let system = actix_rt::System::with_tokio_rt(|| {
                 tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
@@ -95,7 +98,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::load(config.as_deref()).context("loading config")?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                let store = Store::connect(&cfg.store)
+                let store = Store::connect(&cfg.store, cfg.shards.count)
                     .await
                     .context("connecting to the store")?;
                 store.migrate().await.context("migrating")?;

@@ -2,8 +2,9 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge_vec, Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    register_gauge, register_gauge_vec, register_histogram, register_histogram_vec,
+    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, TextEncoder,
 };
 
@@ -211,6 +212,149 @@ pub static TIMERS_FIRED: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Changes waiting for the store's writers.
+pub static STORE_QUEUE_DEPTH: Lazy<IntGauge> = Lazy::new(|| {
+    must(
+        register_int_gauge!(
+            "waimai_store_queue_depth",
+            "Changes queued for the store writers, not yet in a batch"
+        ),
+        "store_queue",
+    )
+});
+
+/// Age of the oldest order still in each non-terminal status (sampled).
+pub static ORDERS_OLDEST_IN_STATUS: Lazy<GaugeVec> = Lazy::new(|| {
+    must(
+        register_gauge_vec!(
+            "waimai_orders_oldest_in_status_seconds",
+            "Age of the oldest order still in each non-terminal status, sampled",
+            &["status"]
+        ),
+        "oldest_in_status",
+    )
+});
+
+/// Requests forwarded to the node owning their shard, by outcome.
+pub static FORWARD_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
+    must(
+        register_histogram_vec!(
+            "waimai_forward_seconds",
+            "Messages forwarded to the node owning their shard, by outcome",
+            &["outcome"],
+            vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]
+        ),
+        "forward",
+    )
+});
+
+/// Shards this node serves.
+pub static CLUSTER_SHARDS_OWNED: Lazy<IntGauge> = Lazy::new(|| {
+    must(
+        register_int_gauge!("waimai_cluster_shards_owned", "Shards this node serves"),
+        "shards_owned",
+    )
+});
+
+/// Cluster members with a recent heartbeat, as this node sees them.
+pub static CLUSTER_MEMBERS: Lazy<IntGauge> = Lazy::new(|| {
+    must(
+        register_int_gauge!(
+            "waimai_cluster_members",
+            "Cluster members with a recent heartbeat"
+        ),
+        "members",
+    )
+});
+
+/// Times this node was fenced out of a shard (a write refused for a stale epoch).
+pub static CLUSTER_FENCED: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_cluster_fenced_total",
+            "Shards given up because a write carried a superseded epoch"
+        ),
+        "fenced",
+    )
+});
+
+/// Messages this node is behind on the events topic.
+pub static EVENTS_CONSUMER_LAG: Lazy<IntGauge> = Lazy::new(|| {
+    must(
+        register_int_gauge!(
+            "waimai_events_consumer_lag",
+            "Messages this node's events feed is behind"
+        ),
+        "consumer_lag",
+    )
+});
+
+/// Events read from the events topic.
+pub static EVENTS_CONSUMED: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_events_consumed_total",
+            "Events read from the events topic"
+        ),
+        "consumed",
+    )
+});
+
+/// Redelivered order events the feed skipped.
+pub static EVENTS_DUPLICATES: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_events_duplicates_total",
+            "Order events skipped by the feed as already published"
+        ),
+        "duplicates",
+    )
+});
+
+/// Outbox rows shipped to the events topic.
+pub static OUTBOX_SHIPPED: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_outbox_shipped_total",
+            "Outbox rows shipped to the events topic"
+        ),
+        "shipped",
+    )
+});
+
+/// Outbox rows of this node's shards not shipped yet.
+pub static OUTBOX_PENDING: Lazy<IntGauge> = Lazy::new(|| {
+    must(
+        register_int_gauge!(
+            "waimai_outbox_pending",
+            "Outbox rows of this node's shards not shipped yet"
+        ),
+        "outbox_pending",
+    )
+});
+
+/// Age of the oldest unshipped outbox row of this node's shards.
+pub static OUTBOX_OLDEST_SECONDS: Lazy<Gauge> = Lazy::new(|| {
+    must(
+        register_gauge!(
+            "waimai_outbox_oldest_pending_seconds",
+            "Age of the oldest unshipped outbox row of this node's shards"
+        ),
+        "outbox_oldest",
+    )
+});
+
+/// Live events (offers, positions) that could not be queued for the events topic.
+pub static LIVE_EVENTS_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_live_events_dropped_total",
+            "Live events that could not be queued for the events topic"
+        ),
+        "live_dropped",
+    )
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     Lazy::force(&HTTP_SECONDS);
@@ -230,6 +374,19 @@ pub fn render() -> String {
     Lazy::force(&DISPATCH_OFFERS);
     Lazy::force(&DISPATCH_TIME_TO_ASSIGN);
     Lazy::force(&TIMERS_FIRED);
+    Lazy::force(&STORE_QUEUE_DEPTH);
+    Lazy::force(&ORDERS_OLDEST_IN_STATUS);
+    Lazy::force(&FORWARD_SECONDS);
+    Lazy::force(&CLUSTER_SHARDS_OWNED);
+    Lazy::force(&CLUSTER_MEMBERS);
+    Lazy::force(&CLUSTER_FENCED);
+    Lazy::force(&EVENTS_CONSUMER_LAG);
+    Lazy::force(&EVENTS_CONSUMED);
+    Lazy::force(&EVENTS_DUPLICATES);
+    Lazy::force(&OUTBOX_SHIPPED);
+    Lazy::force(&OUTBOX_PENDING);
+    Lazy::force(&OUTBOX_OLDEST_SECONDS);
+    Lazy::force(&LIVE_EVENTS_DROPPED);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

@@ -37,13 +37,18 @@ pub struct Order {
     pub total_cents: i64,
     /// Where to deliver.
     pub deliver_to: Location,
+    /// Where to pick up: the merchant's location when the order was placed (unknown for orders
+    /// placed before it was recorded).
+    #[serde(default)]
+    pub pickup: Option<Location>,
     /// Optimistic-lock version: 1 on creation, +1 per persisted change.
     pub version: i64,
     /// Creation time, ms since the epoch.
     pub created_at: i64,
     /// Last change, ms since the epoch.
     pub updated_at: i64,
-    /// Hash of the creating request, to answer idempotent retries.
+    /// Hash of the creating request, to answer idempotent retries (never shown to clients,
+    /// nor sent between nodes: only the order's own actor compares it).
     #[serde(skip)]
     pub request_hash: Option<String>,
 }

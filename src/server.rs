@@ -2,26 +2,29 @@
 //! `main` and the tests both go through `Node::start` and `Node::serve`.
 
 use std::future::Future;
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter};
+use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::actors::dispatcher::{Dispatcher, OrderChanged};
 use crate::actors::lock::LockActor;
 use crate::actors::order_machine::OrderStatus;
-use crate::actors::rider::GetRider;
 use crate::actors::shard::{Drain, Shard};
 use crate::actors::timers::{Arm, TimerActor};
 use crate::actors::{Deps, Services, Settings};
 use crate::api::{self, ApiState, Auth};
-use crate::cluster::Router;
-use crate::config::{Config, DEV_SECRET};
+use crate::bus::{self, BusError};
+use crate::cluster::{Cluster, Directory, DirectorySettings, Router};
+use crate::config::{Config, LockBackendKind, DEV_SECRET};
+use crate::domain::Role;
 use crate::lock::{LockBackend, LockError};
-use crate::realtime::Hub;
-use crate::store::{Store, StoreError};
+use crate::messages::DispatchStats;
+use crate::realtime::{Fanout, Hub};
+use crate::store::{Backend, Store, StoreError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,12 @@ pub enum StartError {
     /// The lock backend could not be reached.
     #[error("lock backend: {0}")]
     Lock(#[from] LockError),
+    /// The broker could not be reached, or its topics do not fit.
+    #[error("cluster: {0}")]
+    Bus(#[from] BusError),
+    /// The configuration cannot work.
+    #[error("config: {0}")]
+    Config(String),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -49,44 +58,67 @@ pub struct Node {
     pub lock: Addr<LockActor>,
     /// Signs and checks tokens.
     pub auth: Auth,
-    /// Live events.
+    /// Live events (this node's hub).
     pub hub: Hub,
-    /// Rider matching.
-    pub dispatcher: Addr<Dispatcher>,
     /// Order deadlines.
     pub timers: Addr<TimerActor>,
+    /// The node's part in a cluster, if it is in one.
+    cluster: Option<Cluster>,
+    /// Tasks to stop at shutdown (the events feed, samplers).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The threads the shards run on.
     arbiters: Vec<Arbiter>,
 }
 
+/// What a cluster node sets up before its actors start.
+struct ClusterParts {
+    kafka: rdkafka::ClientConfig,
+    dir: Arc<Directory>,
+    relay: Arc<bus::relay::Relay>,
+    lag: Arc<AtomicI64>,
+}
+
 impl Node {
-    /// Connects and migrates the store, starts the lock actor and the shards. Must run inside an
-    /// actix `System`.
+    /// Connects and migrates the store, starts the lock actor and the shards; in a cluster,
+    /// connects to the broker and joins the group. Must run inside an actix `System`.
     pub async fn start(config: Config) -> Result<Node, StartError> {
-        let store = Store::connect(&config.store).await?;
+        let clustered = config.cluster.enabled;
+        let count = config.shards.count.max(1);
+        let store = Store::connect(&config.store, count).await?;
+        if clustered {
+            check_cluster_config(&config, store.backend())?;
+        }
         store.migrate().await?;
         let backend = LockBackend::from_config(&config.lock).await?;
         tracing::info!(
             store = store.backend().name(),
             lock = backend.name(),
-            shards = config.shards.count,
+            shards = count,
+            cluster = clustered,
             "backends ready"
         );
         let lock = LockActor::new(backend, Duration::from_millis(config.lock.lease_ms)).start();
-        let router = Router::new(config.shards.count);
+        let router = Router::new(count);
         let settings = Arc::new(Settings::from_config(&config));
         let hub = Hub::new(config.realtime.buffer);
-        let dispatcher =
-            Dispatcher::new(router.clone(), hub.clone(), config.dispatch.clone()).start();
+        let auth = Auth::new(&config.auth.jwt_secret);
+        let mut tasks = Vec::new();
+        let (events, parts) = if clustered {
+            let (events, parts, feed) =
+                connect_bus(&config, &store, &router, &auth, hub.clone()).await?;
+            tasks.push(feed);
+            (events, Some(parts))
+        } else {
+            (Fanout::Local(hub.clone()), None)
+        };
         let timers = TimerActor::new(router.clone(), config.timers.clone()).start();
         let deps: Deps = Arc::new(Services {
             store: store.clone(),
             router: router.clone(),
             lock: lock.clone(),
-            hub: hub.clone(),
-            dispatcher: dispatcher.clone(),
+            events,
             timers: timers.clone(),
-            settings,
+            settings: settings.clone(),
         });
         let n_arbiters = match config.shards.arbiters {
             0 => std::thread::available_parallelism()
@@ -99,19 +131,35 @@ impl Node {
             .map(|i| {
                 let deps = deps.clone();
                 let arbiter = &arbiters[i as usize % arbiters.len()];
-                Shard::start_in_arbiter(&arbiter.handle(), move |_| Shard::new(i, deps))
+                Shard::start_in_arbiter(&arbiter.handle(), move |_| Shard::new(i, deps, !clustered))
             })
             .collect();
         router.attach(shards);
-        recover(
-            &store,
-            &router,
-            &timers,
-            &dispatcher,
-            config.dispatch.enabled,
-        )
-        .await?;
-        let auth = Auth::new(&config.auth.jwt_secret);
+        let cluster = match parts {
+            Some(p) => Some(
+                Cluster::start(
+                    &config,
+                    p.dir,
+                    router.clone(),
+                    store.clone(),
+                    timers.clone(),
+                    p.relay,
+                    p.lag,
+                    p.kafka,
+                )
+                .await?,
+            ),
+            None => {
+                recover(&store, &timers).await?;
+                if config.dispatch.enabled {
+                    for zone in settings.zones.ids() {
+                        let _ = router.send(zone, DispatchStats).await;
+                    }
+                }
+                None
+            }
+        };
+        tasks.push(tokio::spawn(sample_order_ages(store.clone())));
         if config.auth.jwt_secret == DEV_SECRET {
             tracing::warn!("auth.jwt_secret is the shipped dev secret: set WAIMAI__AUTH__JWT_SECRET before exposing this node");
         }
@@ -122,8 +170,9 @@ impl Node {
             lock,
             auth,
             hub,
-            dispatcher,
             timers,
+            cluster,
+            tasks,
             arbiters,
         })
     }
@@ -140,8 +189,9 @@ impl Node {
             lock: self.lock.clone(),
             auth: self.auth.clone(),
             hub: self.hub.clone(),
-            dispatcher: self.dispatcher.clone(),
             realtime: self.config.realtime.clone(),
+            cluster: self.cluster.as_ref().map(Cluster::status),
+            node_id: self.node_id(),
         });
         let routes = api::routes(state, self.config.server.body_limit_bytes);
         // Nagle off: websocket events and small responses go out at once instead of waiting
@@ -158,14 +208,26 @@ impl Node {
             .await;
     }
 
-    /// Drains every actor's mailbox, flushes the store and stops the shard threads.
+    /// This node's id (in a cluster, as configured or derived from the listen address).
+    pub fn node_id(&self) -> String {
+        self.config.cluster.node_id(&self.config.server.listen)
+    }
+
+    /// Hands its shards to the rest of the cluster (if any), drains every actor's mailbox,
+    /// flushes the store and stops the shard threads.
     pub async fn shutdown(self) {
+        if let Some(c) = self.cluster {
+            c.leave().await;
+        }
         let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
         let drains = futures::future::join_all(self.router.shards().iter().map(|s| s.send(Drain)));
         if tokio::time::timeout(grace, drains).await.is_err() {
             tracing::warn!("actors did not drain within the grace period");
         }
         self.store.close().await;
+        for t in self.tasks {
+            t.abort();
+        }
         for a in self.arbiters {
             a.stop();
         }
@@ -173,15 +235,117 @@ impl Node {
     }
 }
 
-/// Re-arms the deadlines of every order waiting in a timed status, puts accepted orders back into
-/// dispatch and wakes the riders stored as online so the dispatcher's index is rebuilt.
-async fn recover(
+/// Refuses cluster settings that cannot be safe.
+fn check_cluster_config(config: &Config, backend: Backend) -> Result<(), StartError> {
+    if backend == Backend::Sqlite {
+        return Err(StartError::Config(
+            "cluster mode needs a shared database: a SQLite file is not shared between hosts. \
+             Set store.url (WAIMAI__STORE__URL) to postgres://... or mysql://..."
+                .into(),
+        ));
+    }
+    if config.lock.backend != LockBackendKind::Redis {
+        return Err(StartError::Config(
+            "cluster mode needs stock leases every node sees: set lock.backend: redis \
+             (WAIMAI__LOCK__BACKEND=redis)"
+                .into(),
+        ));
+    }
+    if config.cluster.brokers.trim().is_empty() {
+        return Err(StartError::Config(
+            "cluster mode needs cluster.brokers (WAIMAI__CLUSTER__BROKERS=host:9092)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Connects a cluster node to the broker before any actor runs: topics, the events feed into
+/// this node's hub, the producer for the outbox relay and live events, and the directory the
+/// router will consult.
+async fn connect_bus(
+    config: &Config,
     store: &Store,
     router: &Router,
-    timers: &Addr<TimerActor>,
-    dispatcher: &Addr<Dispatcher>,
-    dispatch: bool,
-) -> Result<(), StoreError> {
+    auth: &Auth,
+    hub: Hub,
+) -> Result<(Fanout, ClusterParts, tokio::task::JoinHandle<()>), StartError> {
+    let c = &config.cluster;
+    let listen = &config.server.listen;
+    let node_id = c.node_id(listen);
+    let count = router.shard_count();
+    let kafka = bus::client_config(c, &node_id);
+    let (shards_topic, events_topic) = (bus::shards_topic(c), bus::events_topic(c));
+    bus::topics::ensure(
+        &kafka,
+        &[shards_topic, events_topic.clone()],
+        count,
+        c.replication_factor,
+    )
+    .await?;
+    let producer: FutureProducer = kafka
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()
+        .map_err(BusError::from)?;
+    let lag = Arc::new(AtomicI64::new(0));
+    let feed = bus::feed::consumer(
+        kafka.clone(),
+        &events_topic,
+        count,
+        c.fetch_wait_ms,
+        lag.clone(),
+    )?;
+    let feed = tokio::spawn(bus::feed::run(feed, hub.clone()));
+    let token = auth
+        .mint(
+            Role::Admin,
+            &format!("node:{node_id}"),
+            10 * 365 * 24 * 3600,
+        )
+        .map_err(|e| StartError::Config(format!("node token: {e}")))?;
+    let dir = Arc::new(Directory::new(
+        count,
+        DirectorySettings {
+            node_id: node_id.clone(),
+            advertise: c.advertise(listen),
+            token,
+            wait: Duration::from_millis(c.forward_wait_ms),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            call_timeout: Duration::from_millis(c.forward_timeout_ms),
+            refresh: Duration::from_millis(c.refresh_ms.max(50)),
+        },
+        tokio::runtime::Handle::current(),
+    ));
+    router.attach_directory(dir.clone());
+    let live = Arc::new(bus::live::KafkaLive::new(
+        producer.clone(),
+        events_topic.clone(),
+        count,
+    ));
+    let relay = Arc::new(bus::relay::Relay::new(
+        store.clone(),
+        producer,
+        events_topic,
+        dir.clone(),
+    ));
+    tracing::info!(node = %node_id, advertise = %c.advertise(listen), brokers = %c.brokers, "joining the cluster");
+    Ok((
+        Fanout::Cluster { hub, live },
+        ClusterParts {
+            kafka,
+            dir,
+            relay,
+            lag,
+        },
+        feed,
+    ))
+}
+
+/// Re-arms the deadlines of every order waiting in a timed status (a single node owns them
+/// all; a cluster node re-arms those of each shard it is assigned).
+async fn recover(store: &Store, timers: &Addr<TimerActor>) -> Result<(), StoreError> {
     let timed = [
         OrderStatus::PendingPayment,
         OrderStatus::Paid,
@@ -197,31 +361,38 @@ async fn recover(
             since: o.updated_at,
         });
     }
-    let mut n_dispatch = 0;
-    if dispatch {
-        // Loading a rider actor tells the dispatcher where it is; loading an accepted order
-        // hands it to the dispatcher.
-        for id in store.online_riders().await? {
-            let _ = router.send(&id, GetRider).await;
-        }
-        for o in store.orders_in(&[OrderStatus::Accepted], None).await? {
-            if o.rider_id.is_none() {
-                n_dispatch += 1;
-                dispatcher.do_send(OrderChanged {
-                    order: o,
-                    previous_rider: None,
-                });
-            }
-        }
-    }
-    if n_timed + n_dispatch > 0 {
-        tracing::info!(
-            deadlines = n_timed,
-            dispatch = n_dispatch,
-            "recovered deadlines and dispatch"
-        );
+    if n_timed > 0 {
+        tracing::info!(deadlines = n_timed, "recovered deadlines");
     }
     Ok(())
+}
+
+/// Samples the age of the oldest order in each non-terminal status every 15 s (the "orders
+/// stuck in one status" alert reads it).
+async fn sample_order_ages(store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        match store.oldest_by_status().await {
+            Ok(rows) => {
+                let now = crate::domain::now_ms();
+                for s in crate::actors::order_machine::ALL_STATUSES {
+                    if s.is_terminal() {
+                        continue;
+                    }
+                    let age = rows
+                        .iter()
+                        .find(|(st, _)| *st == s)
+                        .map_or(0.0, |(_, t)| (now - t).max(0) as f64 / 1000.0);
+                    crate::metrics::ORDERS_OLDEST_IN_STATUS
+                        .with_label_values(&[s.as_str()])
+                        .set(age);
+                }
+            }
+            Err(StoreError::Closed) => return,
+            Err(e) => tracing::debug!(error = %e, "order age sample failed"),
+        }
+    }
 }
 
 /// Starts a node, serves until `shutdown`, then shuts it down cleanly.

@@ -5,8 +5,8 @@ mod common;
 
 use common::{Resp, TestApp};
 use serde_json::json;
-use waimai::actors::order::{CrashOrder, GetOrder};
 use waimai::domain::{Caller, Role};
+use waimai::messages::{CrashOrder, GetOrder};
 
 fn assert_error(r: &Resp, status: u16, code: &str) {
     assert_eq!(r.status, status, "body: {}", r.body);

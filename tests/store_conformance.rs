@@ -26,7 +26,7 @@ use waimai::store::{Store, StoreError, Write};
 async fn open(db: Db) -> Store {
     let url = fresh_db(db).await;
     let cfg = common::config(&url, LockBackendKind::Local);
-    let store = Store::connect(&cfg.store)
+    let store = Store::connect(&cfg.store, cfg.shards.count)
         .await
         .unwrap_or_else(|e| panic!("{db:?}: connect to {url}: {e}"));
     store
@@ -123,6 +123,10 @@ fn order(id: &str, merchant_id: &str) -> Order {
             lat: 31.230416,
             lng: 121.473701,
         },
+        pickup: Some(Location {
+            lat: 31.2291,
+            lng: 121.4582,
+        }),
         version: 1,
         created_at: 1_700_000_000_123,
         updated_at: 1_700_000_000_123,

@@ -7,138 +7,23 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler,
     ResponseActFuture, Supervised, WrapFuture,
 };
-use serde::{Deserialize, Serialize};
 
 use super::lock::{AcquireLease, LeaseLost, ReleaseLease};
 use super::shard::{Shard, Slot};
 use super::{Deps, Entity, Idleness, Loaded, Stop};
-use crate::cluster::Routed;
-use crate::domain::{now_ms, Caller, Location, Role};
+use crate::domain::{now_ms, Caller, Role};
 use crate::error::{Error, Result};
 use crate::lock::Lease;
+use crate::messages::{
+    GetMerchant, MerchantView, RegisterMerchant, Reservation, ReserveStock, RestockItems, SetMenu,
+    SetOpen, SettleReservation, StockFence, UnreserveStock,
+};
 use crate::metrics;
 use crate::model::{MenuItem, Merchant, OrderLine, OutboxEvent};
-use crate::store::Write;
-
-// ---- messages ----
-
-/// Creates the merchant (admin).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<MerchantView>")]
-pub struct RegisterMerchant {
-    /// Who asks.
-    pub caller: Caller,
-    /// Display name.
-    pub name: String,
-    /// Pickup point.
-    pub location: Location,
-}
-
-/// Replaces the menu (stock included).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<MerchantView>")]
-pub struct SetMenu {
-    /// Who asks.
-    pub caller: Caller,
-    /// The whole new menu.
-    pub items: Vec<MenuItem>,
-}
-
-/// Opens or closes the merchant.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<MerchantView>")]
-pub struct SetOpen {
-    /// Who asks.
-    pub caller: Caller,
-    /// Open for orders?
-    pub open: bool,
-}
-
-/// Reads the merchant with its menu and stock.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<MerchantView>")]
-pub struct GetMerchant;
-
-/// Reserves stock for an order (from the order actor).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Reservation>")]
-pub struct ReserveStock {
-    /// (sku, qty) pairs.
-    pub lines: Vec<(String, i64)>,
-}
-
-/// Gives an unwritten reservation back (its order was not persisted).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<()>")]
-pub struct UnreserveStock {
-    /// The reserved lines.
-    pub lines: Vec<OrderLine>,
-    /// The store disagreed with memory: reload the stock from the store.
-    pub resync: bool,
-}
-
-/// A reservation was written by its order: no longer in flight.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<()>")]
-pub struct SettleReservation;
-
-/// The fencing token to release stock with (from an order actor about to cancel).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<i64>")]
-pub struct StockFence;
-
-/// Stock was given back in the store by a cancelled order: add it to memory.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<()>")]
-pub struct RestockItems {
-    /// The released lines.
-    pub lines: Vec<OrderLine>,
-}
-
-macro_rules! routed {
-    ($($msg:ty => $reply:ty),* $(,)?) => {$(
-        impl Routed for $msg {
-            type Reply = $reply;
-            type Actor = MerchantActor;
-        }
-    )*};
-}
-
-routed! {
-    RegisterMerchant => MerchantView,
-    SetMenu => MerchantView,
-    SetOpen => MerchantView,
-    GetMerchant => MerchantView,
-    ReserveStock => Reservation,
-    UnreserveStock => (),
-    SettleReservation => (),
-    StockFence => i64,
-    RestockItems => (),
-}
-
-/// A merchant with its menu, as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MerchantView {
-    /// The profile.
-    #[serde(flatten)]
-    pub merchant: Merchant,
-    /// The menu with current available stock.
-    pub menu: Vec<MenuItem>,
-}
-
-/// Reserved stock, priced.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reservation {
-    /// The priced lines (one per SKU).
-    pub lines: Vec<OrderLine>,
-    /// Sum over the lines.
-    pub total_cents: i64,
-    /// The fencing token the order must write the stock decrement with.
-    pub fence: i64,
-}
+use crate::store::{ShardEpoch, Write};
 
 // ---- actor ----
 
@@ -159,6 +44,8 @@ pub struct MerchantActor {
     id: String,
     /// Node services.
     deps: Deps,
+    /// The shard epoch every write carries (cluster).
+    fence: Option<ShardEpoch>,
     /// Persisted state once loaded.
     state: Loaded<State>,
     /// The stock lease while held.
@@ -167,19 +54,23 @@ pub struct MerchantActor {
     in_flight: usize,
     /// Passivation bookkeeping.
     idle: Idleness,
+    /// When the first `Stop` arrived while reservations were still in flight.
+    stopping_since: Option<std::time::Instant>,
 }
 
 impl Entity for MerchantActor {
     const KIND: &'static str = "merchant";
 
-    fn fresh(id: String, deps: Deps) -> Self {
+    fn fresh(id: String, deps: Deps, fence: Option<ShardEpoch>) -> Self {
         MerchantActor {
             id,
             deps,
+            fence,
             state: Loaded::Loading,
             lease: None,
             in_flight: 0,
             idle: Idleness::new(),
+            stopping_since: None,
         }
     }
 
@@ -348,31 +239,44 @@ impl MerchantActor {
                 expected_version: v,
             },
         };
-        let store = self.deps.store.clone();
+        let (deps, shard) = (self.deps.clone(), self.fence);
         Box::pin(
-            async move { store.commit(vec![first, Write::Event(ev)]).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    match res {
-                        Ok(()) => match &mut act.state {
-                            Loaded::Present(s) => s.merchant = next,
-                            _ => {
-                                act.state = Loaded::Present(State {
-                                    merchant: next,
-                                    menu: BTreeMap::new(),
-                                    max_fence: 0,
-                                })
-                            }
-                        },
-                        Err(e) => {
-                            if matches!(e, crate::store::StoreError::VersionConflict { .. }) {
-                                ctx.stop(); // another writer: reload rather than overwrite
-                            }
-                            return Err(e.into());
+            async move {
+                let res = deps
+                    .store
+                    .commit_fenced(shard, vec![first, Write::Event(ev)])
+                    .await;
+                if let Err(e) = &res {
+                    super::on_fenced(&deps, e);
+                }
+                res
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                match res {
+                    Ok(()) => match &mut act.state {
+                        Loaded::Present(s) => s.merchant = next,
+                        _ => {
+                            act.state = Loaded::Present(State {
+                                merchant: next,
+                                menu: BTreeMap::new(),
+                                max_fence: 0,
+                            })
                         }
+                    },
+                    Err(e) => {
+                        if matches!(
+                            e,
+                            crate::store::StoreError::VersionConflict { .. }
+                                | crate::store::StoreError::Fenced { .. }
+                        ) {
+                            ctx.stop(); // another writer: reload rather than overwrite
+                        }
+                        return Err(e.into());
                     }
-                    act.view()
-                }),
+                }
+                act.view()
+            }),
         )
     }
 
@@ -421,6 +325,7 @@ impl MerchantActor {
             lines: out,
             total_cents: total,
             fence,
+            pickup: s.merchant.location,
         })
     }
 }
@@ -513,7 +418,7 @@ impl Handler<SetMenu> for MerchantActor {
         if let Err(e) = self.loaded(ctx).and_then(|_| may_manage(&msg.caller, &id)) {
             return ready(Err(e));
         }
-        let store = self.deps.store.clone();
+        let (deps, shard) = (self.deps.clone(), self.fence);
         let items = msg.items;
         let fut = self.with_lease(ctx).then(move |fence, act, _ctx| {
             let plan = fence.and_then(|fence| {
@@ -546,7 +451,11 @@ impl Handler<SetMenu> for MerchantActor {
             });
             async move {
                 let writes = plan?;
-                store.commit(writes).await.map_err(Error::from)
+                let res = deps.store.commit_fenced(shard, writes).await;
+                if let Err(e) = &res {
+                    super::on_fenced(&deps, e);
+                }
+                res.map_err(Error::from)
             }
             .into_actor(act)
             .map(move |res, act, _ctx| {
@@ -653,7 +562,12 @@ impl Handler<Stop> for MerchantActor {
     type Result = ();
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        if self.in_flight == 0 {
+        let since = *self
+            .stopping_since
+            .get_or_insert_with(std::time::Instant::now);
+        if self.in_flight == 0 || since.elapsed() >= self.deps.settings.stop_grace {
+            // Past the grace, a reservation still unwritten is settled by the store: its order
+            // writes under the old fence, which a later lease holder's fence refuses.
             ctx.stop();
         } else {
             // Orders are still writing reservations made under our lease: let them land first.

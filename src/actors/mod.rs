@@ -3,7 +3,6 @@
 //! Every entity actor loads its state from the store when it starts (its mailbox waits meanwhile),
 //! persists each change before it replies, and is restarted from the store if a handler panics.
 
-pub mod dispatcher;
 pub mod lock;
 pub mod merchant;
 pub mod order;
@@ -11,6 +10,7 @@ pub mod order_machine;
 pub mod rider;
 pub mod shard;
 pub mod timers;
+pub mod zone;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +18,10 @@ use std::time::Duration;
 use actix::{Actor, Addr, Context, Handler, Message, Supervised};
 
 use crate::cluster::Router;
-use crate::config::Config;
-use crate::store::Store;
+use crate::config::{Config, ZoneConfig};
+use crate::domain::Location;
+use crate::realtime::Fanout;
+use crate::store::{ShardEpoch, Store};
 
 /// What every entity actor needs from the node, shared: each of a million live actors holds one
 /// pointer rather than its own clones (an actix `Addr` clone allocates twice).
@@ -33,10 +35,8 @@ pub struct Services {
     pub router: Router,
     /// Stock leases.
     pub lock: Addr<lock::LockActor>,
-    /// Live events to websockets.
-    pub hub: crate::realtime::Hub,
-    /// Matches accepted orders with riders.
-    pub dispatcher: Addr<dispatcher::Dispatcher>,
+    /// Live events to websockets (this node's hub, or every node's through the events topic).
+    pub events: Fanout,
     /// Order deadlines.
     pub timers: Addr<timers::TimerActor>,
     /// Lifecycle settings.
@@ -54,6 +54,58 @@ pub struct Settings {
     pub dispatch: bool,
     /// At most one `rider_location` event per order per this interval.
     pub location_interval: Duration,
+    /// The dispatch zones.
+    pub zones: Zones,
+    /// Dispatch settings (zones use them).
+    pub dispatch_cfg: crate::config::DispatchConfig,
+    /// How long a merchant asked to stop waits for reservations still being written.
+    pub stop_grace: Duration,
+}
+
+/// The dispatch zones, in config order: a point belongs to the first that contains it.
+#[derive(Debug, Clone)]
+pub struct Zones(Vec<ZoneConfig>);
+
+impl Zones {
+    /// From the config; an empty list means one zone, `city`, covering everything.
+    pub fn new(zones: &[ZoneConfig]) -> Self {
+        if zones.is_empty() {
+            return Zones(vec![ZoneConfig {
+                id: "city".into(),
+                bounds: None,
+            }]);
+        }
+        Zones(zones.to_vec())
+    }
+
+    /// The zone a point is in: the first that contains it, else the last (the catch-all).
+    pub fn of(&self, at: Location) -> &str {
+        self.0
+            .iter()
+            .find(|z| match z.bounds {
+                None => true,
+                Some([min_lat, min_lng, max_lat, max_lng]) => {
+                    (min_lat..=max_lat).contains(&at.lat) && (min_lng..=max_lng).contains(&at.lng)
+                }
+            })
+            .or_else(|| self.0.last())
+            .map_or("city", |z| z.id.as_str())
+    }
+
+    /// Whether `id` names a zone.
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.iter().any(|z| z.id == id)
+    }
+
+    /// Every zone id.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|z| z.id.as_str())
+    }
+
+    /// The catch-all zone (orders without a recorded pickup point go there).
+    pub fn fallback(&self) -> &str {
+        self.0.last().map_or("city", |z| z.id.as_str())
+    }
 }
 
 impl Settings {
@@ -64,6 +116,10 @@ impl Settings {
             terminal_idle: Duration::from_millis(cfg.shards.terminal_idle_ms),
             dispatch: cfg.dispatch.enabled,
             location_interval: Duration::from_millis(cfg.realtime.location_interval_ms),
+            zones: Zones::new(&cfg.dispatch.zones),
+            dispatch_cfg: cfg.dispatch.clone(),
+            stop_grace: Duration::from_millis(cfg.lock.lease_ms / 3)
+                .max(Duration::from_millis(100)),
         }
     }
 
@@ -86,14 +142,29 @@ pub(crate) fn ask_passivation<A: Entity>(deps: &Deps, id: &str) {
 
 /// An actor a shard owns: created on demand by id, supervised, passivated when idle.
 pub trait Entity: Actor<Context = Context<Self>> + Supervised + Handler<Stop> {
-    /// `order`, `merchant` or `rider`, for metrics and logs.
+    /// `order`, `merchant`, `rider` or `zone`, for metrics and logs.
     const KIND: &'static str;
-    /// A fresh, not yet loaded actor for `id`.
-    fn fresh(id: String, deps: Deps) -> Self;
+    /// A fresh, not yet loaded actor for `id`. In a cluster, `fence` is the shard and epoch
+    /// its node holds the shard under; every write the actor makes carries it.
+    fn fresh(id: String, deps: Deps, fence: Option<ShardEpoch>) -> Self;
     /// This kind's registry inside a shard.
     fn registry(
         shard: &mut shard::Shard,
     ) -> &mut std::collections::HashMap<String, shard::Slot<Self>>;
+}
+
+/// What an entity actor does when the store refuses its write because its shard moved to
+/// another node (its node was fenced): the node gives the shard up at once, and the error
+/// tells the router to look for the new owner.
+pub(crate) fn on_fenced(deps: &Deps, e: &crate::store::StoreError) {
+    if let crate::store::StoreError::Fenced { shard, epoch } = e {
+        tracing::warn!(
+            shard,
+            epoch,
+            "fenced: another node claimed this shard; giving it up"
+        );
+        deps.router.give_up(*shard, *epoch);
+    }
 }
 
 /// Sent by the shard after it forgot the actor: finish what is queued, then stop.

@@ -5,98 +5,23 @@
 use std::time::Instant;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler,
     Supervised, WrapFuture,
 };
-use serde::Serialize;
 
-use super::dispatcher::OrderChanged;
-use super::merchant::{ReserveStock, RestockItems, SettleReservation, StockFence, UnreserveStock};
 use super::order_machine::{frees_rider, releases_stock, transition, OrderEvent, OrderStatus};
-use super::rider::{ClaimRider, FreeRider};
 use super::shard::{Shard, Slot, Terminal};
 use super::timers::Arm;
 use super::{guard, Deps, Entity, Loaded, Stop};
-use crate::cluster::{Routed, Router};
-use crate::domain::{now_ms, Caller, Location, Role};
+use crate::domain::{now_ms, Caller, Role};
 use crate::error::{Error, Result};
+use crate::messages::{
+    ChangeOrder, ClaimRider, CrashOrder, FreeRider, GetOrder, OrderChanged, PlaceOrder, Placed,
+    ReserveStock, RestockItems, SettleReservation, StockFence, UnreserveStock,
+};
 use crate::metrics;
 use crate::model::{Order, OutboxEvent};
-use crate::realtime::Topic;
-use crate::store::{Store, StoreError, Write};
-
-// ---- messages ----
-
-/// Places the order this actor stands for (the id is new, or derived from an idempotency key).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Placed>")]
-pub struct PlaceOrder {
-    /// The customer.
-    pub caller: Caller,
-    /// Where to order from.
-    pub merchant_id: String,
-    /// (sku, qty) pairs.
-    pub items: Vec<(String, i64)>,
-    /// Where to deliver.
-    pub deliver_to: Location,
-    /// Hash of the request when an idempotency key was given.
-    pub request_hash: Option<String>,
-}
-
-/// The outcome of `PlaceOrder`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Placed {
-    /// The order.
-    pub order: Order,
-    /// True when an earlier request with the same idempotency key created it.
-    pub replayed: bool,
-}
-
-/// Reads the order.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Order>")]
-pub struct GetOrder {
-    /// Who asks.
-    pub caller: Caller,
-}
-
-/// Moves the order by `event`.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Order>")]
-pub struct ChangeOrder {
-    /// Who asks.
-    pub caller: Caller,
-    /// What happens.
-    pub event: OrderEvent,
-    /// The merchant or rider named in the request path, or the rider to assign.
-    pub party: Option<String>,
-    /// Refuse (with `Conflict`) unless the order is at this version: timers use it so a
-    /// deadline never fires on an order that has moved on.
-    pub expected_version: Option<i64>,
-}
-
-/// Test hook: makes the actor panic inside its handler, as a bug would.
-#[doc(hidden)]
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Order>")]
-pub struct CrashOrder;
-
-impl Routed for PlaceOrder {
-    type Reply = Placed;
-    type Actor = OrderActor;
-}
-impl Routed for GetOrder {
-    type Reply = Order;
-    type Actor = OrderActor;
-}
-impl Routed for ChangeOrder {
-    type Reply = Order;
-    type Actor = OrderActor;
-}
-impl Routed for CrashOrder {
-    type Reply = Order;
-    type Actor = OrderActor;
-}
+use crate::store::{ShardEpoch, StoreError, Write};
 
 // ---- actor ----
 
@@ -106,6 +31,8 @@ pub struct OrderActor {
     id: String,
     /// Node services.
     deps: Deps,
+    /// The shard epoch every write carries (cluster).
+    fence: Option<ShardEpoch>,
     /// Persisted state once loaded.
     state: Loaded<Order>,
 }
@@ -113,10 +40,11 @@ pub struct OrderActor {
 impl Entity for OrderActor {
     const KIND: &'static str = "order";
 
-    fn fresh(id: String, deps: Deps) -> Self {
+    fn fresh(id: String, deps: Deps, fence: Option<ShardEpoch>) -> Self {
         OrderActor {
             id,
             deps,
+            fence,
             state: Loaded::Loading,
         }
     }
@@ -302,7 +230,8 @@ impl OrderActor {
 
 /// Persists `event` applied to `o` (the stock release fenced with `fence`, if any).
 async fn commit_step(
-    store: &Store,
+    deps: &Deps,
+    shard: Option<ShardEpoch>,
     o: &Order,
     event: OrderEvent,
     rider: Option<String>,
@@ -336,12 +265,15 @@ async fn commit_step(
         event_type: "order_status_changed".into(),
         payload: serde_json::json!({
             "order_id": o.id, "merchant_id": o.merchant_id, "customer_id": o.customer_id,
-            "rider_id": next.rider_id, "event": event, "from": o.status, "to": to,
-            "version": next.version,
+            "rider_id": next.rider_id, "previous_rider_id": o.rider_id, "event": event,
+            "from": o.status, "to": to, "version": next.version, "order": next,
         }),
         created_at: next.updated_at,
     }));
-    store.commit(writes).await?;
+    if let Err(e) = deps.store.commit_fenced(shard, writes).await {
+        super::on_fenced(deps, &e);
+        return Err(e.into());
+    }
     metrics::ORDER_TRANSITIONS
         .with_label_values(&[o.status.as_str(), to.as_str()])
         .inc();
@@ -350,7 +282,8 @@ async fn commit_step(
 
 /// Runs a planned change: claim, fence, commit, and for a refund the provider's confirmation.
 /// Returns every committed step (the order after it, oldest first) and the outcome.
-async fn run_plan(router: Router, store: Store, plan: &Plan) -> (Vec<Order>, Result<()>) {
+async fn run_plan(deps: Deps, shard: Option<ShardEpoch>, plan: &Plan) -> (Vec<Order>, Result<()>) {
+    let router = &deps.router;
     let o = &plan.current;
     if let Some(rider) = &plan.claim {
         if let Err(e) = router
@@ -373,7 +306,7 @@ async fn run_plan(router: Router, store: Store, plan: &Plan) -> (Vec<Order>, Res
     } else {
         None
     };
-    let first = match commit_step(&store, o, plan.event, plan.claim.clone(), fence).await {
+    let first = match commit_step(&deps, shard, o, plan.event, plan.claim.clone(), fence).await {
         Ok(n) => n,
         Err(e) => return (Vec::new(), Err(e)),
     };
@@ -381,83 +314,45 @@ async fn run_plan(router: Router, store: Store, plan: &Plan) -> (Vec<Order>, Res
         return (vec![first], Ok(()));
     }
     // The simulated payment provider confirms refunds at once; a real one answers later.
-    match commit_step(&store, &first, OrderEvent::RefundCompleted, None, None).await {
+    match commit_step(
+        &deps,
+        shard,
+        &first,
+        OrderEvent::RefundCompleted,
+        None,
+        None,
+    )
+    .await
+    {
         Ok(done) => (vec![first, done], Ok(())),
         Err(e) => (vec![first], Err(e)),
     }
 }
 
-/// Tells the rest of the node about a committed change, from inside the actor so that one
+/// Tells the rest of the system about a committed change, from inside the actor so that one
 /// order's announcements follow its commit order: live sockets (order, merchant and rider
-/// topics), the order's deadline, and dispatch.
+/// topics), the order's deadline, and its zone's dispatcher.
 fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
-    let from = before.map(|b| b.status);
-    let hub = &deps.hub;
-    let order_ref = Some((after.id.as_str(), Some(after.version), Some(after.status)));
-    hub.publish(Topic::Order(after.id.clone()), "status", order_ref, || {
-        serde_json::json!({
-            "order_id": after.id, "version": after.version, "status": after.status,
-            "from": from, "rider_id": after.rider_id,
-        })
-    });
-    if from.is_some() {
-        let kind = match after.status {
-            OrderStatus::Paid => "new_order",
-            OrderStatus::Cancelled | OrderStatus::Refunding | OrderStatus::Refunded => {
-                "order_cancelled"
-            }
-            _ => "order_updated",
-        };
-        hub.publish(
-            Topic::Merchant(after.merchant_id.clone()),
-            kind,
-            order_ref,
-            || {
-                let mut body = serde_json::json!({
-                    "order_id": after.id, "merchant_id": after.merchant_id,
-                    "version": after.version, "status": after.status, "from": from,
-                    "rider_id": after.rider_id,
-                });
-                if kind == "new_order" {
-                    body["order"] = serde_json::to_value(after).unwrap_or_default();
-                }
-                body
-            },
-        );
-    }
-    let rider = after
-        .rider_id
-        .as_ref()
-        .or_else(|| before.and_then(|b| b.rider_id.as_ref()));
-    if let Some(rider) = rider {
-        let kind = if after.status == OrderStatus::RiderAssigned
-            && from != Some(OrderStatus::RiderAssigned)
-        {
-            "assigned"
-        } else {
-            "order_updated"
-        };
-        hub.publish(Topic::Rider(rider.clone()), kind, order_ref, || {
-            serde_json::json!({
-                "order_id": after.id, "rider_id": rider, "version": after.version,
-                "status": after.status, "pickup_merchant_id": after.merchant_id,
-                "dropoff": after.deliver_to,
-            })
-        });
-    }
+    deps.events.order_changed(before, after);
     deps.timers.do_send(Arm {
         order_id: after.id.clone(),
         version: after.version,
         status: after.status,
         since: after.updated_at,
     });
+    let from = before.map(|b| b.status);
     if deps.settings.dispatch
         && (after.status == OrderStatus::Accepted || from == Some(OrderStatus::Accepted))
     {
-        deps.dispatcher.do_send(OrderChanged {
-            order: after.clone(),
-            previous_rider: before.and_then(|b| b.rider_id.clone()),
-        });
+        let zones = &deps.settings.zones;
+        let zone = after.pickup.map_or(zones.fallback(), |p| zones.of(p));
+        deps.router.notify(
+            zone,
+            OrderChanged {
+                order: after.clone(),
+                previous_rider: before.and_then(|b| b.rider_id.clone()),
+            },
+        );
     }
 }
 
@@ -477,10 +372,9 @@ impl Handler<ChangeOrder> for OrderActor {
                 ))));
             }
         };
-        let router = self.deps.router.clone();
-        let store = self.deps.store.clone();
+        let (deps, shard) = (self.deps.clone(), self.fence);
         let fut = async move {
-            let (committed, outcome) = run_plan(router, store, &plan).await;
+            let (committed, outcome) = run_plan(deps, shard, &plan).await;
             (plan, committed, outcome)
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
@@ -521,7 +415,7 @@ impl Handler<ChangeOrder> for OrderActor {
                         },
                     );
                 }
-                if let Err(Error::Unavailable(_)) = &outcome {
+                if let Err(Error::Unavailable(_) | Error::NotOwner(_)) = &outcome {
                     if committed.is_none() {
                         // Possibly a lost version check: reload from the store before the next message.
                         ctx.stop();
@@ -562,10 +456,10 @@ impl Handler<PlaceOrder> for OrderActor {
         if msg.caller.role != Role::Customer {
             return ready(Err(Error::Forbidden("only customers place orders".into())));
         }
-        let router = self.deps.router.clone();
-        let store = self.deps.store.clone();
+        let (deps, shard) = (self.deps.clone(), self.fence);
         let id = self.id.clone();
         let fut = async move {
+            let router = &deps.router;
             let r = router
                 .send(
                     &msg.merchant_id,
@@ -584,6 +478,7 @@ impl Handler<PlaceOrder> for OrderActor {
                 items: r.lines.clone(),
                 total_cents: r.total_cents,
                 deliver_to: msg.deliver_to,
+                pickup: Some(r.pickup),
                 version: 1,
                 created_at: now,
                 updated_at: now,
@@ -603,7 +498,7 @@ impl Handler<PlaceOrder> for OrderActor {
                 payload: serde_json::to_value(&order).unwrap_or_default(),
                 created_at: now,
             }));
-            match store.commit(writes).await {
+            match deps.store.commit_fenced(shard, writes).await {
                 Ok(()) => {
                     router.notify(&order.merchant_id, SettleReservation);
                     metrics::ORDER_TRANSITIONS
@@ -612,6 +507,7 @@ impl Handler<PlaceOrder> for OrderActor {
                     Ok(order)
                 }
                 Err(e) => {
+                    super::on_fenced(&deps, &e);
                     let resync = matches!(
                         e,
                         StoreError::InsufficientStock { .. } | StoreError::StaleFence { .. }
@@ -639,8 +535,8 @@ impl Handler<PlaceOrder> for OrderActor {
                         })
                     }
                     Err(e) => {
-                        if matches!(e, Error::Conflict(_)) {
-                            ctx.stop(); // the row exists after all: reload it
+                        if matches!(e, Error::Conflict(_) | Error::NotOwner(_)) {
+                            ctx.stop(); // the row exists after all, or moved: reload it
                         }
                         Err(e)
                     }

@@ -2,100 +2,22 @@
 //! memory (they arrive every few seconds); status changes are persisted with the latest position.
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message,
-    ResponseActFuture, Supervised, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler,
+    ResponseActFuture, ResponseFuture, Supervised, WrapFuture,
 };
 
-use super::dispatcher::RiderState;
 use super::shard::{Shard, Slot};
 use super::{Deps, Entity, Idleness, Loaded, Stop};
-use crate::cluster::Routed;
-use crate::domain::{now_ms, Caller, Location, Role};
+use crate::domain::{now_ms, Caller, Role};
 use crate::error::{Error, Result};
+use crate::messages::{
+    AnswerOffer, ClaimRider, CurrentOffer, FreeRider, GetRider, GoOffline, GoOnline, Offer,
+    RegisterRider, ReportToZone, RiderState, UpdateLocation, ZoneAnswer, ZoneOffer,
+};
 use crate::metrics;
-use crate::model::{OutboxEvent, Rider};
+use crate::model::{Order, OutboxEvent, Rider};
 use crate::realtime::Topic;
-use crate::store::{StoreError, Write};
-
-// ---- messages ----
-
-/// Creates the rider (admin).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Rider>")]
-pub struct RegisterRider {
-    /// Who asks.
-    pub caller: Caller,
-    /// Display name.
-    pub name: String,
-}
-
-/// The rider starts taking work at `location`.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Rider>")]
-pub struct GoOnline {
-    /// Who asks.
-    pub caller: Caller,
-    /// Where the rider is.
-    pub location: Location,
-}
-
-/// The rider stops taking work (refused while carrying an order).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Rider>")]
-pub struct GoOffline {
-    /// Who asks.
-    pub caller: Caller,
-}
-
-/// A position update.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Rider>")]
-pub struct UpdateLocation {
-    /// Who asks.
-    pub caller: Caller,
-    /// Where the rider is now.
-    pub location: Location,
-}
-
-/// Reads the rider.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Rider>")]
-pub struct GetRider;
-
-/// Makes the rider busy with an order (from the order actor, when assigning).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Rider>")]
-pub struct ClaimRider {
-    /// The order.
-    pub order_id: String,
-}
-
-/// Frees the rider from an order (delivered, released or cancelled).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<()>")]
-pub struct FreeRider {
-    /// The order.
-    pub order_id: String,
-}
-
-macro_rules! routed {
-    ($($msg:ty => $reply:ty),* $(,)?) => {$(
-        impl Routed for $msg {
-            type Reply = $reply;
-            type Actor = RiderActor;
-        }
-    )*};
-}
-
-routed! {
-    RegisterRider => Rider,
-    GoOnline => Rider,
-    GoOffline => Rider,
-    UpdateLocation => Rider,
-    GetRider => Rider,
-    ClaimRider => Rider,
-    FreeRider => (),
-}
+use crate::store::{ShardEpoch, StoreError, Write};
 
 // ---- actor ----
 
@@ -105,8 +27,12 @@ pub struct RiderActor {
     id: String,
     /// Node services.
     deps: Deps,
+    /// The shard epoch every write carries (cluster).
+    fence: Option<ShardEpoch>,
     /// Persisted state once loaded (location may be newer than the store's).
     state: Loaded<Rider>,
+    /// The dispatch zone last told about this rider (the one that may hold its offer).
+    zone: Option<String>,
     /// Passivation bookkeeping.
     idle: Idleness,
     /// When trackers last got this rider's position.
@@ -119,11 +45,13 @@ pub struct RiderActor {
 impl Entity for RiderActor {
     const KIND: &'static str = "rider";
 
-    fn fresh(id: String, deps: Deps) -> Self {
+    fn fresh(id: String, deps: Deps, fence: Option<ShardEpoch>) -> Self {
         RiderActor {
             id,
             deps,
+            fence,
             state: Loaded::Loading,
+            zone: None,
             idle: Idleness::new(),
             last_push: None,
             trailing: false,
@@ -188,19 +116,41 @@ impl RiderActor {
         );
     }
 
-    /// Tells the dispatcher where this rider is and whether it can take work.
-    fn tell_dispatch(&self) {
+    /// Tells the rider's dispatch zone where it is and whether it can take work (and the zone
+    /// it just left, that it is gone from there).
+    fn tell_dispatch(&mut self) {
         if !self.deps.settings.dispatch {
             return;
         }
-        if let Loaded::Present(r) = &self.state {
-            self.deps.dispatcher.do_send(RiderState {
-                rider_id: r.id.clone(),
-                online: r.online,
-                busy: r.current_order.is_some(),
-                location: r.location,
-            });
+        let Loaded::Present(r) = &self.state else {
+            return;
+        };
+        let zone = r
+            .location
+            .map(|l| self.deps.settings.zones.of(l).to_string());
+        if let Some(old) = self.zone.as_ref().filter(|old| Some(*old) != zone.as_ref()) {
+            self.deps.router.notify(
+                old,
+                RiderState {
+                    rider_id: r.id.clone(),
+                    online: false,
+                    busy: r.current_order.is_some(),
+                    location: r.location,
+                },
+            );
         }
+        if let Some(zone) = &zone {
+            self.deps.router.notify(
+                zone,
+                RiderState {
+                    rider_id: r.id.clone(),
+                    online: r.online,
+                    busy: r.current_order.is_some(),
+                    location: r.location,
+                },
+            );
+        }
+        self.zone = zone;
     }
 
     /// Sends the position to whoever tracks the order this rider carries, at most once per
@@ -225,7 +175,7 @@ impl RiderActor {
             return;
         }
         self.last_push = Some(std::time::Instant::now());
-        self.deps.hub.publish(
+        self.deps.events.live(
             Topic::Order(order.clone()),
             "rider_location",
             Some((order.as_str(), None, None)),
@@ -280,23 +230,32 @@ impl RiderActor {
             }),
             created_at: now_ms(),
         });
-        let store = self.deps.store.clone();
+        let (deps, shard) = (self.deps.clone(), self.fence);
         Box::pin(
-            async move { store.commit(vec![first, ev]).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| match res {
-                    Ok(()) => {
-                        act.state = Loaded::Present(next.clone());
-                        act.tell_dispatch();
-                        Ok(next)
+            async move {
+                let res = deps.store.commit_fenced(shard, vec![first, ev]).await;
+                if let Err(e) = &res {
+                    super::on_fenced(&deps, e);
+                }
+                res
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(()) => {
+                    act.state = Loaded::Present(next.clone());
+                    act.tell_dispatch();
+                    Ok(next)
+                }
+                Err(e) => {
+                    if matches!(
+                        e,
+                        StoreError::VersionConflict { .. } | StoreError::Fenced { .. }
+                    ) {
+                        ctx.stop();
                     }
-                    Err(e) => {
-                        if matches!(e, StoreError::VersionConflict { .. }) {
-                            ctx.stop();
-                        }
-                        Err(e.into())
-                    }
-                }),
+                    Err(e.into())
+                }
+            }),
         )
     }
 
@@ -445,6 +404,71 @@ impl Handler<FreeRider> for RiderActor {
             Ok(())
         });
         AtomicResponse::new(Box::pin(fut.map(|r, _, _| r.map(|_| ()))))
+    }
+}
+
+impl RiderActor {
+    /// The zone that holds this rider's offers, or an error naming why there is none.
+    fn zone_or_refuse(&mut self, ctx: &mut Context<Self>, caller: &Caller) -> Result<String> {
+        self.current(ctx)?;
+        if !caller.is(Role::Rider, &self.id) {
+            return Err(Error::Forbidden(
+                "only the rider the offer was made to may answer it".into(),
+            ));
+        }
+        self.zone
+            .clone()
+            .ok_or_else(|| Error::Conflict(format!("rider {} holds no open offer", self.id)))
+    }
+}
+
+impl Handler<AnswerOffer> for RiderActor {
+    // Not atomic: accepting assigns the order, which claims this very rider.
+    type Result = ResponseFuture<Result<Order>>;
+
+    fn handle(&mut self, msg: AnswerOffer, ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        let zone = match self.zone_or_refuse(ctx, &msg.caller) {
+            Ok(z) => z,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let router = self.deps.router.clone();
+        Box::pin(async move { router.send(&zone, ZoneAnswer(msg)).await })
+    }
+}
+
+impl Handler<CurrentOffer> for RiderActor {
+    type Result = ResponseFuture<Result<Option<Offer>>>;
+
+    fn handle(&mut self, msg: CurrentOffer, ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        if let Err(e) = self.current(ctx) {
+            return Box::pin(async move { Err(e) });
+        }
+        let Some(zone) = self.zone.clone() else {
+            return Box::pin(async { Ok(None) });
+        };
+        let router = self.deps.router.clone();
+        Box::pin(async move {
+            router
+                .send(
+                    &zone,
+                    ZoneOffer {
+                        rider_id: msg.rider_id,
+                    },
+                )
+                .await
+        })
+    }
+}
+
+impl Handler<ReportToZone> for RiderActor {
+    type Result = Result<()>;
+
+    fn handle(&mut self, _: ReportToZone, ctx: &mut Context<Self>) -> Self::Result {
+        self.current(ctx)?;
+        self.tell_dispatch();
+        Ok(())
     }
 }
 

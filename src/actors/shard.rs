@@ -1,6 +1,12 @@
 //! The shard supervisor: owns the entity actors whose id hashes to its shard, starts them on demand
 //! (they load themselves from the store), supervises them (a panicking actor is restarted from its
 //! persisted state with its mailbox intact) and passivates the idle ones.
+//!
+//! In a cluster every node has a supervisor for every shard, but only the owner's *serves*: it
+//! is told `Assign { epoch }` when its node claimed the shard and `Revoke` when the node hands it
+//! over (all its actors are stopped first, each after answering what it had queued). A message
+//! reaching a supervisor that does not serve is refused with `NotOwner`, or, for notifications,
+//! routed on to the owner.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -13,10 +19,12 @@ use actix::{
 use super::merchant::MerchantActor;
 use super::order::OrderActor;
 use super::rider::RiderActor;
+use super::zone::ZoneActor;
 use super::{Deps, Entity, Stop};
 use crate::cluster::Routed;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics;
+use crate::store::ShardEpoch;
 
 /// A live actor in a shard's registry.
 pub struct Slot<A: Actor> {
@@ -40,6 +48,12 @@ pub struct Shard {
     pub(crate) merchants: HashMap<String, Slot<MerchantActor>>,
     /// Live rider actors by id.
     pub(crate) riders: HashMap<String, Slot<RiderActor>>,
+    /// Live dispatch zones by id.
+    pub(crate) zones: HashMap<String, Slot<ZoneActor>>,
+    /// Whether this node serves the shard (always, on a single node).
+    serving: bool,
+    /// The epoch this node claimed the shard under (cluster only).
+    epoch: Option<i64>,
 }
 
 /// A message for entity `id`, as the router hands it to the shard.
@@ -48,6 +62,28 @@ pub struct Envelope<M> {
     pub id: String,
     /// The message.
     pub msg: M,
+    /// If the shard no longer serves, route the message on instead of refusing it (for
+    /// notifications, whose sender does not wait for an answer).
+    pub bounce: bool,
+}
+
+/// The node claimed the shard under `epoch` (`None` on a single node): start serving.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Assign {
+    /// The claim's epoch.
+    pub epoch: Option<i64>,
+}
+
+/// Stop serving: every actor answers what it has queued and stops; replies once all have (or
+/// `grace` has passed). With `epoch`, only if the shard is still held under that epoch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Revoke {
+    /// Only revoke this claim (a fenced actor's); `None` = whatever is held.
+    pub epoch: Option<i64>,
+    /// The longest to wait for actors to stop.
+    pub grace: std::time::Duration,
 }
 
 impl<M: Routed> Message for Envelope<M> {
@@ -83,14 +119,18 @@ pub struct Drain;
 pub struct CountActors;
 
 impl Shard {
-    /// A shard with no live actors.
-    pub fn new(index: u32, deps: Deps) -> Self {
+    /// A shard with no live actors, serving from the start (a single node) or not until its
+    /// node claims it (a cluster).
+    pub fn new(index: u32, deps: Deps, serving: bool) -> Self {
         Shard {
             index,
             deps,
             orders: HashMap::new(),
             merchants: HashMap::new(),
             riders: HashMap::new(),
+            zones: HashMap::new(),
+            serving,
+            epoch: None,
         }
     }
 
@@ -103,7 +143,11 @@ impl Shard {
         }
         let deps = self.deps.clone();
         let owned = id.to_string();
-        let addr = Supervisor::start(move |_| A::fresh(owned, deps));
+        let fence = self.epoch.map(|epoch| ShardEpoch {
+            shard: self.index,
+            epoch,
+        });
+        let addr = Supervisor::start(move |_| A::fresh(owned, deps, fence));
         let slot = Slot {
             addr: addr.clone(),
             last: Instant::now(),
@@ -156,6 +200,19 @@ impl<M: Routed> Handler<Envelope<M>> for Shard {
     type Result = ResponseFuture<Result<M::Reply>>;
 
     fn handle(&mut self, env: Envelope<M>, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.serving {
+            let shard = self.index;
+            if env.bounce {
+                // A notification for a shard that moved: send it after its entity.
+                let router = self.deps.router.clone();
+                if let Some(dir) = router.directory().cloned() {
+                    dir.spawn(async move {
+                        let _ = router.send(&env.id, env.msg).await;
+                    });
+                }
+            }
+            return Box::pin(async move { Err(Error::NotOwner(shard)) });
+        }
         let addr: Addr<M::Actor> = self.get_or_start(&env.id);
         let reply = addr.send(env.msg);
         Box::pin(async move { reply.await.map_err(crate::Error::from).and_then(|r| r) })
@@ -170,6 +227,7 @@ impl Handler<Idle> for Shard {
             OrderActor::KIND => self.forget::<OrderActor>(&msg.id),
             MerchantActor::KIND => self.forget::<MerchantActor>(&msg.id),
             RiderActor::KIND => self.forget::<RiderActor>(&msg.id),
+            ZoneActor::KIND => self.forget::<ZoneActor>(&msg.id),
             _ => {}
         }
     }
@@ -185,30 +243,65 @@ impl Handler<Terminal> for Shard {
     }
 }
 
+impl Shard {
+    /// Forgets every actor and sends each `Stop` (behind what it has queued); resolves once
+    /// all have stopped: orders first (their commits settle merchants' reservations), then
+    /// merchants, riders and zones.
+    fn stop_everyone(&mut self) -> impl std::future::Future<Output = ()> {
+        fn stops<A: Entity>(
+            reg: &mut HashMap<String, Slot<A>>,
+        ) -> Vec<actix::dev::Request<A, Stop>> {
+            let n = reg.len() as i64;
+            metrics::ACTORS_ACTIVE.with_label_values(&[A::KIND]).sub(n);
+            reg.drain().map(|(_, s)| s.addr.send(Stop)).collect()
+        }
+        let orders = stops(&mut self.orders);
+        let merchants = stops(&mut self.merchants);
+        let riders = stops(&mut self.riders);
+        let zones = stops(&mut self.zones);
+        async move {
+            futures::future::join_all(orders).await;
+            futures::future::join_all(merchants).await;
+            futures::future::join_all(riders).await;
+            futures::future::join_all(zones).await;
+        }
+    }
+}
+
 impl Handler<Drain> for Shard {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
-        let orders: Vec<_> = self
-            .orders
-            .drain()
-            .map(|(_, s)| s.addr.send(Stop))
-            .collect();
-        let merchants: Vec<_> = self
-            .merchants
-            .drain()
-            .map(|(_, s)| s.addr.send(Stop))
-            .collect();
-        let riders: Vec<_> = self
-            .riders
-            .drain()
-            .map(|(_, s)| s.addr.send(Stop))
-            .collect();
+        let stopped = self.stop_everyone();
         ctx.stop();
+        Box::pin(stopped)
+    }
+}
+
+impl Handler<Assign> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Assign, _ctx: &mut Context<Self>) {
+        self.serving = true;
+        self.epoch = msg.epoch;
+    }
+}
+
+impl Handler<Revoke> for Shard {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Revoke, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.serving || (msg.epoch.is_some() && msg.epoch != self.epoch) {
+            return Box::pin(async {});
+        }
+        self.serving = false;
+        self.epoch = None;
+        let stopped = self.stop_everyone();
+        let (shard, grace) = (self.index, msg.grace);
         Box::pin(async move {
-            futures::future::join_all(orders).await;
-            futures::future::join_all(merchants).await;
-            futures::future::join_all(riders).await;
+            if tokio::time::timeout(grace, stopped).await.is_err() {
+                tracing::warn!(shard, "actors did not stop within the handoff grace");
+            }
         })
     }
 }

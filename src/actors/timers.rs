@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message};
 
-use super::order::ChangeOrder;
 use super::order_machine::{OrderEvent, OrderStatus};
 use crate::cluster::Router;
 use crate::config::TimersConfig;
 use crate::domain::{now_ms, Caller};
 use crate::error::Error;
+use crate::messages::ChangeOrder;
 use crate::metrics;
 
 // ---- messages ----
@@ -35,6 +35,15 @@ pub struct Arm {
     pub status: OrderStatus,
     /// When it entered it.
     pub since: i64,
+}
+
+/// Drops the deadlines of orders in `shards` (this node handed them over; their new owner
+/// re-arms them from the store).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ForgetShards {
+    /// The shards handed over.
+    pub shards: Vec<u32>,
 }
 
 /// How many deadlines are armed (tests, metrics).
@@ -182,6 +191,17 @@ impl Handler<Arm> for TimerActor {
                 self.fire_due(ctx);
             }
         }
+    }
+}
+
+impl Handler<ForgetShards> for TimerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForgetShards, _ctx: &mut Context<Self>) {
+        let router = &self.router;
+        let gone: std::collections::HashSet<u32> = msg.shards.into_iter().collect();
+        self.heap
+            .retain(|Reverse(d)| !gone.contains(&router.shard_of(&d.order_id)));
     }
 }
 

@@ -65,6 +65,7 @@ impl ApiError {
                 Error::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
                 Error::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", None),
                 Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+                Error::NotOwner(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_moving", None),
             },
         }
     }

@@ -12,14 +12,14 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::{ApiError, ApiState};
-use crate::actors::dispatcher::AnswerOffer;
 use crate::actors::lock::PingLocks;
-use crate::actors::merchant::{GetMerchant, RegisterMerchant, SetMenu, SetOpen};
-use crate::actors::order::{ChangeOrder, GetOrder, PlaceOrder};
 use crate::actors::order_machine::OrderEvent;
-use crate::actors::rider::{GetRider, GoOffline, GoOnline, RegisterRider, UpdateLocation};
-use crate::domain::{new_id, Caller, Location};
+use crate::domain::{new_id, now_ms, Caller, Location, Role};
 use crate::error::Error;
+use crate::messages::{
+    AnswerOffer, ChangeOrder, GetMerchant, GetOrder, GetRider, GoOffline, GoOnline, PlaceOrder,
+    RegisterMerchant, RegisterRider, SetMenu, SetOpen, UpdateLocation,
+};
 use crate::model::MenuItem;
 
 type Outcome = Result<Response, ApiError>;
@@ -80,16 +80,109 @@ pub(super) async fn readyz(st: Arc<ApiState>) -> Outcome {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
+    // A cluster node is ready once the group has given it its first assignment and it knows
+    // an owner for every shard.
+    let cluster = match &st.cluster {
+        None => Ok(()),
+        Some(c) if !c.joined.load(std::sync::atomic::Ordering::Acquire) => {
+            Err("has not joined the group yet".to_string())
+        }
+        Some(c) if !c.dir.complete() => Err("does not know an owner for every shard".to_string()),
+        Some(_) => Ok(()),
+    };
     let body = serde_json::json!({
         "store": store.as_ref().err().map(String::as_str).unwrap_or("ok"),
         "lock": lock.as_ref().err().map(String::as_str).unwrap_or("ok"),
+        "cluster": cluster.as_ref().err().map(String::as_str)
+            .unwrap_or(if st.cluster.is_some() { "ok" } else { "off" }),
     });
-    if store.is_ok() && lock.is_ok() {
+    if store.is_ok() && lock.is_ok() && cluster.is_ok() {
         Ok(json(StatusCode::OK, &body))
     } else {
-        let reason = format!("not ready: store={}, lock={}", body["store"], body["lock"]);
+        let reason = format!(
+            "not ready: store={}, lock={}, cluster={}",
+            body["store"], body["lock"], body["cluster"]
+        );
         Err(Error::Unavailable(reason).into())
     }
+}
+
+/// `GET /v1/cluster` (admin): the members, each shard's owner and epoch, each node's lag.
+pub(super) async fn cluster(st: Arc<ApiState>, auth: Option<String>) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    if !caller.is_admin() {
+        return Err(Error::Forbidden("only an admin may read the cluster's state".into()).into());
+    }
+    let Some(c) = &st.cluster else {
+        let shards: Vec<_> = (0..st.router.shard_count())
+            .map(|s| serde_json::json!({ "shard": s, "owner": st.node_id, "epoch": null }))
+            .collect();
+        return Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "enabled": false, "node_id": st.node_id,
+                "members": [{ "node_id": st.node_id, "addr": null, "alive": true, "lag": 0 }],
+                "shards": shards,
+            }),
+        ));
+    };
+    let nodes = st.store.nodes().await.map_err(Error::from)?;
+    let owners = c.dir.owners();
+    let now = now_ms();
+    let members: Vec<_> = nodes
+        .iter()
+        .filter(|n| now - n.last_seen <= 10 * c.alive_ms)
+        .map(|n| {
+            let owned = owners
+                .iter()
+                .flatten()
+                .filter(|o| o.node_id == n.node_id)
+                .count();
+            serde_json::json!({
+                "node_id": n.node_id, "addr": n.addr, "alive": now - n.last_seen <= c.alive_ms,
+                "last_seen": n.last_seen, "started_at": n.started_at, "lag": n.lag,
+                "shards": owned,
+            })
+        })
+        .collect();
+    let shards: Vec<_> = owners
+        .iter()
+        .enumerate()
+        .map(|(i, o)| match o {
+            Some(o) => serde_json::json!({
+                "shard": i, "owner": o.node_id, "addr": o.addr, "epoch": o.epoch,
+            }),
+            None => serde_json::json!({ "shard": i, "owner": null, "addr": null, "epoch": null }),
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "enabled": true, "node_id": st.node_id,
+            "joined": c.joined.load(std::sync::atomic::Ordering::Acquire),
+            "serving": c.dir.serving().len(), "members": members, "shards": shards,
+        }),
+    ))
+}
+
+/// `GET /internal/v1/link` (websocket): another node of the cluster opens its peer link.
+pub(super) async fn peer_link(
+    st: Arc<ApiState>,
+    ws: warp::ws::Ws,
+    auth: Option<String>,
+) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    if !(caller.role == Role::Admin && caller.id.starts_with("node:")) {
+        return Err(Error::Forbidden("only cluster nodes may open a peer link".into()).into());
+    }
+    if st.cluster.is_none() {
+        return Err(Error::not_found("route", "internal/v1/link").into());
+    }
+    let router = st.router.clone();
+    Ok(ws
+        .max_message_size(8 * 1024 * 1024)
+        .on_upgrade(move |socket| crate::cluster::link::serve(socket, router))
+        .into_response())
 }
 
 // ---- merchants ----
@@ -364,15 +457,17 @@ pub(super) async fn rider_offer(
         _ => return Err(Error::not_found("route", action).into()),
     };
     let order = st
-        .dispatcher
-        .send(AnswerOffer {
-            caller,
-            rider_id: rid,
-            order_id: oid,
-            accept,
-        })
-        .await
-        .map_err(Error::from)??;
+        .router
+        .send(
+            &rid.clone(),
+            AnswerOffer {
+                caller,
+                rider_id: rid,
+                order_id: oid,
+                accept,
+            },
+        )
+        .await?;
     Ok(json(StatusCode::OK, &order))
 }
 
@@ -423,7 +518,12 @@ pub(super) async fn create_order(
         }
     }
     check_location(&req.deliver_to)?;
-    let (id, hash) = match &key {
+    // The request hash is kept with the order: a retry of this very request (same id, same
+    // hash) is answered with the order it made, even when the first answer was lost between
+    // nodes; a key reused for another body is refused.
+    let canonical = serde_json::to_vec(&req).map_err(|e| invalid(e.to_string()))?;
+    let hash = Some(hex::encode(Sha256::digest(canonical)));
+    let id = match &key {
         Some(k) => {
             if k.is_empty() || k.len() > 255 {
                 return Err(ApiError::BadHeader(
@@ -431,11 +531,9 @@ pub(super) async fn create_order(
                 ));
             }
             let ns = format!("{}\n{}", caller.id, k);
-            let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, ns.as_bytes()).to_string();
-            let canonical = serde_json::to_vec(&req).map_err(|e| invalid(e.to_string()))?;
-            (id, Some(hex::encode(Sha256::digest(canonical))))
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, ns.as_bytes()).to_string()
         }
-        None => (new_id(), None),
+        None => new_id(),
     };
     let placed = st
         .router

@@ -36,10 +36,12 @@ pub struct ApiState {
     pub auth: Auth,
     /// Live events for websockets.
     pub hub: crate::realtime::Hub,
-    /// Offers and their answers.
-    pub dispatcher: Addr<crate::actors::dispatcher::Dispatcher>,
     /// Websocket settings.
     pub realtime: crate::config::RealtimeConfig,
+    /// The node's view of its cluster (`None` on a single node).
+    pub cluster: Option<Arc<crate::cluster::ClusterStatus>>,
+    /// This node's id.
+    pub node_id: String,
 }
 
 /// Runs a handler, turning its error into a response and recording latency by route and status.
@@ -222,6 +224,18 @@ pub fn routes(
             )
         });
 
+    let cluster = warp::path!("v1" / "cluster")
+        .and(warp::get())
+        .and(st.clone())
+        .and(bearer)
+        .then(|s, a| timed("GET /v1/cluster", handlers::cluster(s, a)));
+    let link = warp::path!("internal" / "v1" / "link")
+        .and(warp::get())
+        .and(st.clone())
+        .and(warp::ws())
+        .and(bearer)
+        .then(|s, w, a| timed("GET /internal/v1/link", handlers::peer_link(s, w, a)));
+
     let query = warp::query::<std::collections::HashMap<String, String>>();
     let track = warp::path!("v1" / "orders" / String / "track")
         .and(warp::get())
@@ -297,6 +311,8 @@ pub fn routes(
         track.boxed(),
         merchant_feed.boxed(),
         rider_feed.boxed(),
+        cluster.boxed(),
+        link.boxed(),
     ];
     rest.into_iter()
         .fold(healthz.boxed(), |acc, r| acc.or(r).unify().boxed())

@@ -20,12 +20,10 @@ use warp::ws::{Message, WebSocket, Ws};
 use warp::Reply;
 
 use super::{ApiError, ApiState};
-use crate::actors::dispatcher::{AnswerOffer, CurrentOffer};
-use crate::actors::order::{ChangeOrder, GetOrder};
 use crate::actors::order_machine::{OrderEvent, OrderStatus};
-use crate::actors::rider::{GetRider, UpdateLocation};
 use crate::domain::{now_ms, Caller, Location, Role};
 use crate::error::Error;
+use crate::messages::{AnswerOffer, ChangeOrder, CurrentOffer, GetOrder, GetRider, UpdateLocation};
 use crate::metrics;
 use crate::realtime::{Event, Subscription, Topic};
 
@@ -185,12 +183,14 @@ pub(super) async fn rider_feed(
     let min_seq = st.hub.last_seq();
     let rider = st.router.send(&id, GetRider).await?;
     let offer = st
-        .dispatcher
-        .send(CurrentOffer {
-            rider_id: id.clone(),
-        })
-        .await
-        .map_err(Error::from)?;
+        .router
+        .send(
+            &id,
+            CurrentOffer {
+                rider_id: id.clone(),
+            },
+        )
+        .await?;
     let snapshot = json!({
         "type": "snapshot", "rider_id": id, "seq": min_seq, "ts": now_ms(),
         "rider": rider, "offer": offer,
@@ -435,16 +435,17 @@ async fn command(
                 _ => return None,
             };
             let res = st
-                .dispatcher
-                .send(AnswerOffer {
-                    caller: caller.clone(),
-                    rider_id: rider_id.clone(),
-                    order_id: order_id.clone(),
-                    accept,
-                })
-                .await
-                .map_err(Error::from)
-                .and_then(|r| r);
+                .router
+                .send(
+                    rider_id,
+                    AnswerOffer {
+                        caller: caller.clone(),
+                        rider_id: rider_id.clone(),
+                        order_id: order_id.clone(),
+                        accept,
+                    },
+                )
+                .await;
             Some(match res {
                 Ok(o) => ack(&order_id, Some(o.status), Some(o.version)),
                 Err(e) => error(Some(&order_id), e.into()),

@@ -14,7 +14,8 @@ use crate::actors::order_machine::OrderStatus;
 use crate::domain::now_ms;
 
 /// What a subscription follows.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Topic {
     /// One order: `status` and `rider_location`.
     Order(String),

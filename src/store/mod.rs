@@ -27,6 +27,55 @@ use crate::model::{MenuItem, Merchant, Order, OutboxEvent, OutboxRow, Rider};
 
 pub use writer::Write;
 
+/// The shard a write belongs to and the epoch its writer holds it under: the write lands only
+/// if the shard's epoch in `shard_owners` is still this one (checked in the same transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardEpoch {
+    /// The shard.
+    pub shard: u32,
+    /// The epoch the writer's node claimed it with.
+    pub epoch: i64,
+}
+
+/// A row of `shard_owners`: who claimed a shard last, under which epoch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ShardOwner {
+    /// The shard.
+    pub shard: u32,
+    /// Bumped by every claim.
+    pub epoch: i64,
+    /// The claiming node.
+    pub node_id: String,
+    /// Its advertised base URL.
+    pub addr: String,
+}
+
+/// A row of `cluster_nodes`: a node's last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeRow {
+    /// The node.
+    pub node_id: String,
+    /// Its advertised base URL.
+    pub addr: String,
+    /// When it started, ms since the epoch.
+    pub started_at: i64,
+    /// Its last heartbeat, ms since the epoch.
+    pub last_seen: i64,
+    /// Its consumer lag on the events topic, messages.
+    pub lag: i64,
+}
+
+/// An outbox row waiting to be shipped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unshipped {
+    /// The row's sequence number.
+    pub seq: i64,
+    /// Its shard (of its aggregate id).
+    pub shard: u32,
+    /// The event.
+    pub event: OutboxEvent,
+}
+
 /// Which SQL dialect the URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -75,6 +124,10 @@ pub enum StoreError {
         sku: String,
         token: i64,
     },
+    /// The writer's node no longer holds the shard under the epoch the write carried: another
+    /// node claimed it since. Nothing of the change was written.
+    #[error("shard {shard} is fenced: epoch {epoch} is no longer current")]
+    Fenced { shard: u32, epoch: i64 },
     /// A stock decrement would take the stock below zero.
     #[error("insufficient stock for {merchant_id}/{sku}")]
     InsufficientStock { merchant_id: String, sku: String },
@@ -97,7 +150,8 @@ pub enum StoreError {
 
 /// Columns of an order row, in `order_from_row`'s terms.
 const ORDER_COLUMNS: &str = "id, customer_id, merchant_id, rider_id, status, items, total_cents, \
-     deliver_lat, deliver_lng, request_hash, version, created_at, updated_at";
+     deliver_lat, deliver_lng, request_hash, version, created_at, updated_at, pickup_lat, \
+     pickup_lng";
 
 /// Order-loading tasks: two rounds can be in flight while the next one queues.
 const LOADERS: usize = 2;
@@ -120,11 +174,19 @@ struct Inner {
     /// Fires once the writers have drained the queue (awaited on close so every acknowledged
     /// write is flushed).
     flushed: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    /// Number of shards: rows are stamped with the shard of their entity.
+    shards: u32,
+    /// Woken after every commit that wrote outbox rows (the relay ships them).
+    outbox: Arc<tokio::sync::Notify>,
+    /// Changes queued for the writers (for the queue-depth gauge and load shedding).
+    queued: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Store {
     /// Connects, creating the SQLite file's folder if needed, and starts the group-commit writers.
-    pub async fn connect(cfg: &StoreConfig) -> Result<Store, StoreError> {
+    /// `shards` is the shard count rows are stamped with (`shards.count`).
+    pub async fn connect(cfg: &StoreConfig, shards: u32) -> Result<Store, StoreError> {
+        let shards = shards.max(1);
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(&cfg.url)?;
         let mut url = cfg.url.clone();
@@ -179,6 +241,15 @@ impl Store {
         let (flushed, flushed_rx) = oneshot::channel();
         let batch_max = cfg.batch_max.max(1);
         let store_pool = pool.clone();
+        let outbox = Arc::new(tokio::sync::Notify::new());
+        let queued = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let writer_ctx = writer::Context {
+            backend,
+            batch_max,
+            shards,
+            outbox: outbox.clone(),
+            queued: queued.clone(),
+        };
         // The writers and loaders get a thread of their own. On the node's shared runtime each
         // statement's completion waited in the run queue behind hundreds of HTTP tasks, and a
         // batch is a chain of statements: under load the writer spent most of its time
@@ -198,7 +269,7 @@ impl Store {
                         .collect();
                     let writers = receivers
                         .into_iter()
-                        .map(|rx| writer::run(store_pool.clone(), backend, rx, batch_max));
+                        .map(|rx| writer::run(store_pool.clone(), writer_ctx.clone(), rx));
                     futures::future::join_all(writers).await;
                     let _ = flushed.send(());
                     // Reads keep working until the last handle to the store is dropped.
@@ -213,6 +284,9 @@ impl Store {
                 loader,
                 writer: std::sync::Mutex::new(Some(senders)),
                 flushed: tokio::sync::Mutex::new(Some(flushed_rx)),
+                shards,
+                outbox,
+                queued,
             }),
         })
     }
@@ -222,12 +296,42 @@ impl Store {
         self.inner.backend
     }
 
-    /// Applies the schema; idempotent.
+    /// Brings the schema up to date: applies the migrations this database has not seen, under a
+    /// migration lock (PostgreSQL advisory lock, MySQL `GET_LOCK`), so nodes that start at the
+    /// same moment on an empty database take turns instead of racing on the DDL.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        for stmt in schema::migrations(self.inner.backend) {
-            self.inner.pool.execute(*stmt).await?;
+        let b = self.inner.backend;
+        let mut conn = self.inner.pool.acquire().await?;
+        match b {
+            Backend::Postgres => {
+                conn.execute("SELECT pg_advisory_lock(7261541901)").await?;
+            }
+            Backend::MySql => {
+                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('waimai_migrate', 120)")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if got != Some(1) {
+                    return Err(StoreError::Config(
+                        "timed out waiting for the migration lock".into(),
+                    ));
+                }
+            }
+            Backend::Sqlite => {}
         }
-        Ok(())
+        let outcome = migrate_locked(&mut conn, b).await;
+        let unlock = match b {
+            Backend::Postgres => Some("SELECT pg_advisory_unlock(7261541901)"),
+            Backend::MySql => Some("SELECT RELEASE_LOCK('waimai_migrate')"),
+            Backend::Sqlite => None,
+        };
+        if let Some(sql) = unlock {
+            if let Err(e) = conn.execute(sql).await {
+                // A lock we cannot release dies with the connection.
+                tracing::warn!(error = %e, "could not release the migration lock; closing the connection");
+                let _ = sqlx::Connection::close(conn.detach()).await;
+            }
+        }
+        outcome
     }
 
     /// Checks the database answers.
@@ -238,6 +342,16 @@ impl Store {
 
     /// Applies one change atomically, batched with others (group commit). Returns once durable.
     pub async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.commit_fenced(None, writes).await
+    }
+
+    /// Like `commit`, but only while `fence`'s shard is still held under its epoch (a cluster
+    /// node writes for the shards it owns this way; a stale owner gets `Fenced`).
+    pub async fn commit_fenced(
+        &self,
+        fence: Option<ShardEpoch>,
+        writes: Vec<Write>,
+    ) -> Result<(), StoreError> {
         let sender = {
             let queues = self.inner.writer.lock().map_err(|_| StoreError::Closed)?;
             let queues = queues.as_ref().ok_or(StoreError::Closed)?;
@@ -246,11 +360,39 @@ impl Store {
             queues.get(i).ok_or(StoreError::Closed)?.clone()
         };
         let (reply, rx) = oneshot::channel();
-        sender
-            .send(writer::Job { writes, reply })
+        let queued = &self.inner.queued;
+        queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::STORE_QUEUE_DEPTH.inc();
+        if sender
+            .send(writer::Job {
+                writes,
+                fence,
+                reply,
+            })
             .await
-            .map_err(|_| StoreError::Closed)?;
+            .is_err()
+        {
+            queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::STORE_QUEUE_DEPTH.dec();
+            return Err(StoreError::Closed);
+        }
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Changes queued for the writers and not yet taken into a batch.
+    pub fn queued(&self) -> i64 {
+        self.inner.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolves after the next commit that wrote outbox rows (or at once if one happened since
+    /// the last call): the relay's wake-up.
+    pub async fn outbox_written(&self) {
+        self.inner.outbox.notified().await;
+    }
+
+    /// Number of shards rows are stamped with.
+    pub fn shard_count(&self) -> u32 {
+        self.inner.shards
     }
 
     /// Stops taking writes and waits until everything queued is committed.
@@ -454,10 +596,411 @@ impl Store {
             .collect()
     }
 
+    /// For each non-terminal status, when its oldest order entered it (ms since the epoch).
+    pub async fn oldest_by_status(&self) -> Result<Vec<(OrderStatus, i64)>, StoreError> {
+        let open: Vec<&str> = crate::actors::order_machine::ALL_STATUSES
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
+        let sql = self.sql(&format!(
+            "SELECT status, MIN(updated_at) AS oldest FROM orders WHERE status IN ({}) \
+             GROUP BY status",
+            marks(open.len())
+        ));
+        let mut q = sqlx::query(&sql);
+        for s in &open {
+            q = q.bind(*s);
+        }
+        let rows = q.fetch_all(&self.inner.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let s = text(r, "status")?;
+                let st = OrderStatus::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("status {s}")))?;
+                Ok((st, r.try_get::<i64, _>("oldest")?))
+            })
+            .collect()
+    }
+
+    // ---- cluster ----
+
+    /// Claims `shard` for `node_id`: bumps its epoch (creating the row at epoch 1) and returns
+    /// the new epoch. From then on every write fenced with an older epoch is refused. The bump
+    /// waits for writers that checked the old epoch to commit (they hold the row in share
+    /// mode), so no write of the previous owner lands after it.
+    pub async fn claim_shard(
+        &self,
+        shard: u32,
+        node_id: &str,
+        addr: &str,
+    ) -> Result<i64, StoreError> {
+        let now = crate::domain::now_ms();
+        for _ in 0..5 {
+            let mut tx = self.inner.pool.begin().await?;
+            let sql = self.sql(
+                "UPDATE shard_owners SET epoch = epoch + 1, node_id = ?, addr = ?, updated_at = ? \
+                 WHERE shard = ?",
+            );
+            let done = sqlx::query(&sql)
+                .bind(node_id)
+                .bind(addr)
+                .bind(now)
+                .bind(i64::from(shard))
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                let sql = self.sql(
+                    "INSERT INTO shard_owners (shard, epoch, node_id, addr, updated_at) \
+                     VALUES (?, 1, ?, ?, ?)",
+                );
+                let inserted = sqlx::query(&sql)
+                    .bind(i64::from(shard))
+                    .bind(node_id)
+                    .bind(addr)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await;
+                if let Err(e) = inserted {
+                    let _ = tx.rollback().await;
+                    if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
+                        continue; // another node created it first: bump theirs
+                    }
+                    return Err(e.into());
+                }
+            }
+            let sql = self.sql("SELECT epoch FROM shard_owners WHERE shard = ?");
+            let epoch: i64 = sqlx::query_scalar(&sql)
+                .bind(i64::from(shard))
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(epoch);
+        }
+        Err(StoreError::Config(format!(
+            "could not claim shard {shard}: its row keeps changing"
+        )))
+    }
+
+    /// Every claimed shard's owner.
+    pub async fn shard_owners(&self) -> Result<Vec<ShardOwner>, StoreError> {
+        let rows = sqlx::query("SELECT shard, epoch, node_id, addr FROM shard_owners")
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ShardOwner {
+                    shard: u32::try_from(r.try_get::<i64, _>("shard")?)
+                        .map_err(|e| StoreError::Corrupt(format!("shard: {e}")))?,
+                    epoch: r.try_get("epoch")?,
+                    node_id: text(r, "node_id")?,
+                    addr: text(r, "addr")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Orders of `shards` in one of `statuses` (their deadlines are re-armed by a node that
+    /// takes the shards over).
+    pub async fn orders_of_shards(
+        &self,
+        shards: &[u32],
+        statuses: &[OrderStatus],
+    ) -> Result<Vec<Order>, StoreError> {
+        if shards.is_empty() || statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = self.sql(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE shard IN ({}) AND status IN ({}) \
+             ORDER BY created_at",
+            marks(shards.len()),
+            marks(statuses.len())
+        ));
+        let mut q = sqlx::query(&sql);
+        for s in shards {
+            q = q.bind(i64::from(*s));
+        }
+        for s in statuses {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(&self.inner.pool).await?;
+        rows.iter().map(order_from_row).collect()
+    }
+
+    /// Up to `limit` outbox rows of `shards` not shipped yet, oldest first.
+    pub async fn unshipped(
+        &self,
+        shards: &[u32],
+        limit: usize,
+    ) -> Result<Vec<Unshipped>, StoreError> {
+        if shards.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = self.sql(&format!(
+            "SELECT seq, shard, aggregate_type, aggregate_id, event_type, payload, created_at \
+             FROM outbox WHERE published = 0 AND shard IN ({}) ORDER BY seq LIMIT {}",
+            marks(shards.len()),
+            limit.max(1)
+        ));
+        let mut q = sqlx::query(&sql);
+        for s in shards {
+            q = q.bind(i64::from(*s));
+        }
+        let rows = q.fetch_all(&self.inner.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let payload = text(r, "payload")?;
+                Ok(Unshipped {
+                    seq: r.try_get("seq")?,
+                    shard: u32::try_from(r.try_get::<i64, _>("shard")?)
+                        .map_err(|e| StoreError::Corrupt(format!("shard: {e}")))?,
+                    event: OutboxEvent {
+                        aggregate_type: text(r, "aggregate_type")?,
+                        aggregate_id: text(r, "aggregate_id")?,
+                        event_type: text(r, "event_type")?,
+                        payload: serde_json::from_str(&payload)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        created_at: r.try_get("created_at")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Marks outbox rows as shipped.
+    pub async fn mark_shipped(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        for chunk in seqs.chunks(500) {
+            let sql = self.sql(&format!(
+                "UPDATE outbox SET published = 1 WHERE seq IN ({})",
+                marks(chunk.len())
+            ));
+            let mut q = sqlx::query(&sql);
+            for s in chunk {
+                q = q.bind(*s);
+            }
+            q.execute(&self.inner.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// How many outbox rows of `shards` wait to be shipped, and when the oldest was written.
+    pub async fn outbox_backlog(&self, shards: &[u32]) -> Result<(i64, Option<i64>), StoreError> {
+        if shards.is_empty() {
+            return Ok((0, None));
+        }
+        let sql = self.sql(&format!(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox \
+             WHERE published = 0 AND shard IN ({})",
+            marks(shards.len())
+        ));
+        let mut q = sqlx::query(&sql);
+        for s in shards {
+            q = q.bind(i64::from(*s));
+        }
+        let r = q.fetch_one(&self.inner.pool).await?;
+        Ok((r.try_get("n")?, r.try_get("oldest")?))
+    }
+
+    /// Records that `node_id` is alive (and its consumer lag).
+    pub async fn heartbeat(&self, node: &NodeRow) -> Result<(), StoreError> {
+        let upsert = match self.inner.backend {
+            Backend::MySql => {
+                "INSERT INTO cluster_nodes (node_id, addr, started_at, last_seen, lag) \
+                 VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE addr = VALUES(addr), \
+                 started_at = VALUES(started_at), last_seen = VALUES(last_seen), lag = VALUES(lag)"
+            }
+            _ => {
+                "INSERT INTO cluster_nodes (node_id, addr, started_at, last_seen, lag) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET addr = excluded.addr, \
+                 started_at = excluded.started_at, last_seen = excluded.last_seen, \
+                 lag = excluded.lag"
+            }
+        };
+        let sql = self.sql(upsert);
+        sqlx::query(&sql)
+            .bind(&node.node_id)
+            .bind(&node.addr)
+            .bind(node.started_at)
+            .bind(node.last_seen)
+            .bind(node.lag)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every node that ever sent a heartbeat.
+    pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT node_id, addr, started_at, last_seen, lag FROM cluster_nodes")
+                .fetch_all(&self.inner.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeRow {
+                    node_id: text(r, "node_id")?,
+                    addr: text(r, "addr")?,
+                    started_at: r.try_get("started_at")?,
+                    last_seen: r.try_get("last_seen")?,
+                    lag: r.try_get("lag")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stamps rows written before shards were recorded (schema version 1) with their shard:
+    /// orders still in a non-terminal status, and outbox rows not shipped yet. Run by a cluster
+    /// node at start, so a database that served one node can serve a cluster.
+    pub async fn backfill_shards(&self) -> Result<usize, StoreError> {
+        let open: Vec<&str> = crate::actors::order_machine::ALL_STATUSES
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
+        let mut done = 0;
+        loop {
+            let sql = self.sql(&format!(
+                "SELECT id FROM orders WHERE shard IS NULL AND status IN ({}) LIMIT 2000",
+                marks(open.len())
+            ));
+            let mut q = sqlx::query(&sql);
+            for s in &open {
+                q = q.bind(*s);
+            }
+            let ids: Vec<String> = q
+                .fetch_all(&self.inner.pool)
+                .await?
+                .iter()
+                .map(|r| text(r, "id"))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                break;
+            }
+            done += ids.len();
+            let keyed: Vec<(String, String)> = ids.into_iter().map(|i| (i.clone(), i)).collect();
+            self.stamp("orders", "id", keyed).await?;
+        }
+        loop {
+            let sql = "SELECT seq, aggregate_id FROM outbox WHERE shard IS NULL AND published = 0 \
+                       LIMIT 2000";
+            let rows = sqlx::query(sql).fetch_all(&self.inner.pool).await?;
+            if rows.is_empty() {
+                break;
+            }
+            done += rows.len();
+            let keyed = rows
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<i64, _>("seq")?.to_string(),
+                        text(r, "aggregate_id")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            self.stamp("outbox", "seq", keyed).await?;
+        }
+        Ok(done)
+    }
+
+    /// Sets `shard` on the rows of `table` whose `key` is given, from the entity id beside it.
+    async fn stamp(
+        &self,
+        table: &str,
+        key: &str,
+        rows: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+        for (k, entity) in rows {
+            by_shard
+                .entry(crate::cluster::shard_of(&entity, self.inner.shards))
+                .or_default()
+                .push(k);
+        }
+        let numeric = key == "seq";
+        for (shard, keys) in by_shard {
+            for chunk in keys.chunks(500) {
+                let sql = self.sql(&format!(
+                    "UPDATE {table} SET shard = ? WHERE {key} IN ({})",
+                    marks(chunk.len())
+                ));
+                let mut q = sqlx::query(&sql).bind(i64::from(shard));
+                for k in chunk {
+                    q = if numeric {
+                        q.bind(
+                            k.parse::<i64>()
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        )
+                    } else {
+                        q.bind(k.as_str())
+                    };
+                }
+                q.execute(&self.inner.pool).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rewrites `?` placeholders for the backend (PostgreSQL wants `$1, $2, ...`).
     fn sql(&self, sql: &str) -> String {
         dialect(self.inner.backend, sql)
     }
+}
+
+/// `?, ?, ..` with `n` placeholders.
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Applies the migrations `conn`'s database has not seen; the caller holds the migration lock.
+async fn migrate_locked(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+) -> Result<(), StoreError> {
+    conn.execute(schema::version_table(backend)).await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM waimai_schema")
+        .fetch_all(&mut *conn)
+        .await?;
+    for m in schema::MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        // SQLite and PostgreSQL run DDL in transactions, so a step applies whole or not at
+        // all; MySQL commits each DDL statement by itself.
+        let transactional = backend != Backend::MySql;
+        if transactional {
+            conn.execute("BEGIN").await?;
+        }
+        let step = async {
+            for stmt in m.statements(backend) {
+                conn.execute(*stmt).await?;
+            }
+            let sql = dialect(
+                backend,
+                "INSERT INTO waimai_schema (version, name, applied_at) VALUES (?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(m.version)
+                .bind(m.name)
+                .bind(crate::domain::now_ms())
+                .execute(&mut *conn)
+                .await?;
+            Ok::<(), sqlx::Error>(())
+        };
+        match step.await {
+            Ok(()) => {
+                if transactional {
+                    conn.execute("COMMIT").await?;
+                }
+                tracing::info!(version = m.version, name = m.name, "schema migrated");
+            }
+            Err(e) => {
+                if transactional {
+                    let _ = conn.execute("ROLLBACK").await;
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rewrites `?` placeholders into the backend's form.
@@ -512,6 +1055,13 @@ fn order_from_row(r: &AnyRow) -> Result<Order, StoreError> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         request_hash: r.try_get("request_hash")?,
+        pickup: match (
+            r.try_get::<Option<f64>, _>("pickup_lat")?,
+            r.try_get::<Option<f64>, _>("pickup_lng")?,
+        ) {
+            (Some(lat), Some(lng)) => Some(Location { lat, lng }),
+            _ => None,
+        },
     })
 }
 

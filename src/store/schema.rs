@@ -1,17 +1,67 @@
-//! Per-backend schema migrations. Every statement is idempotent, so `migrate` may run on every start.
+//! Per-backend schema migrations, numbered. `Store::migrate` applies the ones a database has not
+//! seen yet (recorded in `waimai_schema`) while holding a migration lock, so several nodes
+//! starting at once on an empty database do not race on the DDL.
+//!
+//! Version 1 is the original schema; its statements are idempotent (`IF NOT EXISTS`), so
+//! databases made before versioning existed pass through it unchanged.
 
 use super::Backend;
 
-/// The DDL for one backend, in order.
-pub fn migrations(backend: Backend) -> &'static [&'static str] {
-    match backend {
-        Backend::Sqlite => SQLITE,
-        Backend::Postgres => POSTGRES,
-        Backend::MySql => MYSQL,
+/// One numbered step of the schema.
+pub struct Migration {
+    /// Applied in ascending order; recorded once applied.
+    pub version: i64,
+    /// What it is for (logged).
+    pub name: &'static str,
+    sqlite: &'static [&'static str],
+    postgres: &'static [&'static str],
+    mysql: &'static [&'static str],
+}
+
+impl Migration {
+    /// The DDL for one backend, in order.
+    pub fn statements(&self, backend: Backend) -> &'static [&'static str] {
+        match backend {
+            Backend::Sqlite => self.sqlite,
+            Backend::Postgres => self.postgres,
+            Backend::MySql => self.mysql,
+        }
     }
 }
 
-const SQLITE: &[&str] = &[
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "orders, merchants, skus, riders, outbox",
+        sqlite: SQLITE_V1,
+        postgres: POSTGRES_V1,
+        mysql: MYSQL_V1,
+    },
+    Migration {
+        version: 2,
+        name: "shard ownership and epochs, shard and pickup columns, outbox shipping",
+        sqlite: SQLITE_V2,
+        postgres: POSTGRES_V2,
+        mysql: MYSQL_V2,
+    },
+];
+
+/// The table recording applied versions.
+pub fn version_table(backend: Backend) -> &'static str {
+    match backend {
+        Backend::MySql => {
+            "CREATE TABLE IF NOT EXISTS waimai_schema (version BIGINT PRIMARY KEY, \
+             name TEXT NOT NULL, applied_at BIGINT NOT NULL) ENGINE=InnoDB"
+        }
+        _ => {
+            "CREATE TABLE IF NOT EXISTS waimai_schema (version BIGINT PRIMARY KEY, \
+             name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+        }
+    }
+}
+
+const SQLITE_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS merchants (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, lat REAL NOT NULL, lng REAL NOT NULL,
         is_open BIGINT NOT NULL, version BIGINT NOT NULL, created_at BIGINT NOT NULL)",
@@ -37,7 +87,7 @@ const SQLITE: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS outbox_aggregate ON outbox (aggregate_id)",
 ];
 
-const POSTGRES: &[&str] = &[
+const POSTGRES_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS merchants (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, lat DOUBLE PRECISION NOT NULL,
         lng DOUBLE PRECISION NOT NULL, is_open BIGINT NOT NULL, version BIGINT NOT NULL,
@@ -66,7 +116,7 @@ const POSTGRES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS outbox_aggregate ON outbox (aggregate_id)",
 ];
 
-const MYSQL: &[&str] = &[
+const MYSQL_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS merchants (
         id VARCHAR(64) PRIMARY KEY, name TEXT NOT NULL, lat DOUBLE NOT NULL, lng DOUBLE NOT NULL,
         is_open BIGINT NOT NULL, version BIGINT NOT NULL, created_at BIGINT NOT NULL)
@@ -93,4 +143,48 @@ const MYSQL: &[&str] = &[
         aggregate_id VARCHAR(64) NOT NULL, event_type VARCHAR(64) NOT NULL, payload TEXT NOT NULL,
         created_at BIGINT NOT NULL, published BIGINT NOT NULL DEFAULT 0,
         INDEX outbox_aggregate (aggregate_id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+];
+
+const SQLITE_V2: &[&str] = &[
+    "ALTER TABLE orders ADD COLUMN shard INTEGER",
+    "ALTER TABLE orders ADD COLUMN pickup_lat REAL",
+    "ALTER TABLE orders ADD COLUMN pickup_lng REAL",
+    "CREATE INDEX IF NOT EXISTS orders_shard_status ON orders (shard, status)",
+    "ALTER TABLE outbox ADD COLUMN shard INTEGER",
+    "CREATE INDEX IF NOT EXISTS outbox_unshipped ON outbox (published, shard, seq)",
+    "CREATE TABLE IF NOT EXISTS shard_owners (
+        shard INTEGER PRIMARY KEY, epoch BIGINT NOT NULL, node_id TEXT NOT NULL,
+        addr TEXT NOT NULL, updated_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS cluster_nodes (
+        node_id TEXT PRIMARY KEY, addr TEXT NOT NULL, started_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL, lag BIGINT NOT NULL)",
+];
+
+const POSTGRES_V2: &[&str] = &[
+    "ALTER TABLE orders ADD COLUMN IF NOT EXISTS shard INTEGER",
+    "ALTER TABLE orders ADD COLUMN IF NOT EXISTS pickup_lat DOUBLE PRECISION",
+    "ALTER TABLE orders ADD COLUMN IF NOT EXISTS pickup_lng DOUBLE PRECISION",
+    "CREATE INDEX IF NOT EXISTS orders_shard_status ON orders (shard, status)",
+    "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS shard INTEGER",
+    "CREATE INDEX IF NOT EXISTS outbox_unshipped ON outbox (published, shard, seq)",
+    "CREATE TABLE IF NOT EXISTS shard_owners (
+        shard INTEGER PRIMARY KEY, epoch BIGINT NOT NULL, node_id TEXT NOT NULL,
+        addr TEXT NOT NULL, updated_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS cluster_nodes (
+        node_id TEXT PRIMARY KEY, addr TEXT NOT NULL, started_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL, lag BIGINT NOT NULL)",
+];
+
+const MYSQL_V2: &[&str] = &[
+    "ALTER TABLE orders ADD COLUMN shard INT NULL, ADD COLUMN pickup_lat DOUBLE NULL,
+        ADD COLUMN pickup_lng DOUBLE NULL, ADD INDEX orders_shard_status (shard, status)",
+    "ALTER TABLE outbox ADD COLUMN shard INT NULL,
+        ADD INDEX outbox_unshipped (published, shard, seq)",
+    "CREATE TABLE IF NOT EXISTS shard_owners (
+        shard INT PRIMARY KEY, epoch BIGINT NOT NULL, node_id VARCHAR(128) NOT NULL,
+        addr VARCHAR(255) NOT NULL, updated_at BIGINT NOT NULL)
+        ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    "CREATE TABLE IF NOT EXISTS cluster_nodes (
+        node_id VARCHAR(128) PRIMARY KEY, addr VARCHAR(255) NOT NULL, started_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL, lag BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
 ];

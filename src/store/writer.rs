@@ -7,7 +7,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{dialect, Backend, StoreError};
+use super::{dialect, Backend, ShardEpoch, StoreError};
 use crate::metrics;
 use crate::model::{MenuItem, Merchant, Order, OutboxEvent, Rider};
 
@@ -76,8 +76,25 @@ impl Write {
 pub(super) struct Job {
     /// The statements, applied all or nothing.
     pub writes: Vec<Write>,
+    /// Applied only while this shard is still held under this epoch (cluster writes).
+    pub fence: Option<ShardEpoch>,
     /// Receives the outcome after the batch commits (or fails).
     pub reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// What every writer works with.
+#[derive(Clone)]
+pub(super) struct Context {
+    /// The dialect.
+    pub backend: Backend,
+    /// Most jobs in one transaction.
+    pub batch_max: usize,
+    /// Shard count: order and outbox rows are stamped with their entity's shard.
+    pub shards: u32,
+    /// Woken after a commit that wrote outbox rows.
+    pub outbox: std::sync::Arc<tokio::sync::Notify>,
+    /// Jobs queued and not yet taken (decremented as batches are taken).
+    pub queued: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Waits for the next item, then takes whatever else is already queued, up to `max` in all.
@@ -95,17 +112,15 @@ pub(super) async fn take_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Opt
 }
 
 /// Runs until the queue is closed and drained.
-pub(super) async fn run(
-    pool: AnyPool,
-    backend: Backend,
-    mut rx: mpsc::Receiver<Job>,
-    batch_max: usize,
-) {
+pub(super) async fn run(pool: AnyPool, cx: Context, mut rx: mpsc::Receiver<Job>) {
     let mut conn: Option<PoolConnection<Any>> = None;
     loop {
-        let Some(batch) = take_batch(&mut rx, batch_max).await else {
+        let Some(batch) = take_batch(&mut rx, cx.batch_max).await else {
             return;
         };
+        cx.queued
+            .fetch_sub(batch.len() as i64, std::sync::atomic::Ordering::Relaxed);
+        metrics::STORE_QUEUE_DEPTH.sub(batch.len() as i64);
         let started = Instant::now();
         let size = batch.len();
         // One connection per writer for as long as it works: its page cache (SQLite) and
@@ -116,7 +131,7 @@ pub(super) async fn run(
         };
         let outcomes = match acquired {
             Ok(mut c) => {
-                let outcomes = commit_batch(&mut c, backend, &batch).await;
+                let outcomes = commit_batch(&mut c, &cx, &batch).await;
                 if !outcomes.iter().any(connection_broken) {
                     conn = Some(c);
                 }
@@ -129,6 +144,13 @@ pub(super) async fn run(
         };
         metrics::STORE_BATCH_SIZE.observe(size as f64);
         metrics::STORE_BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
+        let wrote_events = batch
+            .iter()
+            .zip(&outcomes)
+            .any(|(j, o)| o.is_ok() && j.writes.iter().any(|w| matches!(w, Write::Event(_))));
+        if wrote_events {
+            cx.outbox.notify_one();
+        }
         for (job, outcome) in batch.into_iter().zip(outcomes) {
             if outcome.is_err() {
                 metrics::STORE_WRITE_FAILURES.inc();
@@ -159,13 +181,13 @@ const DEADLOCK_ATTEMPTS: u32 = 8;
 /// been acknowledged yet, so the whole batch is rolled back and run again.
 async fn commit_batch(
     conn: &mut AnyConnection,
-    backend: Backend,
+    cx: &Context,
     batch: &[Job],
 ) -> Vec<Result<(), StoreError>> {
     let mut attempt = 1;
     loop {
         let retry = attempt < DEADLOCK_ATTEMPTS;
-        match try_batch(conn, backend, batch, retry).await {
+        match try_batch(conn, cx, batch, retry).await {
             Some(outcomes) => return outcomes,
             None => {
                 let pause = rand::random::<u64>() % (5 * u64::from(attempt)) + 1;
@@ -188,14 +210,70 @@ fn is_deadlock(e: &StoreError) -> bool {
     }
 }
 
+/// Which jobs of a batch may be applied: a fenced job whose shard has moved to a newer epoch
+/// may not. Run first in each transaction; on PostgreSQL and MySQL the `shard_owners` rows
+/// are read in share mode, so a claim (which updates them) waits for this transaction to end,
+/// and no write of a superseded owner can land after the claim.
+async fn check_fences(
+    conn: &mut AnyConnection,
+    b: Backend,
+    batch: &[Job],
+) -> Result<Vec<bool>, StoreError> {
+    let mut shards: Vec<u32> = batch
+        .iter()
+        .filter_map(|j| j.fence.map(|f| f.shard))
+        .collect();
+    if shards.is_empty() {
+        return Ok(vec![true; batch.len()]);
+    }
+    shards.sort_unstable();
+    shards.dedup();
+    let lock = match b {
+        Backend::Postgres => " FOR SHARE",
+        Backend::MySql => " LOCK IN SHARE MODE",
+        Backend::Sqlite => "",
+    };
+    let sql = dialect(
+        b,
+        &format!(
+            "SELECT shard, epoch FROM shard_owners WHERE shard IN ({}){lock}",
+            vec!["?"; shards.len()].join(", ")
+        ),
+    );
+    let mut q = sqlx::query_as::<_, (i64, i64)>(&sql);
+    for s in &shards {
+        q = q.bind(i64::from(*s));
+    }
+    let current: std::collections::HashMap<i64, i64> =
+        q.fetch_all(&mut *conn).await?.into_iter().collect();
+    Ok(batch
+        .iter()
+        .map(|j| match j.fence {
+            None => true,
+            Some(f) => current.get(&i64::from(f.shard)) == Some(&f.epoch),
+        })
+        .collect())
+}
+
+fn fenced(job: &Job) -> StoreError {
+    match job.fence {
+        Some(f) => StoreError::Fenced {
+            shard: f.shard,
+            epoch: f.epoch,
+        },
+        None => StoreError::Closed,
+    }
+}
+
 /// One attempt at a batch. `None` means it was rolled back as a deadlock victim (only when
 /// `retry` is set) and should run again.
 async fn try_batch(
     conn: &mut AnyConnection,
-    backend: Backend,
+    cx: &Context,
     batch: &[Job],
     retry: bool,
 ) -> Option<Vec<Result<(), StoreError>>> {
+    let backend = cx.backend;
     let fail_all = |e: &sqlx::Error| {
         Some(
             batch
@@ -206,8 +284,16 @@ async fn try_batch(
     };
     let single = batch.len() == 1;
     if !single {
-        match try_bulk(conn, backend, batch).await {
-            Bulk::Committed => return Some(batch.iter().map(|_| Ok(())).collect()),
+        match try_bulk(conn, cx, batch).await {
+            Bulk::Committed(allowed) => {
+                return Some(
+                    batch
+                        .iter()
+                        .zip(allowed)
+                        .map(|(j, ok)| if ok { Ok(()) } else { Err(fenced(j)) })
+                        .collect(),
+                )
+            }
             Bulk::Deadlock if retry => return None,
             Bulk::CommitFailed(e) => return fail_all(&e),
             Bulk::Deadlock | Bulk::Fallback => {} // per-change path below finds the culprit
@@ -217,14 +303,28 @@ async fn try_batch(
         Ok(tx) => tx,
         Err(e) => return fail_all(&e),
     };
+    let allowed = match check_fences(&mut tx, backend, batch).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = tx.rollback().await;
+            if retry && is_deadlock(&e) {
+                return None;
+            }
+            return Some(batch.iter().map(|_| Err(clone_store_err(&e))).collect());
+        }
+    };
     let mut outcomes = Vec::with_capacity(batch.len());
-    for job in batch {
+    for (job, allowed) in batch.iter().zip(allowed) {
+        if !allowed {
+            outcomes.push(Err(fenced(job)));
+            continue;
+        }
         if !single {
             if let Err(e) = tx.execute("SAVEPOINT w").await {
                 return fail_all(&e);
             }
         }
-        let outcome = apply(&mut tx, backend, &job.writes).await;
+        let outcome = apply(&mut tx, cx, &job.writes).await;
         if retry && matches!(&outcome, Err(e) if is_deadlock(e)) {
             let _ = tx.rollback().await;
             return None;
@@ -253,8 +353,9 @@ async fn try_batch(
 
 /// How the optimistic bulk attempt at a batch ended.
 enum Bulk {
-    /// Every change of the batch is committed.
-    Committed,
+    /// Every change of the batch that its fence allowed is committed (`false`: fenced, not
+    /// applied).
+    Committed(Vec<bool>),
     /// Something failed and everything was rolled back: run the per-change path.
     Fallback,
     /// The database chose this transaction as a deadlock victim; rolled back.
@@ -295,7 +396,8 @@ fn multi_insert(b: Backend, head: &str, cols: usize, rows: usize) -> String {
 /// `stock + ? >= 0`, primary keys, versions) still hold for the sum. If anything fails, the
 /// whole attempt is rolled back and the batch goes through the per-change path, which reports
 /// exactly which change failed.
-async fn try_bulk(conn: &mut AnyConnection, backend: Backend, batch: &[Job]) -> Bulk {
+async fn try_bulk(conn: &mut AnyConnection, cx: &Context, batch: &[Job]) -> Bulk {
+    let backend = cx.backend;
     let mut tx: Transaction<'_, Any> = match conn.begin().await {
         Ok(tx) => tx,
         Err(_) => return Bulk::Fallback,
@@ -307,10 +409,17 @@ async fn try_bulk(conn: &mut AnyConnection, backend: Backend, batch: &[Job]) -> 
             Bulk::Fallback
         }
     };
+    let allowed = match check_fences(&mut tx, backend, batch).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = tx.rollback().await;
+            return failed(&e);
+        }
+    };
     let mut orders: Vec<&Order> = Vec::new();
     let mut events: Vec<&OutboxEvent> = Vec::new();
     let mut stock: std::collections::BTreeMap<(&str, &str, i64), i64> = Default::default();
-    for job in batch {
+    for (job, _) in batch.iter().zip(&allowed).filter(|(_, ok)| **ok) {
         for w in &job.writes {
             match w {
                 Write::InsertOrder(o) => orders.push(o),
@@ -322,7 +431,7 @@ async fn try_bulk(conn: &mut AnyConnection, backend: Backend, batch: &[Job]) -> 
                     fence,
                 } => *stock.entry((merchant_id, sku, *fence)).or_default() += delta,
                 other => {
-                    if let Err(e) = apply_one(&mut tx, backend, other).await {
+                    if let Err(e) = apply_one(&mut tx, cx, other).await {
                         let _ = tx.rollback().await;
                         return failed(&e);
                     }
@@ -330,7 +439,7 @@ async fn try_bulk(conn: &mut AnyConnection, backend: Backend, batch: &[Job]) -> 
             }
         }
     }
-    if let Err(e) = bulk_orders(&mut tx, backend, &orders).await {
+    if let Err(e) = bulk_orders(&mut tx, cx, &orders).await {
         let _ = tx.rollback().await;
         return failed(&e);
     }
@@ -354,12 +463,12 @@ async fn try_bulk(conn: &mut AnyConnection, backend: Backend, batch: &[Job]) -> 
             return failed(&e);
         }
     }
-    if let Err(e) = bulk_events(&mut tx, backend, &events).await {
+    if let Err(e) = bulk_events(&mut tx, cx, &events).await {
         let _ = tx.rollback().await;
         return failed(&e);
     }
     match tx.commit().await {
-        Ok(()) => Bulk::Committed,
+        Ok(()) => Bulk::Committed(allowed),
         Err(e) => Bulk::CommitFailed(e),
     }
 }
@@ -389,13 +498,7 @@ async fn bulk_stock(
         // MySQL has no UPDATE .. FROM VALUES (and counts only changed rows); a SKU under two
         // fences needs them applied in order. Both are rare or slower anyway: one at a time.
         for r in rows {
-            let adjust = Write::AdjustStock {
-                merchant_id: r.merchant_id.to_string(),
-                sku: r.sku.to_string(),
-                delta: r.delta,
-                fence: r.fence,
-            };
-            match apply_one(conn, b, &adjust).await {
+            match adjust_stock(conn, b, r.merchant_id, r.sku, r.delta, r.fence).await {
                 Ok(()) => {}
                 Err(StoreError::StaleFence { .. } | StoreError::InsufficientStock { .. }) => {
                     return Ok(false)
@@ -458,21 +561,40 @@ fn stock_update(b: Backend, rows: usize) -> String {
     )
 }
 
+/// Inserts orders as multi-row statements. Orders with and without a pickup point go in
+/// separate statements: a missing pickup is written as literal NULLs (see `coord`).
 async fn bulk_orders(
     conn: &mut AnyConnection,
-    b: Backend,
+    cx: &Context,
     orders: &[&Order],
 ) -> Result<(), StoreError> {
+    let (with, without): (Vec<&Order>, Vec<&Order>) =
+        orders.iter().partition(|o| o.pickup.is_some());
+    insert_orders(conn, cx, &with, true).await?;
+    insert_orders(conn, cx, &without, false).await
+}
+
+async fn insert_orders(
+    conn: &mut AnyConnection,
+    cx: &Context,
+    orders: &[&Order],
+    pickup: bool,
+) -> Result<(), StoreError> {
+    let b = cx.backend;
     let mut rest = orders;
     for n in chunk_sizes(orders.len()) {
         let (now, later) = rest.split_at(n);
         rest = later;
-        let sql = multi_insert(
+        let p = if pickup { "?" } else { "NULL" };
+        let tuple = format!("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {p}, {p})");
+        let sql = dialect(
             b,
-            "orders (id, customer_id, merchant_id, rider_id, status, items, total_cents, \
-             deliver_lat, deliver_lng, request_hash, version, created_at, updated_at)",
-            13,
-            n,
+            &format!(
+                "INSERT INTO orders (id, customer_id, merchant_id, rider_id, status, items, \
+                 total_cents, deliver_lat, deliver_lng, request_hash, version, created_at, \
+                 updated_at, shard, pickup_lat, pickup_lng) VALUES {}",
+                vec![tuple; n].join(", ")
+            ),
         );
         let mut q = sqlx::query(&sql);
         for o in now {
@@ -491,7 +613,11 @@ async fn bulk_orders(
                 .bind(&o.request_hash)
                 .bind(o.version)
                 .bind(o.created_at)
-                .bind(o.updated_at);
+                .bind(o.updated_at)
+                .bind(i64::from(crate::cluster::shard_of(&o.id, cx.shards)));
+            if let Some(l) = o.pickup {
+                q = q.bind(l.lat).bind(l.lng);
+            }
         }
         let what = match now {
             [one] => format!("order {}", one.id),
@@ -504,7 +630,7 @@ async fn bulk_orders(
 
 async fn bulk_events(
     conn: &mut AnyConnection,
-    b: Backend,
+    cx: &Context,
     events: &[&OutboxEvent],
 ) -> Result<(), StoreError> {
     let mut rest = events;
@@ -512,9 +638,9 @@ async fn bulk_events(
         let (now, later) = rest.split_at(n);
         rest = later;
         let sql = multi_insert(
-            b,
-            "outbox (aggregate_type, aggregate_id, event_type, payload, created_at)",
-            5,
+            cx.backend,
+            "outbox (aggregate_type, aggregate_id, event_type, payload, created_at, shard)",
+            6,
             n,
         );
         let mut q = sqlx::query(&sql);
@@ -524,7 +650,11 @@ async fn bulk_events(
                 .bind(&ev.aggregate_id)
                 .bind(&ev.event_type)
                 .bind(ev.payload.to_string())
-                .bind(ev.created_at);
+                .bind(ev.created_at)
+                .bind(i64::from(crate::cluster::shard_of(
+                    &ev.aggregate_id,
+                    cx.shards,
+                )));
         }
         q.execute(&mut *conn).await?;
     }
@@ -536,13 +666,17 @@ fn clone_err(e: &sqlx::Error) -> sqlx::Error {
     sqlx::Error::Protocol(e.to_string())
 }
 
-async fn apply(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    writes: &[Write],
-) -> Result<(), StoreError> {
+/// A copy of a store error for every job of a failed batch.
+fn clone_store_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Database(db) => StoreError::Database(clone_err(db)),
+        other => StoreError::Corrupt(other.to_string()),
+    }
+}
+
+async fn apply(conn: &mut AnyConnection, cx: &Context, writes: &[Write]) -> Result<(), StoreError> {
     for w in writes {
-        apply_one(conn, backend, w).await?;
+        apply_one(conn, cx, w).await?;
     }
     Ok(())
 }
@@ -554,9 +688,10 @@ fn unique(e: sqlx::Error, what: impl Into<String>) -> StoreError {
     }
 }
 
-async fn apply_one(conn: &mut AnyConnection, b: Backend, w: &Write) -> Result<(), StoreError> {
+async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<(), StoreError> {
+    let b = cx.backend;
     match w {
-        Write::InsertOrder(o) => bulk_orders(conn, b, &[o]).await?,
+        Write::InsertOrder(o) => bulk_orders(conn, cx, &[o]).await?,
         Write::UpdateOrder {
             order: o,
             expected_version,
@@ -699,35 +834,7 @@ async fn apply_one(conn: &mut AnyConnection, b: Backend, w: &Write) -> Result<()
             sku,
             delta,
             fence,
-        } => {
-            let sql = dialect(
-                b,
-                "UPDATE skus SET stock = stock + ?, fence = ? \
-                 WHERE merchant_id = ? AND sku = ? AND fence <= ? AND stock + ? >= 0",
-            );
-            let done = sqlx::query(&sql)
-                .bind(*delta)
-                .bind(*fence)
-                .bind(merchant_id)
-                .bind(sku)
-                .bind(*fence)
-                .bind(*delta)
-                .execute(&mut *conn)
-                .await?;
-            if done.rows_affected() == 0 {
-                return Err(match sku_fence(conn, b, merchant_id, sku).await? {
-                    Some(stored) if stored > *fence => StoreError::StaleFence {
-                        merchant_id: merchant_id.clone(),
-                        sku: sku.clone(),
-                        token: *fence,
-                    },
-                    _ => StoreError::InsufficientStock {
-                        merchant_id: merchant_id.clone(),
-                        sku: sku.clone(),
-                    },
-                });
-            }
-        }
+        } => adjust_stock(conn, b, merchant_id, sku, *delta, *fence).await?,
         Write::InsertRider(r) => {
             let c = coord(r.location);
             let sql = dialect(
@@ -781,7 +888,46 @@ async fn apply_one(conn: &mut AnyConnection, b: Backend, w: &Write) -> Result<()
                 });
             }
         }
-        Write::Event(ev) => bulk_events(conn, b, &[ev]).await?,
+        Write::Event(ev) => bulk_events(conn, cx, &[ev]).await?,
+    }
+    Ok(())
+}
+
+/// Adds `delta` to a SKU's stock under fence `fence`, never below zero.
+async fn adjust_stock(
+    conn: &mut AnyConnection,
+    b: Backend,
+    merchant_id: &str,
+    sku: &str,
+    delta: i64,
+    fence: i64,
+) -> Result<(), StoreError> {
+    let sql = dialect(
+        b,
+        "UPDATE skus SET stock = stock + ?, fence = ? \
+         WHERE merchant_id = ? AND sku = ? AND fence <= ? AND stock + ? >= 0",
+    );
+    let done = sqlx::query(&sql)
+        .bind(delta)
+        .bind(fence)
+        .bind(merchant_id)
+        .bind(sku)
+        .bind(fence)
+        .bind(delta)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(match sku_fence(conn, b, merchant_id, sku).await? {
+            Some(stored) if stored > fence => StoreError::StaleFence {
+                merchant_id: merchant_id.to_string(),
+                sku: sku.to_string(),
+                token: fence,
+            },
+            _ => StoreError::InsufficientStock {
+                merchant_id: merchant_id.to_string(),
+                sku: sku.to_string(),
+            },
+        });
     }
     Ok(())
 }

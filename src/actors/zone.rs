@@ -1,6 +1,10 @@
-//! The dispatcher: matches accepted orders with riders. One per node (a node serves a city, the
-//! dispatch zone); riders that are online, idle and not holding an offer live in an R-tree
-//! (`rstar`) keyed by their position, so finding the nearest one is a tree walk, not a scan.
+//! A dispatch zone: matches the zone's accepted orders with its riders. A zone is an entity like
+//! an order or a rider, owned by the shard of its id, so exactly one runs in the whole cluster;
+//! orders reach it by their pickup point, riders by their position (`Zones::of`). Riders that
+//! are online, idle and not holding an offer live in an R-tree (`rstar`) keyed by their
+//! position, so finding the nearest one is a tree walk, not a scan. A zone keeps its state in
+//! memory only: when it starts (or moves to another node) it rebuilds it, asking the online
+//! riders to report in and re-queueing the accepted orders that have no rider.
 //!
 //! An order waits in `pending` from the moment its merchant accepts it until a rider accepts its
 //! offer. Each order has at most one offer out and each rider at most one offer, so two orders
@@ -14,91 +18,26 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult,
-    ResponseActFuture, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, ResponseActFuture,
+    Supervised, WrapFuture,
 };
 use rstar::primitives::GeomWithData;
 use rstar::RTree;
-use serde::Serialize;
 
-use super::merchant::GetMerchant;
-use super::order::ChangeOrder;
 use super::order_machine::{OrderEvent, OrderStatus};
-use crate::cluster::Router;
+use super::shard::{Shard, Slot};
+use super::{Deps, Entity, Stop};
 use crate::config::DispatchConfig;
 use crate::domain::{now_ms, Caller, Location, Role};
 use crate::error::{Error, Result};
+use crate::messages::{
+    AnswerOffer, ChangeOrder, DispatchStats, GetMerchant, GetOrder, Offer, OrderChanged,
+    ReportToZone, RiderState, ZoneAnswer, ZoneOffer, ZoneStats,
+};
 use crate::metrics;
 use crate::model::Order;
-use crate::realtime::{Hub, Topic};
-
-// ---- messages ----
-
-/// A rider's dispatch-relevant state changed (from the rider actor).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct RiderState {
-    /// The rider.
-    pub rider_id: String,
-    /// Taking work.
-    pub online: bool,
-    /// Carrying an order.
-    pub busy: bool,
-    /// Last known position.
-    pub location: Option<Location>,
-}
-
-/// An order changed (from the order actor, after each committed change).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct OrderChanged {
-    /// The order after the change.
-    pub order: Order,
-    /// The rider it had before the change (a release puts it back without that rider).
-    pub previous_rider: Option<String>,
-}
-
-/// A rider answers an offer (REST or the rider's socket).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Order>")]
-pub struct AnswerOffer {
-    /// Who answers.
-    pub caller: Caller,
-    /// The rider.
-    pub rider_id: String,
-    /// The offered order.
-    pub order_id: String,
-    /// Accept (true) or decline.
-    pub accept: bool,
-}
-
-/// The offer a rider holds now, if any (for the rider feed's snapshot).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Option<Offer>")]
-pub struct CurrentOffer {
-    /// The rider.
-    pub rider_id: String,
-}
-
-/// Counts for tests and the status page: (waiting orders, indexed riders).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "(usize, usize)")]
-pub struct DispatchStats;
-
-/// An offer as riders see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Offer {
-    /// The order.
-    pub order_id: String,
-    /// Where to pick up (the merchant).
-    pub pickup: Location,
-    /// Where to deliver.
-    pub dropoff: Location,
-    /// Answer before this, ms since the epoch.
-    pub expires_at: i64,
-    /// Straight-line distance from the rider to the pickup when offered, metres.
-    pub distance_m: f64,
-}
+use crate::realtime::Topic;
+use crate::store::ShardEpoch;
 
 // ---- actor ----
 
@@ -161,10 +100,12 @@ struct Waiting {
     since: Instant,
 }
 
-/// The node's dispatcher.
-pub struct Dispatcher {
-    router: Router,
-    hub: Hub,
+/// One zone's dispatcher.
+pub struct ZoneActor {
+    /// The zone id.
+    id: String,
+    /// Node services.
+    deps: Deps,
     cfg: DispatchConfig,
     riders: HashMap<String, RiderEntry>,
     tree: RTree<Point>,
@@ -175,12 +116,14 @@ pub struct Dispatcher {
     serial: u64,
 }
 
-impl Dispatcher {
-    /// A dispatcher that assigns through `router` and tells riders through `hub`.
-    pub fn new(router: Router, hub: Hub, cfg: DispatchConfig) -> Self {
-        Dispatcher {
-            router,
-            hub,
+impl Entity for ZoneActor {
+    const KIND: &'static str = "zone";
+
+    fn fresh(id: String, deps: Deps, _fence: Option<ShardEpoch>) -> Self {
+        let cfg = deps.settings.dispatch_cfg.clone();
+        ZoneActor {
+            id,
+            deps,
             cfg,
             riders: HashMap::new(),
             tree: RTree::new(),
@@ -189,6 +132,53 @@ impl Dispatcher {
             merchants: HashMap::new(),
             serial: 0,
         }
+    }
+
+    fn registry(shard: &mut Shard) -> &mut HashMap<String, Slot<Self>> {
+        &mut shard.zones
+    }
+}
+
+impl ZoneActor {
+    /// Rebuilds the zone's view from the store: every online rider is asked to report where
+    /// it is (those in this zone do), and accepted orders without a rider are queued again.
+    /// Offers are not persisted; they are simply made again.
+    fn rebuild(&mut self, ctx: &mut Context<Self>) {
+        if !self.deps.settings.dispatch {
+            return;
+        }
+        let deps = self.deps.clone();
+        ctx.spawn(
+            async move {
+                let riders = deps.store.online_riders().await?;
+                for id in &riders {
+                    deps.router.notify(id, ReportToZone);
+                }
+                let accepted = deps.store.orders_in(&[OrderStatus::Accepted], None).await?;
+                Ok::<_, crate::store::StoreError>((riders.len(), accepted))
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| match res {
+                Ok((riders, accepted)) => {
+                    let zones = &act.deps.settings.zones;
+                    let mine: Vec<Order> = accepted
+                        .into_iter()
+                        .filter(|o| o.rider_id.is_none())
+                        .filter(|o| o.pickup.map_or(zones.fallback(), |p| zones.of(p)) == act.id)
+                        .collect();
+                    if riders + mine.len() > 0 {
+                        tracing::info!(zone = %act.id, riders, orders = mine.len(), "dispatch zone rebuilt");
+                    }
+                    for o in mine {
+                        act.order_changed(o, None, ctx);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(zone = %act.id, error = %e, "dispatch zone could not rebuild; retrying");
+                    ctx.run_later(Duration::from_secs(1), |act, ctx| act.rebuild(ctx));
+                }
+            }),
+        );
     }
 
     /// Puts a rider in or out of the tree to match its state.
@@ -255,7 +245,7 @@ impl Dispatcher {
             r.offer = Some(order_id.to_string());
         }
         self.reindex(&rider);
-        self.hub.publish(
+        self.deps.events.live(
             Topic::Rider(rider.clone()),
             "offer",
             Some((order_id, None, None)),
@@ -279,7 +269,7 @@ impl Dispatcher {
     fn withdraw(&mut self, order_id: &str, reason: &str) -> Option<String> {
         let out = self.pending.get_mut(order_id)?.offer.take()?;
         self.release_rider(&out.rider, order_id);
-        self.hub.publish(
+        self.deps.events.live(
             Topic::Rider(out.rider.clone()),
             "offer_withdrawn",
             Some((order_id, None, None)),
@@ -363,20 +353,41 @@ impl Dispatcher {
     }
 }
 
-impl Actor for Dispatcher {
+impl Actor for ZoneActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(usize::MAX >> 4);
         let every = Duration::from_millis(self.cfg.retry_ms.max(10));
         ctx.run_interval(every, |act, ctx| act.offer_waiting(None, ctx));
+        self.rebuild(ctx);
     }
 }
 
-impl Handler<RiderState> for Dispatcher {
+impl Supervised for ZoneActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        metrics::ACTOR_RESTARTS
+            .with_label_values(&[Self::KIND])
+            .inc();
+        self.riders.clear();
+        self.tree = RTree::new();
+        self.pending.clear();
+        self.queue.clear();
+    }
+}
+
+impl Handler<Stop> for ZoneActor {
     type Result = ();
 
-    fn handle(&mut self, msg: RiderState, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<RiderState> for ZoneActor {
+    type Result = Result<()>;
+
+    fn handle(&mut self, msg: RiderState, ctx: &mut Context<Self>) -> Result<()> {
         let e = self.riders.entry(msg.rider_id.clone()).or_default();
         let was = e.available();
         e.online = msg.online;
@@ -388,7 +399,7 @@ impl Handler<RiderState> for Dispatcher {
         let offered = e.offer.clone();
         if !msg.online && offered.is_none() && e.indexed.is_none() {
             self.riders.remove(&msg.rider_id);
-            return;
+            return Ok(());
         }
         // A rider who went offline or got busy elsewhere cannot keep an offer.
         if let Some(order) = offered {
@@ -408,14 +419,22 @@ impl Handler<RiderState> for Dispatcher {
         if now && !was {
             self.offer_waiting(Some(&msg.rider_id), ctx);
         }
+        Ok(())
     }
 }
 
-impl Handler<OrderChanged> for Dispatcher {
-    type Result = ();
+impl Handler<OrderChanged> for ZoneActor {
+    type Result = Result<()>;
 
-    fn handle(&mut self, msg: OrderChanged, ctx: &mut Context<Self>) {
-        let o = msg.order;
+    fn handle(&mut self, msg: OrderChanged, ctx: &mut Context<Self>) -> Result<()> {
+        self.order_changed(msg.order, msg.previous_rider, ctx);
+        Ok(())
+    }
+}
+
+impl ZoneActor {
+    /// An order entered `accepted` (queue it) or left it (withdraw its offer).
+    fn order_changed(&mut self, o: Order, previous_rider: Option<String>, ctx: &mut Context<Self>) {
         if o.status != OrderStatus::Accepted || o.rider_id.is_some() {
             if self.pending.contains_key(&o.id) {
                 let accepting = self.pending[&o.id]
@@ -429,12 +448,15 @@ impl Handler<OrderChanged> for Dispatcher {
             }
             return;
         }
-        let asked: HashSet<String> = msg.previous_rider.into_iter().collect();
-        if let Some(pickup) = self.merchants.get(&o.merchant_id).copied() {
+        let asked: HashSet<String> = previous_rider.into_iter().collect();
+        if let Some(pickup) = o
+            .pickup
+            .or_else(|| self.merchants.get(&o.merchant_id).copied())
+        {
             self.enqueue(&o, pickup, asked, ctx);
             return;
         }
-        let router = self.router.clone();
+        let router = self.deps.router.clone();
         let mid = o.merchant_id.clone();
         ctx.spawn(
             async move { router.send(&mid, GetMerchant).await }
@@ -453,11 +475,23 @@ impl Handler<OrderChanged> for Dispatcher {
     }
 }
 
-impl Handler<AnswerOffer> for Dispatcher {
+impl Handler<ZoneAnswer> for ZoneActor {
     type Result = ResponseActFuture<Self, Result<Order>>;
 
-    fn handle(&mut self, msg: AnswerOffer, ctx: &mut Context<Self>) -> Self::Result {
-        let refuse = |e: Error| -> Self::Result { Box::pin(actix::fut::ready(Err(e))) };
+    fn handle(&mut self, ZoneAnswer(msg): ZoneAnswer, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer(msg, ctx)
+    }
+}
+
+impl ZoneActor {
+    fn answer(
+        &mut self,
+        msg: AnswerOffer,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Order>> {
+        let refuse = |e: Error| -> ResponseActFuture<Self, Result<Order>> {
+            Box::pin(actix::fut::ready(Err(e)))
+        };
         if !msg.caller.is(Role::Rider, &msg.rider_id) {
             return refuse(Error::Forbidden(
                 "only the rider the offer was made to may answer it".into(),
@@ -481,14 +515,14 @@ impl Handler<AnswerOffer> for Dispatcher {
             self.withdraw(&msg.order_id, "declined");
             self.try_offer(&msg.order_id, ctx);
             self.offer_waiting(Some(&msg.rider_id), ctx);
-            let router = self.router.clone();
+            let router = self.deps.router.clone();
             let oid = msg.order_id.clone();
             return Box::pin(
                 async move {
                     router
                         .send(
                             &oid,
-                            super::order::GetOrder {
+                            GetOrder {
                                 caller: Caller::system(),
                             },
                         )
@@ -504,7 +538,7 @@ impl Handler<AnswerOffer> for Dispatcher {
         {
             o.accepting = true;
         }
-        let router = self.router.clone();
+        let router = self.deps.router.clone();
         let (oid, rid) = (msg.order_id.clone(), msg.rider_id.clone());
         Box::pin(
             async move {
@@ -547,24 +581,29 @@ impl Handler<AnswerOffer> for Dispatcher {
     }
 }
 
-impl Handler<CurrentOffer> for Dispatcher {
-    type Result = Option<Offer>;
+impl Handler<ZoneOffer> for ZoneActor {
+    type Result = Result<Option<Offer>>;
 
-    fn handle(&mut self, msg: CurrentOffer, _ctx: &mut Context<Self>) -> Option<Offer> {
-        let order = self.riders.get(&msg.rider_id)?.offer.clone()?;
-        self.pending
-            .get(&order)?
-            .offer
-            .as_ref()
+    fn handle(&mut self, msg: ZoneOffer, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(order) = self.riders.get(&msg.rider_id).and_then(|r| r.offer.clone()) else {
+            return Ok(None);
+        };
+        Ok(self
+            .pending
+            .get(&order)
+            .and_then(|w| w.offer.as_ref())
             .filter(|o| o.rider == msg.rider_id)
-            .map(|o| o.offer.clone())
+            .map(|o| o.offer.clone()))
     }
 }
 
-impl Handler<DispatchStats> for Dispatcher {
-    type Result = MessageResult<DispatchStats>;
+impl Handler<DispatchStats> for ZoneActor {
+    type Result = Result<ZoneStats>;
 
     fn handle(&mut self, _: DispatchStats, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult((self.pending.len(), self.tree.size()))
+        Ok(ZoneStats {
+            waiting: self.pending.len(),
+            available: self.tree.size(),
+        })
     }
 }
