@@ -56,7 +56,10 @@ pub fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", fetch_wait_ms.max(1).to_string())
         .set("fetch.min.bytes", "1")
-        .set("statistics.interval.ms", "2000");
+        .set("statistics.interval.ms", "2000")
+        // librdkafka manages even a manual assignment through a group handle, so it needs a
+        // group id; nothing subscribes or commits under it, so no group is ever joined.
+        .set("group.id", format!("waimai-feed-{}", uuid::Uuid::new_v4().simple()));
     let c: StreamConsumer<LagContext> = config.create_with_context(LagContext { lag })?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {

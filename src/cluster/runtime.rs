@@ -184,6 +184,7 @@ impl Handoff {
         for (s, epoch) in &claimed {
             serve(&self.dir, &self.router, *s, *epoch).await;
         }
+        tracing::info!(shards = ?claimed, "serving claimed shards (shard, epoch)");
         let ids: Vec<u32> = claimed.iter().map(|(s, _)| *s).collect();
         let timed = [
             OrderStatus::PendingPayment,
@@ -258,6 +259,7 @@ impl Handoff {
         }
         self.dir.stale();
         metrics::CLUSTER_SHARDS_OWNED.set(self.dir.serving().len() as i64);
+        tracing::info!(?shards, "handed shards over");
     }
 }
 
@@ -267,7 +269,7 @@ async fn serve(dir: &Directory, router: &Router, shard: u32, epoch: i64) {
         let _ = addr.send(Assign { epoch: Some(epoch) }).await;
     }
     dir.set_local(shard, Local::Serving(epoch));
-    tracing::info!(shard, epoch, "serving shard");
+    tracing::debug!(shard, epoch, "serving shard");
 }
 
 /// Records this node as alive every second, with its lag; keeps the cluster gauges current.
