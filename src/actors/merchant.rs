@@ -174,24 +174,37 @@ impl MerchantActor {
             Loaded::Present(s) => s.max_fence + 1,
             _ => 1,
         };
-        let req = self.deps.lock.send(AcquireLease {
-            key: format!("stock:{}", self.id),
-            floor,
-            holder: ctx.address().recipient(),
-        });
+        let (lock, holder) = (self.deps.lock.clone(), ctx.address().recipient());
+        let key = format!("stock:{}", self.id);
+        // In a cluster the lease can only be held elsewhere by a node that just lost this
+        // merchant's shard (crashed, or paused and fenced): wait for it to expire rather than
+        // refuse, up to `lease_wait`. (Safety does not rest on the wait: the store refuses
+        // the old holder's stale fence.)
+        let wait = self.deps.settings.lease_wait;
         // With a fresh lease, reread the stock: another node may have sold while we had none.
         let store = self.deps.store.clone();
         let id = self.id.clone();
         let fut = async move {
-            let lease = match req.await {
-                Ok(Ok(lease)) => lease,
-                Ok(Err(crate::lock::LockError::Held(_))) => {
-                    return Err(Error::Unavailable(
-                        "stock lease for this merchant is held by another node".into(),
-                    ))
+            let asked = std::time::Instant::now();
+            let lease = loop {
+                let req = lock.send(AcquireLease {
+                    key: key.clone(),
+                    floor,
+                    holder: holder.clone(),
+                });
+                match req.await {
+                    Ok(Ok(lease)) => break lease,
+                    Ok(Err(crate::lock::LockError::Held(_))) if asked.elapsed() < wait => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Ok(Err(crate::lock::LockError::Held(_))) => {
+                        return Err(Error::Unavailable(
+                            "stock lease for this merchant is held by another node".into(),
+                        ))
+                    }
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(e) => return Err(e.into()),
                 }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(e.into()),
             };
             let fresh = store.load_merchant(&id).await;
             Ok((lease, fresh))

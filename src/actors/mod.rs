@@ -60,6 +60,9 @@ pub struct Settings {
     pub dispatch_cfg: crate::config::DispatchConfig,
     /// How long a merchant asked to stop waits for reservations still being written.
     pub stop_grace: Duration,
+    /// How long a merchant waits for a stock lease held elsewhere (a cluster: the node that
+    /// just lost the merchant's shard); zero on a single node.
+    pub lease_wait: Duration,
 }
 
 /// The dispatch zones, in config order: a point belongs to the first that contains it.
@@ -120,6 +123,11 @@ impl Settings {
             dispatch_cfg: cfg.dispatch.clone(),
             stop_grace: Duration::from_millis(cfg.lock.lease_ms / 3)
                 .max(Duration::from_millis(100)),
+            lease_wait: if cfg.cluster.enabled {
+                Duration::from_millis(cfg.lock.lease_ms + 500)
+            } else {
+                Duration::ZERO
+            },
         }
     }
 

@@ -59,23 +59,31 @@ pub(crate) fn kind(o: &Outcome) -> String {
     }
 }
 
-/// The node's REST front door.
+/// The node's REST front door: one node, or several nodes of a cluster. With several, each
+/// user (each bearer token) sticks to one node, spread evenly by a hash of its token.
 pub(crate) struct Http {
     /// Pooled client.
     client: reqwest::Client,
-    /// `http://host:port`, no trailing slash.
-    base: String,
+    /// `http://host:port` of each target, no trailing slash.
+    bases: Vec<String>,
+    /// Round-robin position for `next_base`.
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Http {
-    /// A client for `base` keeping up to `conns` idle connections.
-    pub fn new(base: &str, conns: usize, timeout: Duration) -> Result<Http, LoadgenError> {
-        let url = url::Url::parse(base)
-            .map_err(|e| LoadgenError::Args(format!("--target {base}: {e}")))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(LoadgenError::Args(format!(
-                "--target {base}: scheme must be http or https"
-            )));
+    /// A client for `bases` keeping up to `conns` idle connections.
+    pub fn new(bases: &[String], conns: usize, timeout: Duration) -> Result<Http, LoadgenError> {
+        if bases.is_empty() {
+            return Err(LoadgenError::Args("--target is required".into()));
+        }
+        for base in bases {
+            let url = url::Url::parse(base)
+                .map_err(|e| LoadgenError::Args(format!("--target {base}: {e}")))?;
+            if url.scheme() != "http" && url.scheme() != "https" {
+                return Err(LoadgenError::Args(format!(
+                    "--target {base}: scheme must be http or https"
+                )));
+            }
         }
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(conns.max(1))
@@ -85,13 +93,30 @@ impl Http {
             .map_err(|e| LoadgenError::Client(e.to_string()))?;
         Ok(Http {
             client,
-            base: base.trim_end_matches('/').to_string(),
+            bases: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_string())
+                .collect(),
+            turn: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
-    /// The base URL.
-    pub fn base(&self) -> &str {
-        &self.base
+    /// The node the holder of `token` talks to.
+    pub fn base_for(&self, token: &str) -> &str {
+        if self.bases.len() == 1 {
+            return &self.bases[0];
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        token.hash(&mut h);
+        &self.bases[h.finish() as usize % self.bases.len()]
+    }
+
+    /// The targets in turn (to spread connections that share a token, like many trackers of
+    /// one order).
+    pub fn next_base(&self) -> &str {
+        let i = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
     }
 
     /// Sends `method path` with a bearer token, an optional idempotency key and JSON body.
@@ -105,7 +130,7 @@ impl Http {
     ) -> Outcome {
         let mut req = self
             .client
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base_for(token)))
             .bearer_auth(token);
         if let Some(k) = key {
             req = req.header("idempotency-key", k);

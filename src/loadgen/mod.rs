@@ -70,9 +70,11 @@ pub struct LoadgenArgs {
     /// Scenario to run.
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// Base URL of the node under test.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub target: String,
+    /// Base URL of the node under test. Repeat it for a cluster (`--target http://a:8080
+    /// --target http://b:8080`): each simulated user (each token) talks to one of them, spread
+    /// evenly, and tracking sockets take them in turn.
+    #[arg(long = "target", default_value = "http://127.0.0.1:8080", num_args = 1)]
+    pub target: Vec<String>,
     /// YAML file layered over the embedded defaults (and `WAIMAI__*` environment variables),
     /// as for `serve`; tokens are signed with its auth.jwt_secret, so use the node's config.
     #[arg(long)]
@@ -377,7 +379,7 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
     let admin = auth.mint(Role::Admin, "loadgen", TOKEN_TTL_SECS)?;
     tracing::info!(
         scenario = plan.args.scenario.name(),
-        target = %plan.args.target,
+        target = %plan.args.target.join(","),
         load = %plan.load.describe(),
         "setting up"
     );

@@ -419,7 +419,7 @@ impl Report {
         ]);
         Report {
             scenario: plan.args.scenario.name().to_string(),
-            target: plan.args.target.clone(),
+            target: plan.args.target.join(","),
             load: plan.load.describe(),
             warmup_s: plan.warmup.as_secs_f64(),
             measured_s: measured.as_secs_f64(),

@@ -316,7 +316,7 @@ async fn watch_order(
     let ctx = &sim.ctx;
     let t = Instant::now();
     let mut sock =
-        match ws::connect(ctx.http.base(), &format!("/v1/orders/{id}/track"), &token).await {
+        match ws::connect(ctx.http.next_base(), &format!("/v1/orders/{id}/track"), &token).await {
             Ok(s) => s,
             Err(e) => {
                 ctx.rec
@@ -392,7 +392,7 @@ async fn merchant(
     let mut ready = Some(ready);
     let mut pending: HashMap<String, Instant> = HashMap::new();
     while !*stop.borrow() {
-        let sock = match ws::connect(ctx.http.base(), &path, &m.token).await {
+        let sock = match ws::connect(ctx.http.base_for(&m.token), &path, &m.token).await {
             Ok(s) => s,
             Err(e) => {
                 if let Some(r) = ready.take() {
@@ -535,7 +535,7 @@ async fn rider_feed(
     let mut pending: HashMap<String, Instant> = HashMap::new();
     let mut riding: HashSet<String> = HashSet::new();
     while !*stop.borrow() {
-        let sock = match ws::connect(ctx.http.base(), &path, &r.token).await {
+        let sock = match ws::connect(ctx.http.base_for(&r.token), &path, &r.token).await {
             Ok(s) => s,
             Err(e) => {
                 if let Some(rd) = ready.take() {
