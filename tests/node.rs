@@ -338,3 +338,35 @@ async fn a_lost_version_check_reloads_instead_of_overwriting() {
         "the stale actor did not overwrite the row"
     );
 }
+
+/// Cluster mode refuses what cannot be shared between hosts, before touching a broker: a SQLite
+/// file, and in-process stock locks.
+#[test]
+fn cluster_mode_refuses_sqlite_and_local_locks() {
+    let bin = env!("CARGO_BIN_EXE_waimai");
+    let dir = std::env::temp_dir().join(format!("waimai-cl-{}", common::unique()));
+    let run = |store: &str, lock: &str| {
+        std::process::Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("WAIMAI__CLUSTER__ENABLED", "true")
+            .env("WAIMAI__CLUSTER__BROKERS", "127.0.0.1:1")
+            .env("WAIMAI__STORE__URL", store)
+            .env("WAIMAI__LOCK__BACKEND", lock)
+            .output()
+            .expect("run waimai serve")
+    };
+    let out = run(&format!("sqlite://{}/c.db", dir.display()), "redis");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("SQLite file is not shared between hosts"),
+        "clear error for SQLite: {err}"
+    );
+    let out = run(&common::pg_base(), "local");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("lock.backend: redis"),
+        "clear error for local locks: {err}"
+    );
+}

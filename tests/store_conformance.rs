@@ -16,7 +16,7 @@ use waimai::actors::order_machine::OrderStatus;
 use waimai::config::LockBackendKind;
 use waimai::domain::Location;
 use waimai::model::{MenuItem, Merchant, Order, OrderLine, OutboxEvent, Rider};
-use waimai::store::{Store, StoreError, Write};
+use waimai::store::{NodeRow, ShardEpoch, Store, StoreError, Write};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -86,6 +86,11 @@ conformance! {
     check_concurrent_multi_sku => sqlite_concurrent_multi_sku, postgres_concurrent_multi_sku, mysql_concurrent_multi_sku;
     check_closed_store_rejects_writes => sqlite_closed_store_rejects_writes, postgres_closed_store_rejects_writes, mysql_closed_store_rejects_writes;
     check_concurrent_loads => sqlite_concurrent_loads, postgres_concurrent_loads, mysql_concurrent_loads;
+    check_shard_epochs => sqlite_shard_epochs, postgres_shard_epochs, mysql_shard_epochs;
+    check_fenced_jobs_in_one_batch => sqlite_fenced_jobs_in_one_batch, postgres_fenced_jobs_in_one_batch, mysql_fenced_jobs_in_one_batch;
+    check_outbox_shipping => sqlite_outbox_shipping, postgres_outbox_shipping, mysql_outbox_shipping;
+    check_orders_of_shards => sqlite_orders_of_shards, postgres_orders_of_shards, mysql_orders_of_shards;
+    check_cluster_nodes => sqlite_cluster_nodes, postgres_cluster_nodes, mysql_cluster_nodes;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1367,4 +1372,317 @@ async fn check_concurrent_loads(store: &Store) {
     for ((id, want), got) in asks.iter().zip(got) {
         assert_eq!(&got.expect("load"), want, "load of {id}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster support: shard epochs, outbox shipping, node heartbeats
+// ---------------------------------------------------------------------------------------------
+
+/// A claim bumps the shard's epoch; a write fenced with an older epoch is refused whole, one
+/// with the current epoch lands.
+async fn check_shard_epochs(store: &Store) {
+    assert_eq!(
+        store.claim_shard(3, "node-a", "http://a:1").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.claim_shard(3, "node-b", "http://b:2").await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.claim_shard(5, "node-a", "http://a:1").await.unwrap(),
+        1
+    );
+    let owners = store.shard_owners().await.unwrap();
+    let three = owners.iter().find(|o| o.shard == 3).expect("shard 3");
+    assert_eq!(
+        (three.epoch, three.node_id.as_str(), three.addr.as_str()),
+        (2, "node-b", "http://b:2")
+    );
+
+    let stale = order(&id("o"), &id("m"));
+    let res = store
+        .commit_fenced(
+            Some(ShardEpoch { shard: 3, epoch: 1 }),
+            vec![
+                Write::InsertOrder(stale.clone()),
+                Write::Event(event(&stale.id, "order_created", json!({}))),
+            ],
+        )
+        .await;
+    assert!(
+        matches!(res, Err(StoreError::Fenced { shard: 3, epoch: 1 })),
+        "{res:?}"
+    );
+    assert_eq!(
+        store.load_order(&stale.id).await.unwrap(),
+        None,
+        "nothing of it landed"
+    );
+    assert!(store.outbox_for(&stale.id).await.unwrap().is_empty());
+
+    let current = order(&id("o"), &id("m"));
+    store
+        .commit_fenced(
+            Some(ShardEpoch { shard: 3, epoch: 2 }),
+            vec![Write::InsertOrder(current.clone())],
+        )
+        .await
+        .expect("current epoch writes");
+    assert!(store.load_order(&current.id).await.unwrap().is_some());
+    // A shard nobody claimed refuses fenced writes too.
+    let unclaimed = order(&id("o"), &id("m"));
+    let res = store
+        .commit_fenced(
+            Some(ShardEpoch { shard: 9, epoch: 1 }),
+            vec![Write::InsertOrder(unclaimed)],
+        )
+        .await;
+    assert!(
+        matches!(res, Err(StoreError::Fenced { shard: 9, .. })),
+        "{res:?}"
+    );
+}
+
+/// Fenced and current jobs committed together (one group-commit batch): the stale ones are
+/// refused, their neighbours land, in the bulk path and the per-change path alike.
+async fn check_fenced_jobs_in_one_batch(store: &Store) {
+    store.claim_shard(1, "a", "http://a").await.unwrap();
+    store.claim_shard(1, "b", "http://b").await.unwrap(); // epoch 2
+    store.claim_shard(2, "a", "http://a").await.unwrap(); // epoch 1
+    let mid = seed_merchant(store, &[("s", 1000)], 1).await;
+    let existing = order(&id("o"), &mid);
+    store
+        .commit(vec![Write::InsertOrder(existing.clone())])
+        .await
+        .expect("existing");
+    let mut jobs = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..60 {
+        let (fence, ok) = match i % 3 {
+            0 => (ShardEpoch { shard: 1, epoch: 1 }, false),
+            1 => (ShardEpoch { shard: 1, epoch: 2 }, true),
+            _ => (ShardEpoch { shard: 2, epoch: 1 }, true),
+        };
+        if i == 31 {
+            // A current job that conflicts (a duplicate id) forces the per-change path for
+            // whatever batch it lands in; it fails alone.
+            jobs.push(store.commit_fenced(Some(fence), vec![Write::InsertOrder(existing.clone())]));
+            want.push((existing.id.clone(), false));
+            continue;
+        }
+        let o = order(&id("o"), &mid);
+        let writes = vec![
+            Write::InsertOrder(o.clone()),
+            adjust(&mid, "s", -1, 1),
+            Write::Event(event(&o.id, "order_created", json!({"i": i}))),
+        ];
+        want.push((o.id.clone(), ok));
+        jobs.push(store.commit_fenced(Some(fence), writes));
+    }
+    let results = join_all(jobs).await;
+    let mut landed = 0;
+    for ((oid, ok), res) in want.iter().zip(results) {
+        if *ok {
+            res.unwrap_or_else(|e| panic!("{oid}: {e}"));
+            assert!(store.load_order(oid).await.unwrap().is_some());
+            landed += 1;
+        } else if *oid == existing.id {
+            assert!(
+                matches!(res, Err(StoreError::Duplicate(_))),
+                "{oid}: {res:?}"
+            );
+        } else {
+            assert!(
+                matches!(res, Err(StoreError::Fenced { shard: 1, epoch: 1 })),
+                "{oid}: {res:?}"
+            );
+            assert_eq!(
+                store.load_order(oid).await.unwrap(),
+                None,
+                "{oid} must not land"
+            );
+        }
+    }
+    assert_eq!(
+        stock(store, &mid, "s").await,
+        Some((1000 - landed, 1)),
+        "only landed orders took stock"
+    );
+}
+
+/// Outbox rows carry their entity's shard; `unshipped` returns a shard set's rows oldest
+/// first, `mark_shipped` takes them out, `outbox_backlog` counts what is left.
+async fn check_outbox_shipping(store: &Store) {
+    let n = store.shard_count();
+    let ids: Vec<String> = (0..40).map(|_| id("agg")).collect();
+    for (i, a) in ids.iter().enumerate() {
+        store
+            .commit(vec![Write::Event(event(
+                a,
+                "order_created",
+                json!({"i": i, "version": 1}),
+            ))])
+            .await
+            .expect("event");
+    }
+    let shard = waimai::cluster::shard_of(&ids[0], n);
+    let mine: Vec<&String> = ids
+        .iter()
+        .filter(|a| waimai::cluster::shard_of(a, n) == shard)
+        .collect();
+    let rows = store.unshipped(&[shard], 100).await.unwrap();
+    assert_eq!(rows.len(), mine.len());
+    assert!(rows.iter().all(|r| r.shard == shard));
+    assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq), "oldest first");
+    assert_eq!(rows[0].event.aggregate_id, *mine[0]);
+    assert_eq!(rows[0].event.payload["version"], 1);
+    let all: Vec<u32> = (0..n).collect();
+    let (pending, oldest) = store.outbox_backlog(&all).await.unwrap();
+    assert_eq!((pending, oldest), (40, Some(1_700_000_000_999)));
+    let limited = store.unshipped(&all, 7).await.unwrap();
+    assert_eq!(limited.len(), 7, "at most the limit");
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    store.mark_shipped(&seqs).await.unwrap();
+    assert!(store.unshipped(&[shard], 100).await.unwrap().is_empty());
+    let (pending, _) = store.outbox_backlog(&all).await.unwrap();
+    assert_eq!(pending, 40 - mine.len() as i64);
+}
+
+/// Orders are stamped with their shard: a node taking a shard over finds its orders waiting
+/// in timed statuses. An order without a recorded pickup point round-trips too.
+async fn check_orders_of_shards(store: &Store) {
+    let n = store.shard_count();
+    let mid = id("m");
+    let mut by_shard: std::collections::HashMap<u32, Vec<String>> = Default::default();
+    for i in 0..30 {
+        let mut o = order(&id("o"), &mid);
+        if i % 2 == 0 {
+            o.pickup = None;
+        }
+        if i % 5 == 0 {
+            o.status = OrderStatus::Completed;
+        }
+        store
+            .commit(vec![Write::InsertOrder(o.clone())])
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.load_order(&o.id).await.unwrap().as_ref(),
+            Some(&o),
+            "round trip"
+        );
+        if o.status == OrderStatus::PendingPayment {
+            by_shard
+                .entry(waimai::cluster::shard_of(&o.id, n))
+                .or_default()
+                .push(o.id);
+        }
+    }
+    let (shard, want) = by_shard.iter().next().expect("some shard");
+    let got = store
+        .orders_of_shards(&[*shard], &[OrderStatus::PendingPayment, OrderStatus::Paid])
+        .await
+        .unwrap();
+    let got: HashSet<String> = got.into_iter().map(|o| o.id).collect();
+    assert_eq!(got, want.iter().cloned().collect::<HashSet<_>>());
+    assert!(store
+        .orders_of_shards(&[], &[OrderStatus::Paid])
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Heartbeats upsert one row per node.
+async fn check_cluster_nodes(store: &Store) {
+    let row = |seen: i64, lag: i64| NodeRow {
+        node_id: "node-x".into(),
+        addr: "http://x:1".into(),
+        started_at: 1,
+        last_seen: seen,
+        lag,
+    };
+    store.heartbeat(&row(10, 0)).await.unwrap();
+    store.heartbeat(&row(20, 7)).await.unwrap();
+    let nodes = store.nodes().await.unwrap();
+    assert_eq!(nodes, vec![row(20, 7)]);
+}
+
+/// Nodes starting together on an empty database take turns on the schema: every migration
+/// applies once and no start fails (PostgreSQL raced on `pg_type` without the lock).
+async fn concurrent_migrations(db: Db) {
+    let url = fresh_db(db).await;
+    let cfg = common::config(&url, LockBackendKind::Local);
+    let stores = join_all((0..4).map(|_| Store::connect(&cfg.store, 16))).await;
+    let stores: Vec<Store> = stores.into_iter().map(|s| s.expect("connect")).collect();
+    let results = join_all(stores.iter().map(|s| s.migrate())).await;
+    for r in results {
+        r.expect("every concurrent migrate succeeds");
+    }
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("db");
+    let versions: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM waimai_schema ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .expect("versions");
+    assert_eq!(versions, vec![(1,), (2,)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_migrations_take_turns() {
+    concurrent_migrations(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_concurrent_migrations_take_turns() {
+    concurrent_migrations(Db::MySql).await;
+}
+
+/// Rows written before shards were recorded get them stamped when a cluster node starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backfill_stamps_older_rows() {
+    let url = fresh_db(Db::Postgres).await;
+    let cfg = common::config(&url, LockBackendKind::Local);
+    let store = Store::connect(&cfg.store, 16).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let o = order(&id("o"), &id("m"));
+        store
+            .commit(vec![
+                Write::InsertOrder(o.clone()),
+                Write::Event(event(&o.id, "order_created", json!({}))),
+            ])
+            .await
+            .expect("insert");
+        ids.push(o.id);
+    }
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("db");
+    sqlx::Executor::execute(&mut conn, "UPDATE orders SET shard = NULL")
+        .await
+        .expect("null");
+    sqlx::Executor::execute(&mut conn, "UPDATE outbox SET shard = NULL")
+        .await
+        .expect("null");
+    assert_eq!(store.backfill_shards().await.expect("backfill"), 40);
+    for oid in &ids {
+        let want = i64::from(waimai::cluster::shard_of(oid, 16));
+        let (o,): (i64,) = sqlx::query_as("SELECT shard::bigint FROM orders WHERE id = $1")
+            .bind(oid)
+            .fetch_one(&mut conn)
+            .await
+            .expect("order shard");
+        let (e,): (i64,) =
+            sqlx::query_as("SELECT shard::bigint FROM outbox WHERE aggregate_id = $1")
+                .bind(oid)
+                .fetch_one(&mut conn)
+                .await
+                .expect("outbox shard");
+        assert_eq!((o, e), (want, want), "{oid}");
+    }
+    assert_eq!(store.backfill_shards().await.expect("again"), 0);
 }

@@ -59,7 +59,10 @@ pub fn consumer(
         .set("statistics.interval.ms", "2000")
         // librdkafka manages even a manual assignment through a group handle, so it needs a
         // group id; nothing subscribes or commits under it, so no group is ever joined.
-        .set("group.id", format!("waimai-feed-{}", uuid::Uuid::new_v4().simple()));
+        .set(
+            "group.id",
+            format!("waimai-feed-{}", uuid::Uuid::new_v4().simple()),
+        );
     let c: StreamConsumer<LagContext> = config.create_with_context(LagContext { lag })?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {

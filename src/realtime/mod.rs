@@ -119,7 +119,7 @@ pub fn publish_order(
     hub.publish(Topic::Order(after.id.clone()), "status", order_ref, || {
         serde_json::json!({
             "order_id": after.id, "version": after.version, "status": after.status,
-            "from": from, "rider_id": after.rider_id,
+            "from": from, "rider_id": after.rider_id, "at": after.updated_at,
         })
     });
     if from.is_some() {

@@ -44,18 +44,21 @@ impl Broker {
         let bin = std::env::var("WAIMAI_TEST_BROKER_BIN").unwrap_or_else(|_| "nisshi".into());
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "broker".to_string(),
+            "--listener-url".into(),
+            format!("tcp://{addr}"),
+            "--advertised-listener-url".into(),
+            format!("tcp://{addr}"),
+            "--storage-engine".into(),
+            "memory://broker/".into(),
+        ];
+        if !bin.ends_with("tansu") {
+            // nisshi's flag (tansu 0.6, the stable-toolchain fallback, has none).
+            args.extend(["--group-initial-rebalance-delay".into(), "500ms".into()]);
+        }
         let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://{addr}"),
-                "--advertised-listener-url",
-                &format!("tcp://{addr}"),
-                "--storage-engine",
-                "memory://nisshi/",
-                "--group-initial-rebalance-delay",
-                "500ms",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -110,7 +113,8 @@ impl Shared {
             ("WAIMAI__LOCK__BACKEND", "redis".into()),
             (
                 "WAIMAI__LOCK__REDIS_URL",
-                std::env::var("WAIMAI_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+                std::env::var("WAIMAI_TEST_REDIS")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
             ),
             ("WAIMAI__LOCK__KEY_PREFIX", format!("waimai-ct-{id}")),
             ("WAIMAI__AUTH__JWT_SECRET", secret.clone()),
@@ -151,12 +155,14 @@ pub async fn fresh_pg() -> String {
     sqlx::any::install_default_drivers();
     let base = std::env::var("WAIMAI_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut conn = sqlx::AnyConnection::connect(&base).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is required at {base} ({e}); start it with \
+    let mut conn = sqlx::AnyConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required at {base} ({e}); start it with \
              `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-        )
-    });
+            )
+        });
     let name = format!("waimai_ct_{}", unique());
     sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
         .await
@@ -363,16 +369,17 @@ impl Cluster {
                 let owned_by_live = shards
                     .iter()
                     .all(|s| s["owner"].as_str().is_some_and(|o| alive.contains(&o)));
-                let everyone_works = alive.iter().all(|n| {
-                    shards
-                        .iter()
-                        .any(|s| s["owner"].as_str() == Some(n))
-                });
+                let everyone_works = alive
+                    .iter()
+                    .all(|n| shards.iter().any(|s| s["owner"].as_str() == Some(n)));
                 if owned_by_live && everyone_works && !alive.is_empty() {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "cluster did not settle within {secs}s");
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not settle within {secs}s"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -490,15 +497,19 @@ impl Cluster {
         key: Option<&str>,
     ) -> Result<Resp, String> {
         let token = self.shared.token(waimai::domain::Role::Customer, customer);
-        let headers: Vec<(&str, &str)> = key.map(|k| vec![("idempotency-key", k)]).unwrap_or_default();
+        let headers: Vec<(&str, &str)> = key
+            .map(|k| vec![("idempotency-key", k)])
+            .unwrap_or_default();
         self.call(
             via,
             reqwest::Method::POST,
             "/v1/orders",
             &token,
             &headers,
-            Some(json!({"merchant_id": mid, "items": [{"sku": sku, "qty": 1}],
-                        "deliver_to": {"lat": 31.2, "lng": 121.5}})),
+            Some(
+                json!({"merchant_id": mid, "items": [{"sku": sku, "qty": 1}],
+                        "deliver_to": {"lat": 31.2, "lng": 121.5}}),
+            ),
         )
         .await
     }
@@ -555,7 +566,9 @@ impl Socket {
         use tokio_tungstenite::tungstenite::Message;
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match msg.ok()? {
                 Message::Text(t) => return serde_json::from_str(&t).ok(),
                 Message::Close(_) => return None,
@@ -567,17 +580,27 @@ impl Socket {
 
 impl Socket {
     /// Reads until a message satisfies `pred`, at most `secs`; panics naming `what` otherwise.
-    pub async fn wait_for(&mut self, secs: f64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &mut self,
+        secs: f64,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64();
             assert!(left > 0.0, "timed out waiting for {what}");
             if let Some(m) = self.next(left).await {
                 if pred(&m) {
                     return m;
                 }
             } else {
-                assert!(Instant::now() < deadline, "socket closed or timed out waiting for {what}");
+                assert!(
+                    Instant::now() < deadline,
+                    "socket closed or timed out waiting for {what}"
+                );
             }
         }
     }

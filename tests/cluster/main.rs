@@ -55,7 +55,11 @@ async fn keys_owned_by(c: &Cluster, node: &str, customer: &str, n: usize) -> Vec
 /// The status of an order as an admin reads it through node `via`.
 async fn status(c: &Cluster, via: usize, oid: &str) -> (String, i64) {
     let r = c.get(via, &format!("/v1/orders/{oid}"), &c.admin).await;
-    assert_eq!(r.status, 200, "GET order {oid} via {}: {}", c.nodes[via].id, r.body);
+    assert_eq!(
+        r.status, 200,
+        "GET order {oid} via {}: {}",
+        c.nodes[via].id, r.body
+    );
     (
         r.body["status"].as_str().expect("status").to_string(),
         r.body["version"].as_i64().expect("version"),
@@ -69,7 +73,9 @@ async fn an_order_moves_through_a_different_node_at_every_step() {
     let (mid, mtoken) = c.merchant(0, "noodles", 10).await;
     let alice = c.shared.token(Role::Customer, "alice");
 
-    let r = c.post(2, "/v1/riders", &c.admin, Some(json!({"name": "Bob"}))).await;
+    let r = c
+        .post(2, "/v1/riders", &c.admin, Some(json!({"name": "Bob"})))
+        .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let rid = r.body["id"].as_str().expect("rider").to_string();
     let rtoken = c.shared.token(Role::Rider, &rid);
@@ -83,14 +89,23 @@ async fn an_order_moves_through_a_different_node_at_every_step() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 
-    let r = c.order(1, "alice", &mid, "noodles", Some("alice-1")).await.expect("order");
+    let r = c
+        .order(1, "alice", &mid, "noodles", Some("alice-1"))
+        .await
+        .expect("order");
     assert_eq!(r.status, 201, "{}", r.body);
     let oid = r.body["id"].as_str().expect("id").to_string();
     assert_eq!(status(&c, 2, &oid).await, ("pending_payment".into(), 1));
 
     // Each step through one node; the next node reads it at once (read your writes).
     let steps: [(usize, String, &str, &str, i64); 3] = [
-        (2, format!("/v1/orders/{oid}/pay"), alice.as_str(), "paid", 2),
+        (
+            2,
+            format!("/v1/orders/{oid}/pay"),
+            alice.as_str(),
+            "paid",
+            2,
+        ),
         (
             0,
             format!("/v1/merchants/{mid}/orders/{oid}/accept"),
@@ -104,7 +119,10 @@ async fn an_order_moves_through_a_different_node_at_every_step() {
         let r = c.post(*via, path, token, None).await;
         assert_eq!(r.status, 200, "{path} via node {via}: {}", r.body);
         assert_eq!(r.body["status"], *want);
-        assert_eq!(status(&c, (via + 1) % 3, &oid).await, (want.to_string(), *version));
+        assert_eq!(
+            status(&c, (via + 1) % 3, &oid).await,
+            (want.to_string(), *version)
+        );
     }
 
     // Dispatch (the zone may be on any node) offers it to the rider; its feed on node 1 says so.
@@ -116,23 +134,44 @@ async fn an_order_moves_through_a_different_node_at_every_step() {
     })
     .await;
     let r = c
-        .post(2, &format!("/v1/riders/{rid}/offers/{oid}/accept"), &rtoken, None)
+        .post(
+            2,
+            &format!("/v1/riders/{rid}/offers/{oid}/accept"),
+            &rtoken,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "accept offer: {}", r.body);
     assert_eq!(status(&c, 0, &oid).await, ("rider_assigned".into(), 4));
-    for (via, action, want, version) in [(1, "pickup", "picked_up", 5), (2, "deliver", "delivered", 6)] {
+    for (via, action, want, version) in [
+        (1, "pickup", "picked_up", 5),
+        (2, "deliver", "delivered", 6),
+    ] {
         let r = c
-            .post(via, &format!("/v1/riders/{rid}/orders/{oid}/{action}"), &rtoken, None)
+            .post(
+                via,
+                &format!("/v1/riders/{rid}/orders/{oid}/{action}"),
+                &rtoken,
+                None,
+            )
             .await;
         assert_eq!(r.status, 200, "{action}: {}", r.body);
-        assert_eq!(status(&c, (via + 1) % 3, &oid).await, (want.into(), version));
+        assert_eq!(
+            status(&c, (via + 1) % 3, &oid).await,
+            (want.into(), version)
+        );
     }
-    let r = c.post(0, &format!("/v1/orders/{oid}/confirm"), &alice, None).await;
+    let r = c
+        .post(0, &format!("/v1/orders/{oid}/confirm"), &alice, None)
+        .await;
     assert_eq!(r.status, 200, "confirm: {}", r.body);
     assert_eq!(status(&c, 1, &oid).await, ("completed".into(), 7));
 
     // An idempotent retry through yet another node replays the same order.
-    let r = c.order(2, "alice", &mid, "noodles", Some("alice-1")).await.expect("replay");
+    let r = c
+        .order(2, "alice", &mid, "noodles", Some("alice-1"))
+        .await
+        .expect("replay");
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["id"], oid.as_str());
 
@@ -146,7 +185,10 @@ async fn an_order_moves_through_a_different_node_at_every_step() {
     let view = c.view_any().await.expect("view");
     assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");
     for s in view["shards"].as_array().expect("shards") {
-        assert!(s["owner"].is_string() && s["epoch"].as_i64().is_some_and(|e| e >= 1), "{s}");
+        assert!(
+            s["owner"].is_string() && s["epoch"].as_i64().is_some_and(|e| e >= 1),
+            "{s}"
+        );
     }
     let r = c.get(0, "/v1/cluster", &alice).await;
     assert_eq!(r.status, 403, "the cluster view is for admins");
@@ -157,7 +199,9 @@ async fn sockets_on_any_node_see_changes_made_through_the_others() {
     let _one = serial();
     let c = Cluster::start(3).await;
     let (mid, mtoken) = c.merchant(0, "dumpling", 10).await;
-    let r = c.post(1, "/v1/riders", &c.admin, Some(json!({"name": "Rae"}))).await;
+    let r = c
+        .post(1, "/v1/riders", &c.admin, Some(json!({"name": "Rae"})))
+        .await;
     let rid = r.body["id"].as_str().expect("rider").to_string();
     let rtoken = c.shared.token(Role::Rider, &rid);
     // The rider is online far away, so dispatch never offers it the order: assignment is
@@ -177,7 +221,10 @@ async fn sockets_on_any_node_see_changes_made_through_the_others() {
     assert_eq!(feed.next(5.0).await.expect("snapshot")["type"], "snapshot");
 
     // Created through node A (0); tracked on node C (2).
-    let r = c.order(0, "carol", &mid, "dumpling", None).await.expect("order");
+    let r = c
+        .order(0, "carol", &mid, "dumpling", None)
+        .await
+        .expect("order");
     assert_eq!(r.status, 201, "{}", r.body);
     let oid = r.body["id"].as_str().expect("id").to_string();
     let carol = c.shared.token(Role::Customer, "carol");
@@ -189,10 +236,30 @@ async fn sockets_on_any_node_see_changes_made_through_the_others() {
     // Driven through A and B in turn.
     let steps: Vec<(usize, String, String, Option<Value>)> = vec![
         (0, format!("/v1/orders/{oid}/pay"), carol.clone(), None),
-        (1, format!("/v1/merchants/{mid}/orders/{oid}/accept"), mtoken.clone(), None),
-        (0, format!("/v1/orders/{oid}/assign"), c.admin.clone(), Some(json!({"rider_id": rid}))),
-        (1, format!("/v1/riders/{rid}/orders/{oid}/pickup"), rtoken.clone(), None),
-        (0, format!("/v1/riders/{rid}/orders/{oid}/deliver"), rtoken.clone(), None),
+        (
+            1,
+            format!("/v1/merchants/{mid}/orders/{oid}/accept"),
+            mtoken.clone(),
+            None,
+        ),
+        (
+            0,
+            format!("/v1/orders/{oid}/assign"),
+            c.admin.clone(),
+            Some(json!({"rider_id": rid})),
+        ),
+        (
+            1,
+            format!("/v1/riders/{rid}/orders/{oid}/pickup"),
+            rtoken.clone(),
+            None,
+        ),
+        (
+            0,
+            format!("/v1/riders/{rid}/orders/{oid}/deliver"),
+            rtoken.clone(),
+            None,
+        ),
         (1, format!("/v1/orders/{oid}/confirm"), carol.clone(), None),
     ];
     for (via, path, token, body) in steps {
@@ -205,16 +272,27 @@ async fn sockets_on_any_node_see_changes_made_through_the_others() {
     while let Some(m) = track.next(10.0).await {
         if m["type"] == "status" {
             let v = m["version"].as_i64().expect("version");
-            seen.entry(v).or_insert_with(|| m["status"].as_str().unwrap_or("").to_string());
+            seen.entry(v)
+                .or_insert_with(|| m["status"].as_str().unwrap_or("").to_string());
         }
     }
     let statuses: Vec<&str> = seen.values().map(String::as_str).collect();
     assert_eq!(
         statuses,
-        ["paid", "accepted", "rider_assigned", "picked_up", "delivered", "completed"],
+        [
+            "paid",
+            "accepted",
+            "rider_assigned",
+            "picked_up",
+            "delivered",
+            "completed"
+        ],
         "statuses seen on node C"
     );
-    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (2..=7).collect::<Vec<_>>());
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (2..=7).collect::<Vec<_>>()
+    );
 
     // Node B's merchant feed got new_order for the order created through A.
     let got = feed
@@ -241,7 +319,10 @@ async fn no_oversell_across_nodes() {
                     .order(i % 3, &format!("cust-{i}"), &mid, "hot", None)
                     .await
                     .expect("order request");
-                (r.status, r.body["error"]["code"].as_str().unwrap_or("").to_string())
+                (
+                    r.status,
+                    r.body["error"]["code"].as_str().unwrap_or("").to_string(),
+                )
             })
         })
         .collect();
@@ -249,8 +330,16 @@ async fn no_oversell_across_nodes() {
     for t in tasks {
         *outcomes.entry(t.await.expect("task")).or_default() += 1;
     }
-    assert_eq!(outcomes.get(&(201, String::new())), Some(&37), "{outcomes:?}");
-    assert_eq!(outcomes.get(&(409, "out_of_stock".into())), Some(&363), "{outcomes:?}");
+    assert_eq!(
+        outcomes.get(&(201, String::new())),
+        Some(&37),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.get(&(409, "out_of_stock".into())),
+        Some(&363),
+        "{outcomes:?}"
+    );
     assert_eq!(outcomes.len(), 2, "only 201s and clean 409s: {outcomes:?}");
     let m = c.get(2, &format!("/v1/merchants/{mid}"), &c.admin).await;
     assert_eq!(m.body["menu"][0]["stock"], 0, "{}", m.body);
@@ -302,10 +391,15 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
     let tina = c.shared.token(Role::Customer, "tina");
     let mut timed = Vec::new();
     for k in &timer_keys {
-        let r = c.order(0, "tina", &tmid, "soup", Some(k)).await.expect("order");
+        let r = c
+            .order(0, "tina", &tmid, "soup", Some(k))
+            .await
+            .expect("order");
         assert_eq!(r.status, 201, "{}", r.body);
         let oid = r.body["id"].as_str().expect("id").to_string();
-        let r = c.post(1, &format!("/v1/orders/{oid}/pay"), &tina, None).await;
+        let r = c
+            .post(1, &format!("/v1/orders/{oid}/pay"), &tina, None)
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         timed.push(oid);
     }
@@ -315,8 +409,12 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
     let stop_at = Instant::now() + Duration::from_secs(22);
     let clients: Vec<_> = (0..24)
         .map(|w| {
-            let (c, ledger, killed_at, merchants) =
-                (c.clone(), ledger.clone(), killed_at.clone(), merchants.clone());
+            let (c, ledger, killed_at, merchants) = (
+                c.clone(),
+                ledger.clone(),
+                killed_at.clone(),
+                merchants.clone(),
+            );
             tokio::spawn(async move {
                 let customer = format!("cust-{w}");
                 let mut n = 0;
@@ -395,8 +493,15 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
         .filter(|(t, what)| *t >= kill_time && !what.contains(&format!("node {victim}:")))
         .collect();
     let _ = dead;
-    for (t, what) in failures_after.iter().step_by((failures_after.len() / 10).max(1)) {
-        println!("  +{:.1}s {}", t.duration_since(kill_time).as_secs_f64(), &what[..what.len().min(160)]);
+    for (t, what) in failures_after
+        .iter()
+        .step_by((failures_after.len() / 10).max(1))
+    {
+        println!(
+            "  +{:.1}s {}",
+            t.duration_since(kill_time).as_secs_f64(),
+            &what[..what.len().min(160)]
+        );
     }
     let recovered = failures_after
         .iter()
@@ -411,7 +516,10 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
         recovered.as_secs_f64(),
         l.successes_after_kill
     );
-    assert!(l.successes_after_kill > 0, "requests succeed again after the kill");
+    assert!(
+        l.successes_after_kill > 0,
+        "requests succeed again after the kill"
+    );
     assert!(
         recovered < Duration::from_secs(6 + 20),
         "every request succeeds again within the session timeout and a margin; last failure \
@@ -420,15 +528,18 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
 
     // Every acknowledged order exists, pending payment, exactly once.
     let mut db = c.db().await;
-    let rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT id, merchant_id, status FROM orders WHERE customer_id LIKE 'cust-%'")
-            .fetch_all(&mut db)
-            .await
-            .expect("orders");
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT id, merchant_id, status FROM orders WHERE customer_id LIKE 'cust-%'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .expect("orders");
     let stored: HashMap<String, (String, String)> =
         rows.into_iter().map(|(id, m, s)| (id, (m, s))).collect();
     for (id, mid) in &l.acked {
-        let (m, s) = stored.get(id).unwrap_or_else(|| panic!("acknowledged order {id} is missing"));
+        let (m, s) = stored
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged order {id} is missing"));
         assert_eq!((m, s.as_str()), (mid, "pending_payment"), "order {id}");
     }
     // No SKU oversold: initial stock = remaining + units held by live orders.
@@ -439,7 +550,11 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
             .await
             .expect("stock");
         let held = stored.values().filter(|(m, _)| m == mid).count() as i64;
-        assert_eq!(stock + held, 100_000, "merchant {mid}: stock {stock}, held {held}");
+        assert_eq!(
+            stock + held,
+            100_000,
+            "merchant {mid}: stock {stock}, held {held}"
+        );
     }
 
     // The dead node's deadlines fired on the new owners.
@@ -464,7 +579,10 @@ async fn a_paused_node_is_fenced_out_when_it_resumes() {
     let mut orders = Vec::new();
     for k in &keys {
         // Through the zombie itself, so its actors hold the orders in memory.
-        let r = c.order(zombie, "zed", &mid, "tea", Some(k)).await.expect("order");
+        let r = c
+            .order(zombie, "zed", &mid, "tea", Some(k))
+            .await
+            .expect("order");
         assert_eq!(r.status, 201, "{}", r.body);
         orders.push(r.body["id"].as_str().expect("id").to_string());
     }
@@ -504,7 +622,9 @@ async fn a_paused_node_is_fenced_out_when_it_resumes() {
     .await;
     // The new owners cancel the orders.
     for oid in &orders {
-        let r = c.post(0, &format!("/v1/orders/{oid}/cancel"), &zed, None).await;
+        let r = c
+            .post(0, &format!("/v1/orders/{oid}/cancel"), &zed, None)
+            .await;
         assert_eq!(r.status, 200, "cancel through a live node: {}", r.body);
     }
 
@@ -544,7 +664,10 @@ async fn a_paused_node_is_fenced_out_when_it_resumes() {
     // It rejoins cleanly: ready again, owning shards, serving requests.
     c.wait_ready(zombie, 60).await;
     c.wait_settled(60).await;
-    let r = c.order(zombie, "zed", &mid, "tea", None).await.expect("order");
+    let r = c
+        .order(zombie, "zed", &mid, "tea", None)
+        .await
+        .expect("order");
     assert_eq!(r.status, 201, "the resumed node serves again: {}", r.body);
     let metrics = c
         .http
@@ -576,7 +699,10 @@ impl Targets {
     }
 
     async fn post(&self, i: usize, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.url(i))).bearer_auth(token);
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.url(i)))
+            .bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -607,8 +733,12 @@ async fn a_fourth_node_joins_under_load_without_failures_or_lost_events() {
     let stop_at = Instant::now() + Duration::from_secs(20);
     let workers: Vec<_> = (0..8)
         .map(|w| {
-            let (t, failures, lost, done) =
-                (targets.clone(), failures.clone(), lost.clone(), done.clone());
+            let (t, failures, lost, done) = (
+                targets.clone(),
+                failures.clone(),
+                lost.clone(),
+                done.clone(),
+            );
             let (mid, mtoken) = (mid.clone(), mtoken.clone());
             let customer = format!("w{w}");
             let ctoken = c.shared.token(Role::Customer, &customer);
@@ -621,12 +751,17 @@ async fn a_fourth_node_joins_under_load_without_failures_or_lost_events() {
                             n,
                             "/v1/orders",
                             &ctoken,
-                            Some(json!({"merchant_id": mid, "items": [{"sku": "bao", "qty": 1}],
-                                        "deliver_to": {"lat": 31.2, "lng": 121.5}})),
+                            Some(
+                                json!({"merchant_id": mid, "items": [{"sku": "bao", "qty": 1}],
+                                        "deliver_to": {"lat": 31.2, "lng": 121.5}}),
+                            ),
                         )
                         .await;
                     if s != 201 {
-                        failures.lock().expect("lock").push(format!("create {s} {body}"));
+                        failures
+                            .lock()
+                            .expect("lock")
+                            .push(format!("create {s} {body}"));
                         continue;
                     }
                     let oid = body["id"].as_str().unwrap_or_default().to_string();
@@ -644,13 +779,20 @@ async fn a_fourth_node_joins_under_load_without_failures_or_lost_events() {
                     let first = snap["version"].as_i64().unwrap_or(0);
                     let steps = [
                         (n + 2, format!("/v1/orders/{oid}/pay"), ctoken.clone()),
-                        (n + 3, format!("/v1/merchants/{mid}/orders/{oid}/accept"), mtoken.clone()),
+                        (
+                            n + 3,
+                            format!("/v1/merchants/{mid}/orders/{oid}/accept"),
+                            mtoken.clone(),
+                        ),
                         (n + 4, format!("/v1/orders/{oid}/cancel"), ctoken.clone()),
                     ];
                     for (via, path, token) in steps {
                         let (s, body) = t.post(via, &path, &token, None).await;
                         if s != 200 {
-                            failures.lock().expect("lock").push(format!("{path} {s} {body}"));
+                            failures
+                                .lock()
+                                .expect("lock")
+                                .push(format!("{path} {s} {body}"));
                         }
                     }
                     // Versions after the snapshot, each once (the client drops repeats).
@@ -695,10 +837,22 @@ async fn a_fourth_node_joins_under_load_without_failures_or_lost_events() {
     let done = *done.lock().expect("lock");
     let failures = failures.lock().expect("lock");
     let lost = lost.lock().expect("lock");
-    println!("fourth node joined: {done} orders driven, {} failures, {} sockets missing events", failures.len(), lost.len());
+    println!(
+        "fourth node joined: {done} orders driven, {} failures, {} sockets missing events",
+        failures.len(),
+        lost.len()
+    );
     assert!(done > 0, "the workers drove orders");
-    assert!(failures.is_empty(), "no request fails while a node joins: {:?}", &failures[..failures.len().min(5)]);
-    assert!(lost.is_empty(), "no tracking socket misses an event: {:?}", &lost[..lost.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "no request fails while a node joins: {:?}",
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        lost.is_empty(),
+        "no tracking socket misses an event: {:?}",
+        &lost[..lost.len().min(5)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -707,10 +861,11 @@ async fn nodes_starting_together_on_an_empty_database_all_come_up() {
     // `Cluster::start` starts every process at the same moment on a fresh database.
     let c = Cluster::start(3).await;
     let mut db = c.db().await;
-    let versions: Vec<(i64,)> = sqlx::query_as("SELECT version FROM waimai_schema ORDER BY version")
-        .fetch_all(&mut db)
-        .await
-        .expect("schema versions");
+    let versions: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM waimai_schema ORDER BY version")
+            .fetch_all(&mut db)
+            .await
+            .expect("schema versions");
     assert_eq!(versions, vec![(1,), (2,)], "each migration applied once");
     let view = c.view_any().await.expect("view");
     assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");

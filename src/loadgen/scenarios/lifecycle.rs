@@ -315,18 +315,23 @@ async fn watch_order(
 ) -> Result<(), String> {
     let ctx = &sim.ctx;
     let t = Instant::now();
-    let mut sock =
-        match ws::connect(ctx.http.next_base(), &format!("/v1/orders/{id}/track"), &token).await {
-            Ok(s) => s,
-            Err(e) => {
-                ctx.rec
-                    .op("track_connect", t, Class::Error("ws connect".into()));
-                if customers {
-                    sim.waiters.wake(&id, Err(format!("track socket: {e}")));
-                }
-                return Err("ws connect failed".into());
+    let mut sock = match ws::connect(
+        ctx.http.next_base(),
+        &format!("/v1/orders/{id}/track"),
+        &token,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.rec
+                .op("track_connect", t, Class::Error("ws connect".into()));
+            if customers {
+                sim.waiters.wake(&id, Err(format!("track socket: {e}")));
             }
-        };
+            return Err("ws connect failed".into());
+        }
+    };
     let mut subscribed = Some(subscribed);
     let mut completed = false;
     let timeout = Duration::from_secs_f64(ctx.plan.args.order_timeout) + TRACK_CLOSE_TIMEOUT;
@@ -348,6 +353,11 @@ async fn watch_order(
                 let kind = ws::kind(&v).to_string();
                 if let Some(ts) = ws::ts(&v) {
                     ctx.rec.event(&format!("track:{kind}"), ts);
+                }
+                // From the change itself (its `at`) rather than from the publish on the
+                // socket's node: in a cluster this includes the outbox relay and the broker.
+                if let Some(at) = v["at"].as_i64() {
+                    ctx.rec.event(&format!("track:{kind} since change"), at);
                 }
                 match kind.as_str() {
                     "snapshot" => {
