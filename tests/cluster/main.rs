@@ -17,11 +17,7 @@ use harness::{eventually, unique, Cluster};
 use serde_json::{json, Value};
 use waimai::domain::Role;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The order id the node derives for `customer`'s idempotency key (see `create_order`).
 fn order_id_for(customer: &str, key: &str) -> String {
@@ -68,7 +64,7 @@ async fn status(c: &Cluster, via: usize, oid: &str) -> (String, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_moves_through_a_different_node_at_every_step() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let c = Cluster::start(3).await;
     let (mid, mtoken) = c.merchant(0, "noodles", 10).await;
     let alice = c.shared.token(Role::Customer, "alice");
@@ -196,7 +192,7 @@ async fn an_order_moves_through_a_different_node_at_every_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_on_any_node_see_changes_made_through_the_others() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let c = Cluster::start(3).await;
     let (mid, mtoken) = c.merchant(0, "dumpling", 10).await;
     let r = c
@@ -306,7 +302,7 @@ async fn sockets_on_any_node_see_changes_made_through_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_oversell_across_nodes() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let c = Arc::new(Cluster::start(3).await);
     let (mid, _) = c.merchant(0, "hot", 37).await;
     let limit = Arc::new(tokio::sync::Semaphore::new(100));
@@ -366,11 +362,13 @@ struct Ledger {
     failures: Vec<(Instant, String)>,
     /// Attempts made after the kill that succeeded.
     successes_after_kill: usize,
+    /// When each order was acknowledged.
+    acked_at: Vec<(Instant, String)>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_loses_nothing_acknowledged() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let c = Arc::new(
         Cluster::start_with(3, |s| s.set("WAIMAI__TIMERS__ACCEPT_TIMEOUT_MS", "12000")).await,
     );
@@ -432,6 +430,7 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
                             Ok(r) if r.status == 201 => {
                                 let mut l = ledger.lock().expect("lock");
                                 let id = r.body["id"].as_str().expect("id").to_string();
+                                l.acked_at.push((Instant::now(), id.clone()));
                                 l.acked.insert(id, mid.clone());
                                 if after_kill {
                                     l.successes_after_kill += 1;
@@ -467,6 +466,15 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
         .collect();
 
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let view = c.view_any().await.expect("view");
+    let victim_shards: Vec<u32> = view["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s["owner"] == victim_id.as_str())
+        .map(|(i, _)| i as u32)
+        .collect();
     let kill_time = Instant::now();
     {
         // The clients share the cluster, so kill through the process id.
@@ -483,7 +491,7 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
         t.await.expect("client");
     }
 
-    let l = ledger.lock().expect("lock");
+    let l = std::mem::take(&mut *ledger.lock().expect("lock"));
     // A client that calls the dead node gets a transport error: that is the client's choice of
     // node, not the cluster failing. What counts is what the live nodes answer.
     let dead = c.nodes[victim].url.clone();
@@ -516,6 +524,16 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
         recovered.as_secs_f64(),
         l.successes_after_kill
     );
+    let first_moved = l
+        .acked_at
+        .iter()
+        .filter(|(t, id)| {
+            *t > kill_time && victim_shards.contains(&waimai::cluster::shard_of(id, 16))
+        })
+        .map(|(t, _)| t.duration_since(kill_time))
+        .min();
+    println!("kill -9: first order acknowledged in a shard the dead node owned: {first_moved:?} after the kill");
+    assert!(first_moved.is_some(), "the dead node's shards serve again");
     assert!(
         l.successes_after_kill > 0,
         "requests succeed again after the kill"
@@ -569,7 +587,7 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_is_fenced_out_when_it_resumes() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let c = Cluster::start(3).await;
     let zombie = 2;
     let zombie_id = c.nodes[zombie].id.clone();
@@ -718,7 +736,7 @@ impl Targets {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_joins_under_load_without_failures_or_lost_events() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let mut c = Cluster::start(3).await;
     let (mid, mtoken) = c.merchant(0, "bao", 1_000_000).await;
     let targets = Targets {
@@ -857,7 +875,7 @@ async fn a_fourth_node_joins_under_load_without_failures_or_lost_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_together_on_an_empty_database_all_come_up() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     // `Cluster::start` starts every process at the same moment on a fresh database.
     let c = Cluster::start(3).await;
     let mut db = c.db().await;
