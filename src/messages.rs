@@ -146,6 +146,19 @@ pub struct RestockItems {
     pub lines: Vec<OrderLine>,
 }
 
+/// Commits a change that moves this merchant's stock, on the node that owns the merchant, on
+/// behalf of an order actor elsewhere: every change to one merchant's SKU rows then goes
+/// through one writer queue in the whole cluster, so nodes never wait on one another's row
+/// locks. The change is still fenced with the order's own shard epoch.
+#[derive(Message, Debug, Clone, Serialize, Deserialize)]
+#[rtype(result = "Result<Option<crate::store::Refusal>>")]
+pub struct CommitWrites {
+    /// The order's shard epoch.
+    pub fence: Option<crate::store::ShardEpoch>,
+    /// The change.
+    pub writes: Vec<crate::store::Write>,
+}
+
 /// A merchant with its menu, as the API returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MerchantView {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler,
-    ResponseActFuture, Supervised, WrapFuture,
+    ResponseActFuture, ResponseFuture, Supervised, WrapFuture,
 };
 
 use super::lock::{AcquireLease, LeaseLost, ReleaseLease};
@@ -18,12 +18,12 @@ use crate::domain::{now_ms, Caller, Role};
 use crate::error::{Error, Result};
 use crate::lock::Lease;
 use crate::messages::{
-    GetMerchant, MerchantView, RegisterMerchant, Reservation, ReserveStock, RestockItems, SetMenu,
+    CommitWrites, GetMerchant, MerchantView, RegisterMerchant, Reservation, ReserveStock, RestockItems, SetMenu,
     SetOpen, SettleReservation, StockFence, UnreserveStock,
 };
 use crate::metrics;
 use crate::model::{MenuItem, Merchant, OrderLine, OutboxEvent};
-use crate::store::{ShardEpoch, Write};
+use crate::store::{Refusal, ShardEpoch, Write};
 
 // ---- actor ----
 
@@ -539,6 +539,24 @@ impl Handler<StockFence> for MerchantActor {
             return ready(Err(e));
         }
         AtomicResponse::new(self.with_lease(ctx))
+    }
+}
+
+impl Handler<CommitWrites> for MerchantActor {
+    // Not atomic and not touching the merchant's state: the writes only join this node's
+    // writer queue for the merchant.
+    type Result = ResponseFuture<Result<Option<Refusal>>>;
+
+    fn handle(&mut self, msg: CommitWrites, _ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        let store = self.deps.store.clone();
+        Box::pin(async move {
+            Ok(store
+                .commit_fenced(msg.fence, msg.writes)
+                .await
+                .err()
+                .map(Refusal::from))
+        })
     }
 }
 

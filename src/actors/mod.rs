@@ -175,6 +175,33 @@ pub(crate) fn on_fenced(deps: &Deps, e: &crate::store::StoreError) {
     }
 }
 
+/// Commits a change that moves `merchant_id`'s stock. On a single node (or when this node owns
+/// the merchant) it goes straight to the store; otherwise to the merchant's node
+/// (`CommitWrites`), so that one writer queue in the cluster updates a merchant's SKU rows and
+/// nodes do not queue on one another's row locks. `fence` is the writing actor's shard epoch.
+pub(crate) async fn commit_stock_change(
+    deps: &Deps,
+    merchant_id: &str,
+    fence: Option<ShardEpoch>,
+    writes: Vec<crate::store::Write>,
+) -> Result<(), crate::store::StoreError> {
+    let remote = deps.router.directory().is_some_and(|dir| {
+        !matches!(
+            dir.placement(deps.router.shard_of(merchant_id)),
+            crate::cluster::Placement::Local
+        )
+    });
+    if !remote {
+        return deps.store.commit_fenced(fence, writes).await;
+    }
+    let msg = crate::messages::CommitWrites { fence, writes };
+    match deps.router.send(merchant_id, msg).await {
+        Ok(None) => Ok(()),
+        Ok(Some(refused)) => Err(refused.into()),
+        Err(e) => Err(crate::store::StoreError::Remote(e.to_string())),
+    }
+}
+
 /// Sent by the shard after it forgot the actor: finish what is queued, then stop.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -270,7 +270,12 @@ async fn commit_step(
         }),
         created_at: next.updated_at,
     }));
-    if let Err(e) = deps.store.commit_fenced(shard, writes).await {
+    let committed = if fence.is_some() {
+        super::commit_stock_change(deps, &o.merchant_id, shard, writes).await
+    } else {
+        deps.store.commit_fenced(shard, writes).await
+    };
+    if let Err(e) = committed {
         super::on_fenced(deps, &e);
         return Err(e.into());
     }
@@ -498,7 +503,7 @@ impl Handler<PlaceOrder> for OrderActor {
                 payload: serde_json::to_value(&order).unwrap_or_default(),
                 created_at: now,
             }));
-            match deps.store.commit_fenced(shard, writes).await {
+            match super::commit_stock_change(&deps, &order.merchant_id, shard, writes).await {
                 Ok(()) => {
                     router.notify(&order.merchant_id, SettleReservation);
                     metrics::ORDER_TRANSITIONS

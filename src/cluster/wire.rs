@@ -122,6 +122,7 @@ routes! {
     SettleReservation => (), MerchantActor, false;
     StockFence => i64, MerchantActor, true;
     RestockItems => (), MerchantActor, false;
+    CommitWrites => Option<crate::store::Refusal>, MerchantActor, false;
     // riders
     RegisterRider => Rider, RiderActor, false;
     GoOnline => Rider, RiderActor, false;

@@ -29,7 +29,7 @@ pub use writer::Write;
 
 /// The shard a write belongs to and the epoch its writer holds it under: the write lands only
 /// if the shard's epoch in `shard_owners` is still this one (checked in the same transaction).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShardEpoch {
     /// The shard.
     pub shard: u32,
@@ -143,9 +143,91 @@ pub enum StoreError {
     /// The group-commit writer is gone (shutting down).
     #[error("store writer is closed")]
     Closed,
+    /// Another node committed the change for this one and its database or writer failed.
+    #[error("store (on the merchant's node): {0}")]
+    Remote(String),
     /// The database said no.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+/// Why a change was refused, in a form that travels between nodes (a change committed for
+/// another node's actor reports back exactly what `commit` would have).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Refusal {
+    /// `StoreError::VersionConflict`.
+    VersionConflict { kind: String, id: String },
+    /// `StoreError::StaleFence`.
+    StaleFence {
+        merchant_id: String,
+        sku: String,
+        token: i64,
+    },
+    /// `StoreError::InsufficientStock`.
+    InsufficientStock { merchant_id: String, sku: String },
+    /// `StoreError::Duplicate`.
+    Duplicate(String),
+    /// `StoreError::Fenced`.
+    Fenced { shard: u32, epoch: i64 },
+    /// Anything else (the database or the writer failed).
+    Failed(String),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::VersionConflict { kind, id } => Refusal::VersionConflict {
+                kind: kind.to_string(),
+                id,
+            },
+            StoreError::StaleFence {
+                merchant_id,
+                sku,
+                token,
+            } => Refusal::StaleFence {
+                merchant_id,
+                sku,
+                token,
+            },
+            StoreError::InsufficientStock { merchant_id, sku } => {
+                Refusal::InsufficientStock { merchant_id, sku }
+            }
+            StoreError::Duplicate(what) => Refusal::Duplicate(what),
+            StoreError::Fenced { shard, epoch } => Refusal::Fenced { shard, epoch },
+            other => Refusal::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<Refusal> for StoreError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::VersionConflict { kind, id } => StoreError::VersionConflict {
+                kind: match kind.as_str() {
+                    "order" => "order",
+                    "merchant" => "merchant",
+                    "rider" => "rider",
+                    _ => "entity",
+                },
+                id,
+            },
+            Refusal::StaleFence {
+                merchant_id,
+                sku,
+                token,
+            } => StoreError::StaleFence {
+                merchant_id,
+                sku,
+                token,
+            },
+            Refusal::InsufficientStock { merchant_id, sku } => {
+                StoreError::InsufficientStock { merchant_id, sku }
+            }
+            Refusal::Duplicate(what) => StoreError::Duplicate(what),
+            Refusal::Fenced { shard, epoch } => StoreError::Fenced { shard, epoch },
+            Refusal::Failed(why) => StoreError::Remote(why),
+        }
+    }
 }
 
 /// Columns of an order row, in `order_from_row`'s terms.

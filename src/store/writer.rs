@@ -11,8 +11,9 @@ use super::{dialect, Backend, ShardEpoch, StoreError};
 use crate::metrics;
 use crate::model::{MenuItem, Merchant, Order, OutboxEvent, Rider};
 
-/// One statement of a change.
-#[derive(Debug, Clone)]
+/// One statement of a change. It has a wire form: in a cluster, changes that touch a
+/// merchant's stock are committed by the node that owns the merchant (see `CommitWrites`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Write {
     /// Creates an order row (version must be 1).
     InsertOrder(Order),
