@@ -118,6 +118,45 @@ pub struct ReserveStock {
     pub lines: Vec<(String, i64)>,
 }
 
+/// Reserves stock for a new order and commits the order's creating transaction (order row,
+/// stock decrement fenced with the merchant's lease, `order_created` event), in one step on the
+/// merchant's node: one round trip from the order's actor instead of a reservation, a commit
+/// and a settlement. The transaction is fenced with the order's own shard epoch.
+#[derive(Message, Debug, Clone, Serialize, Deserialize)]
+#[rtype(result = "Result<PlaceOutcome>")]
+pub struct ReserveAndPlace {
+    /// The order as its actor knows it before any stock is reserved.
+    pub draft: OrderDraft,
+    /// (sku, qty) pairs.
+    pub lines: Vec<(String, i64)>,
+    /// The order's shard epoch (cluster).
+    pub fence: Option<crate::store::ShardEpoch>,
+}
+
+/// What the order's actor decides about a new order; the merchant adds lines, prices, pickup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderDraft {
+    /// The order's id.
+    pub id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// The merchant.
+    pub merchant_id: String,
+    /// Where to deliver.
+    pub deliver_to: Location,
+    /// Hash of the creating request.
+    pub request_hash: Option<String>,
+}
+
+/// The outcome of `ReserveAndPlace` once stock was reserved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PlaceOutcome {
+    /// Committed: the new order.
+    Placed(Order),
+    /// The store refused the creating transaction (the reservation was given back).
+    Refused(crate::store::Refusal),
+}
+
 /// Gives an unwritten reservation back (its order was not persisted).
 #[derive(Message, Debug, Clone, Serialize, Deserialize)]
 #[rtype(result = "Result<()>")]

@@ -18,12 +18,12 @@ use crate::domain::{now_ms, Caller, Role};
 use crate::error::{Error, Result};
 use crate::lock::Lease;
 use crate::messages::{
-    CommitWrites, GetMerchant, MerchantView, RegisterMerchant, Reservation, ReserveStock, RestockItems, SetMenu,
+    CommitWrites, GetMerchant, MerchantView, PlaceOutcome, ReserveAndPlace, RegisterMerchant, Reservation, ReserveStock, RestockItems, SetMenu,
     SetOpen, SettleReservation, StockFence, UnreserveStock,
 };
 use crate::metrics;
 use crate::model::{MenuItem, Merchant, OrderLine, OutboxEvent};
-use crate::store::{Refusal, ShardEpoch, Write};
+use crate::store::{Refusal, ShardEpoch, StoreError, Write};
 
 // ---- actor ----
 
@@ -539,6 +539,45 @@ impl Handler<StockFence> for MerchantActor {
             return ready(Err(e));
         }
         AtomicResponse::new(self.with_lease(ctx))
+    }
+}
+
+impl Handler<ReserveAndPlace> for MerchantActor {
+    // Not atomic: the reservation goes through this actor's mailbox as an ordinary (atomic)
+    // `ReserveStock`, and the commit then runs beside the next orders' reservations, so group
+    // commit still batches them.
+    type Result = ResponseFuture<Result<PlaceOutcome>>;
+
+    fn handle(&mut self, msg: ReserveAndPlace, ctx: &mut Context<Self>) -> Self::Result {
+        self.idle.touch();
+        let me = ctx.address();
+        let store = self.deps.store.clone();
+        Box::pin(async move {
+            let r = me
+                .send(ReserveStock {
+                    lines: msg.lines.clone(),
+                })
+                .await
+                .map_err(Error::from)??;
+            let (order, writes) = super::order::creation(&msg.draft, &r);
+            match store.commit_fenced(msg.fence, writes).await {
+                Ok(()) => {
+                    me.do_send(SettleReservation);
+                    Ok(PlaceOutcome::Placed(order))
+                }
+                Err(e) => {
+                    let resync = matches!(
+                        e,
+                        StoreError::InsufficientStock { .. } | StoreError::StaleFence { .. }
+                    );
+                    me.do_send(UnreserveStock {
+                        lines: r.lines,
+                        resync,
+                    });
+                    Ok(PlaceOutcome::Refused(Refusal::from(e)))
+                }
+            }
+        })
     }
 }
 

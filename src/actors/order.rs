@@ -16,8 +16,8 @@ use super::{guard, Deps, Entity, Loaded, Stop};
 use crate::domain::{now_ms, Caller, Role};
 use crate::error::{Error, Result};
 use crate::messages::{
-    ChangeOrder, ClaimRider, CrashOrder, FreeRider, GetOrder, OrderChanged, PlaceOrder, Placed,
-    ReserveStock, RestockItems, SettleReservation, StockFence, UnreserveStock,
+    ChangeOrder, ClaimRider, CrashOrder, FreeRider, GetOrder, OrderChanged, OrderDraft,
+    PlaceOrder, PlaceOutcome, Placed, Reservation, ReserveAndPlace, RestockItems, StockFence,
 };
 use crate::metrics;
 use crate::model::{Order, OutboxEvent};
@@ -334,6 +334,45 @@ async fn run_plan(deps: Deps, shard: Option<ShardEpoch>, plan: &Plan) -> (Vec<Or
     }
 }
 
+/// The creating transaction of a new order: the order at version 1 (`pending_payment`, priced
+/// and with its pickup point from the reservation), the stock decrement of each line fenced
+/// with the merchant's lease, and the `order_created` event. Built here, beside every other
+/// order write, and committed by the merchant's actor (`ReserveAndPlace`).
+pub(crate) fn creation(draft: &OrderDraft, r: &Reservation) -> (Order, Vec<Write>) {
+    let now = now_ms();
+    let order = Order {
+        id: draft.id.clone(),
+        customer_id: draft.customer_id.clone(),
+        merchant_id: draft.merchant_id.clone(),
+        rider_id: None,
+        status: OrderStatus::PendingPayment,
+        items: r.lines.clone(),
+        total_cents: r.total_cents,
+        deliver_to: draft.deliver_to,
+        pickup: Some(r.pickup),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        request_hash: draft.request_hash.clone(),
+    };
+    let mut writes = Vec::with_capacity(r.lines.len() + 2);
+    writes.push(Write::InsertOrder(order.clone()));
+    writes.extend(r.lines.iter().map(|l| Write::AdjustStock {
+        merchant_id: order.merchant_id.clone(),
+        sku: l.sku.clone(),
+        delta: -l.qty,
+        fence: r.fence,
+    }));
+    writes.push(Write::Event(OutboxEvent {
+        aggregate_type: "order".into(),
+        aggregate_id: order.id.clone(),
+        event_type: "order_created".into(),
+        payload: serde_json::to_value(&order).unwrap_or_default(),
+        created_at: now,
+    }));
+    (order, writes)
+}
+
 /// Tells the rest of the system about a committed change, from inside the actor so that one
 /// order's announcements follow its commit order: live sockets (order, merchant and rider
 /// topics), the order's deadline, and its zone's dispatcher.
@@ -462,68 +501,29 @@ impl Handler<PlaceOrder> for OrderActor {
             return ready(Err(Error::Forbidden("only customers place orders".into())));
         }
         let (deps, shard) = (self.deps.clone(), self.fence);
-        let id = self.id.clone();
+        let draft = OrderDraft {
+            id: self.id.clone(),
+            customer_id: msg.caller.id.clone(),
+            merchant_id: msg.merchant_id.clone(),
+            deliver_to: msg.deliver_to,
+            request_hash: msg.request_hash.clone(),
+        };
         let fut = async move {
-            let router = &deps.router;
-            let r = router
-                .send(
-                    &msg.merchant_id,
-                    ReserveStock {
-                        lines: msg.items.clone(),
-                    },
-                )
-                .await?;
-            let now = now_ms();
-            let order = Order {
-                id,
-                customer_id: msg.caller.id.clone(),
-                merchant_id: msg.merchant_id.clone(),
-                rider_id: None,
-                status: OrderStatus::PendingPayment,
-                items: r.lines.clone(),
-                total_cents: r.total_cents,
-                deliver_to: msg.deliver_to,
-                pickup: Some(r.pickup),
-                version: 1,
-                created_at: now,
-                updated_at: now,
-                request_hash: msg.request_hash.clone(),
+            let place = ReserveAndPlace {
+                draft,
+                lines: msg.items,
+                fence: shard,
             };
-            let mut writes = vec![Write::InsertOrder(order.clone())];
-            writes.extend(r.lines.iter().map(|l| Write::AdjustStock {
-                merchant_id: order.merchant_id.clone(),
-                sku: l.sku.clone(),
-                delta: -l.qty,
-                fence: r.fence,
-            }));
-            writes.push(Write::Event(OutboxEvent {
-                aggregate_type: "order".into(),
-                aggregate_id: order.id.clone(),
-                event_type: "order_created".into(),
-                payload: serde_json::to_value(&order).unwrap_or_default(),
-                created_at: now,
-            }));
-            match super::commit_stock_change(&deps, &order.merchant_id, shard, writes).await {
-                Ok(()) => {
-                    router.notify(&order.merchant_id, SettleReservation);
+            match deps.router.send(&msg.merchant_id, place).await? {
+                PlaceOutcome::Placed(order) => {
                     metrics::ORDER_TRANSITIONS
                         .with_label_values(&["none", "pending_payment"])
                         .inc();
                     Ok(order)
                 }
-                Err(e) => {
+                PlaceOutcome::Refused(refused) => {
+                    let e = StoreError::from(refused);
                     super::on_fenced(&deps, &e);
-                    let resync = matches!(
-                        e,
-                        StoreError::InsufficientStock { .. } | StoreError::StaleFence { .. }
-                    );
-                    router.notify(
-                        &order.merchant_id,
-                        UnreserveStock {
-                            lines: r.lines,
-                            resync,
-                        },
-                    );
                     Err(Error::from(e))
                 }
             }

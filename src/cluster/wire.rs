@@ -118,6 +118,7 @@ routes! {
     SetOpen => MerchantView, MerchantActor, false;
     GetMerchant => MerchantView, MerchantActor, true;
     ReserveStock => Reservation, MerchantActor, false;
+    ReserveAndPlace => PlaceOutcome, MerchantActor, false;
     UnreserveStock => (), MerchantActor, false;
     SettleReservation => (), MerchantActor, false;
     StockFence => i64, MerchantActor, true;
