@@ -182,6 +182,10 @@ pub struct ClusterConfig {
     pub handoff_timeout_ms: u64,
     /// How long the events consumer waits for more data before returning a fetch, ms.
     pub fetch_wait_ms: u64,
+    /// Ship events with Kafka's idempotent producer (no duplicates from the producer's own
+    /// retries). Consumers de-duplicate by (entity, version) regardless, so turning it off
+    /// only trades duplicate-free retries for latency on brokers where it is slow.
+    pub idempotent_producer: bool,
 }
 
 /// Order deadlines (all persisted implicitly: status + `updated_at` in the order row).

@@ -355,6 +355,30 @@ pub static LIVE_EVENTS_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+/// From a change's commit time (its event's `created_at`) to the relay's acknowledged produce.
+pub static OUTBOX_SHIP_DELAY: Lazy<Histogram> = Lazy::new(|| {
+    must(
+        register_histogram!(
+            "waimai_outbox_ship_delay_seconds",
+            "From an outbox row's creation to the broker acknowledging it",
+            vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]
+        ),
+        "ship_delay",
+    )
+});
+
+/// From a change's commit time to this node's events feed reading it.
+pub static EVENTS_FEED_DELAY: Lazy<Histogram> = Lazy::new(|| {
+    must(
+        register_histogram!(
+            "waimai_events_feed_delay_seconds",
+            "From an event's creation to this node's feed reading it from the topic",
+            vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]
+        ),
+        "feed_delay",
+    )
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     Lazy::force(&HTTP_SECONDS);
@@ -387,6 +411,8 @@ pub fn render() -> String {
     Lazy::force(&OUTBOX_PENDING);
     Lazy::force(&OUTBOX_OLDEST_SECONDS);
     Lazy::force(&LIVE_EVENTS_DROPPED);
+    Lazy::force(&OUTBOX_SHIP_DELAY);
+    Lazy::force(&EVENTS_FEED_DELAY);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

@@ -282,13 +282,15 @@ async fn connect_bus(
         c.replication_factor,
     )
     .await?;
-    let producer: FutureProducer = kafka
-        .clone()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .create()
-        .map_err(BusError::from)?;
+    let mut producer = kafka.clone();
+    producer.set("acks", "all").set("linger.ms", "1");
+    if c.idempotent_producer {
+        producer.set("enable.idempotence", "true");
+    } else {
+        // Without idempotence, one request in flight keeps each partition in order.
+        producer.set("max.in.flight.requests.per.connection", "1");
+    }
+    let producer: FutureProducer = producer.create().map_err(BusError::from)?;
     let lag = Arc::new(AtomicI64::new(0));
     let feed = bus::feed::consumer(
         kafka.clone(),

@@ -18,8 +18,9 @@ use crate::domain::{now_ms, Caller, Role};
 use crate::error::{Error, Result};
 use crate::lock::Lease;
 use crate::messages::{
-    CommitWrites, GetMerchant, MerchantView, PlaceOutcome, ReserveAndPlace, RegisterMerchant, Reservation, ReserveStock, RestockItems, SetMenu,
-    SetOpen, SettleReservation, StockFence, UnreserveStock,
+    CommitWrites, GetMerchant, MerchantView, PlaceOutcome, RegisterMerchant, Reservation,
+    ReserveAndPlace, ReserveStock, RestockItems, SetMenu, SetOpen, SettleReservation, StockFence,
+    UnreserveStock,
 };
 use crate::metrics;
 use crate::model::{MenuItem, Merchant, OrderLine, OutboxEvent};

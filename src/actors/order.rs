@@ -16,8 +16,8 @@ use super::{guard, Deps, Entity, Loaded, Stop};
 use crate::domain::{now_ms, Caller, Role};
 use crate::error::{Error, Result};
 use crate::messages::{
-    ChangeOrder, ClaimRider, CrashOrder, FreeRider, GetOrder, OrderChanged, OrderDraft,
-    PlaceOrder, PlaceOutcome, Placed, Reservation, ReserveAndPlace, RestockItems, StockFence,
+    ChangeOrder, ClaimRider, CrashOrder, FreeRider, GetOrder, OrderChanged, OrderDraft, PlaceOrder,
+    PlaceOutcome, Placed, Reservation, ReserveAndPlace, RestockItems, StockFence,
 };
 use crate::metrics;
 use crate::model::{Order, OutboxEvent};

@@ -90,6 +90,8 @@ pub async fn run(consumer: StreamConsumer<LagContext>, hub: Hub) {
         match serde_json::from_slice::<EventRecord>(body) {
             Ok(record) => {
                 metrics::EVENTS_CONSUMED.inc();
+                let delay = (crate::domain::now_ms() - record.created_at).max(0);
+                metrics::EVENTS_FEED_DELAY.observe(delay as f64 / 1000.0);
                 publish(&hub, record, &mut latest);
             }
             Err(e) => tracing::debug!(error = %e, "events feed: skipped a record it cannot read"),

@@ -2,17 +2,22 @@
 //! then marks them shipped.
 //!
 //! It wakes after every commit that wrote outbox rows (and every second regardless), reads the
-//! unshipped rows of its shards in `seq` order, produces each to the partition of its shard
-//! keyed by its entity id, waits for the broker's acknowledgement (`acks=all`, idempotent
-//! producer, so a retried send is not duplicated in the log), and only then marks the rows
-//! shipped. A crash between the acknowledgement and the mark ships those rows again on the
-//! next owner: delivery is at least once, and consumers de-duplicate by (entity, version).
-//! A shard being handed over is flushed (`flush`) before the rebalance is acknowledged.
+//! unshipped rows of its shards in `seq` order, and hands each to the producer for the
+//! partition of its shard, keyed by its entity id. It does not wait for the broker's
+//! acknowledgement before reading the next rows: acknowledgements are collected beside it,
+//! and only acknowledged rows are marked shipped (rows in flight are not read again). So an
+//! event's latency is one read plus the broker's append, not a round of acknowledgements.
+//! A row whose send failed is read and sent again. A crash between the acknowledgement and the
+//! mark ships those rows again on the next owner: delivery is at least once, and consumers
+//! de-duplicate by (entity, version). A shard being handed over is flushed (`flush`) before the
+//! rebalance is acknowledged.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{mpsc, Notify};
 
 use super::EventRecord;
 use crate::cluster::Directory;
@@ -28,102 +33,179 @@ pub struct Relay {
     producer: FutureProducer,
     topic: String,
     dir: Arc<Directory>,
-    /// One round at a time (the loop and a handoff's flush).
-    turn: tokio::sync::Mutex<()>,
+    /// Rows handed to the producer and not yet acknowledged (or failed).
+    in_flight: Mutex<HashSet<i64>>,
+    /// Shards being handed over: shipped although no longer served.
+    flushing: Mutex<HashSet<u32>>,
+    /// Wakes the loop (a flush asked for a round).
+    wake: Notify,
+    /// Wakes flushes when acknowledgements came in.
+    acked: Notify,
 }
 
 impl Relay {
-    /// A relay producing with `producer` (idempotent, `acks=all`) to `topic`.
+    /// A relay producing with `producer` (`acks=all`) to `topic`.
     pub fn new(store: Store, producer: FutureProducer, topic: String, dir: Arc<Directory>) -> Self {
         Relay {
             store,
             producer,
             topic,
             dir,
-            turn: tokio::sync::Mutex::new(()),
+            in_flight: Mutex::new(HashSet::new()),
+            flushing: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            acked: Notify::new(),
         }
     }
 
-    /// Ships until stopped: after each commit with events, and every second.
+    /// Ships until stopped: after each commit with events, when asked, and every second.
     pub async fn run(self: Arc<Self>) {
+        let (acks, rx) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().mark(rx));
         loop {
-            let shards: Vec<u32> = self.dir.serving().into_iter().map(|(s, _)| s).collect();
-            if let Err(e) = self.ship_all(&shards).await {
-                tracing::warn!(error = %e, "outbox relay round failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut shards: HashSet<u32> = self.dir.serving().into_iter().map(|(s, _)| s).collect();
+            shards.extend(lock(&self.flushing).iter().copied());
+            let shards: Vec<u32> = shards.into_iter().collect();
+            match self.round(&shards, &acks).await {
+                Ok(n) if n >= ROUND => continue, // more waiting
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay round failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.store.outbox_written()).await;
+            tokio::select! {
+                _ = self.store.outbox_written() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
     }
 
-    /// Ships everything unshipped of `shards` (a handoff's last round), giving up at `deadline`.
-    pub async fn flush(&self, shards: &[u32], deadline: Duration) {
-        match tokio::time::timeout(deadline, self.ship_all(shards)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, ?shards, "outbox flush failed; the next owner ships the rest")
-            }
-            Err(_) => tracing::warn!(
-                ?shards,
-                "outbox flush timed out; the next owner ships the rest"
-            ),
-        }
-    }
-
-    /// Ships rounds until a round comes back short; returns how many rows were shipped.
-    async fn ship_all(&self, shards: &[u32]) -> Result<usize, String> {
+    /// Reads the unshipped rows of `shards` that are not in flight and hands them to the
+    /// producer; returns how many it sent.
+    async fn round(
+        &self,
+        shards: &[u32],
+        acks: &mpsc::UnboundedSender<(i64, i64, bool)>,
+    ) -> Result<usize, String> {
         if shards.is_empty() {
             return Ok(0);
         }
-        let _turn = self.turn.lock().await;
-        let mut total = 0;
-        loop {
-            let rows = self
-                .store
-                .unshipped(shards, ROUND)
-                .await
-                .map_err(|e| e.to_string())?;
-            let n = rows.len();
-            if n == 0 {
-                return Ok(total);
+        let busy = lock(&self.in_flight).len();
+        let rows = self
+            .store
+            .unshipped(shards, ROUND + busy)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut sent = 0;
+        for row in rows {
+            if !lock(&self.in_flight).insert(row.seq) {
+                continue; // already on its way
             }
-            let bodies = rows
-                .iter()
-                .map(|row| serde_json::to_vec(&EventRecord::from_outbox(row.seq, &row.event)))
-                .collect::<Result<Vec<_>, _>>()
+            let body = serde_json::to_vec(&EventRecord::from_outbox(row.seq, &row.event))
                 .map_err(|e| e.to_string())?;
-            let sends: Vec<_> = rows
-                .iter()
-                .zip(&bodies)
-                .map(|(row, body)| {
-                    let record = FutureRecord::to(&self.topic)
-                        .partition(row.shard as i32)
-                        .key(row.event.aggregate_id.as_bytes())
-                        .payload(body);
-                    self.producer.send(record, Duration::from_secs(5))
-                })
-                .collect();
-            let results = futures::future::join_all(sends).await;
-            let mut shipped = Vec::with_capacity(n);
-            let mut failed = None;
-            for (row, r) in rows.iter().zip(results) {
-                match r {
-                    Ok(_) => shipped.push(row.seq),
-                    Err((e, _)) => failed = Some(e.to_string()),
+            let record = FutureRecord::to(&self.topic)
+                .partition(row.shard as i32)
+                .key(row.event.aggregate_id.as_bytes())
+                .payload(&body);
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    let acks = acks.clone();
+                    let (seq, created) = (row.seq, row.event.created_at);
+                    tokio::spawn(async move {
+                        let ok = matches!(delivery.await, Ok(Ok(_)));
+                        let _ = acks.send((seq, created, ok));
+                    });
+                    sent += 1;
+                }
+                Err((e, _)) => {
+                    lock(&self.in_flight).remove(&row.seq);
+                    return Err(format!("producing to {}: {e}", self.topic));
                 }
             }
-            self.store
-                .mark_shipped(&shipped)
-                .await
-                .map_err(|e| e.to_string())?;
-            metrics::OUTBOX_SHIPPED.inc_by(shipped.len() as u64);
-            total += shipped.len();
-            if let Some(e) = failed {
-                return Err(format!("producing to {}: {e}", self.topic));
+        }
+        Ok(sent)
+    }
+
+    /// Collects acknowledgements and marks acknowledged rows shipped, a batch at a time.
+    async fn mark(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(i64, i64, bool)>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
             }
-            if n < ROUND {
-                return Ok(total);
+            let now = crate::domain::now_ms();
+            let mut shipped = Vec::with_capacity(batch.len());
+            let mut failed = 0;
+            for (seq, created, ok) in &batch {
+                if *ok {
+                    metrics::OUTBOX_SHIP_DELAY.observe((now - created).max(0) as f64 / 1000.0);
+                    shipped.push(*seq);
+                } else {
+                    failed += 1;
+                }
             }
+            let mut marked = self.store.mark_shipped(&shipped).await;
+            for _ in 0..3 {
+                if marked.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                marked = self.store.mark_shipped(&shipped).await;
+            }
+            if let Err(e) = marked {
+                // Not marked: they are read and shipped again (consumers de-duplicate).
+                tracing::warn!(error = %e, rows = shipped.len(), "could not mark rows shipped");
+            } else {
+                metrics::OUTBOX_SHIPPED.inc_by(shipped.len() as u64);
+            }
+            {
+                let mut in_flight = lock(&self.in_flight);
+                for (seq, _, _) in &batch {
+                    in_flight.remove(seq);
+                }
+            }
+            if failed > 0 {
+                tracing::warn!(
+                    failed,
+                    "events not acknowledged by the broker; sending again"
+                );
+                self.wake.notify_one();
+            }
+            self.acked.notify_waiters();
         }
     }
+
+    /// Ships everything unshipped of `shards` (a handoff's last act), giving up at `deadline`.
+    pub async fn flush(&self, shards: &[u32], deadline: Duration) {
+        lock(&self.flushing).extend(shards.iter().copied());
+        let done = tokio::time::timeout(deadline, async {
+            loop {
+                self.wake.notify_one();
+                match self.store.outbox_backlog(shards).await {
+                    Ok((0, _)) => return,
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "flush: backlog unknown"),
+                }
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(50), self.acked.notified()).await;
+            }
+        })
+        .await;
+        if done.is_err() {
+            tracing::warn!(
+                ?shards,
+                "outbox flush timed out; the next owner ships the rest"
+            );
+        }
+        let mut flushing = lock(&self.flushing);
+        for s in shards {
+            flushing.remove(s);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

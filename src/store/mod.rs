@@ -278,6 +278,10 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(cfg.max_connections.max(2))
             .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+            // No ping before every checkout: a profile of a node under load showed 3.6% of its
+            // CPU in sqlx's `ping` (one extra round trip per loader round, relay round and
+            // read). A connection that broke fails its statement, and the pool replaces it.
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
