@@ -118,14 +118,23 @@ fn instance(
     })
 }
 
-/// The pair cost `batch` is specified to minimise, computed here from its definition.
-fn pair_cost(cost: CostModel, now: i64, o: &WaitingOrder, r: &AvailableRider) -> i64 {
+/// The pair cost `batch` is specified to minimise, computed here from its definition: the
+/// cost model's figure plus `age_weight` per ms the order has still to wait to reach an hour.
+fn pair_cost(
+    cost: CostModel,
+    age_weight: f64,
+    now: i64,
+    o: &WaitingOrder,
+    r: &AvailableRider,
+) -> i64 {
     let eta = Haversine::new(SPEED).expect("speed");
     let ms = eta.leg(r.position, o.pickup).ms;
-    match cost {
+    let pair = match cost {
         CostModel::PickupEta => ms,
         CostModel::ReadyLateness => (now + ms - o.ready_at_ms).max(0) * 10 + ms,
-    }
+    };
+    let wait = (now - o.waiting_since_ms).clamp(0, 3_600_000);
+    pair + (age_weight * (3_600_000 - wait) as f64).round() as i64
 }
 
 /// (most orders assignable, least total cost among those), by trying every matching.
@@ -200,6 +209,7 @@ proptest! {
         radius in 1500.0..9000.0f64,
         lateness in any::<bool>(),
         now in 0..900_000i64,
+        age_weight in prop_oneof![Just(0.0), 0.0..3.0f64],
     ) {
         let cost = if lateness { CostModel::ReadyLateness } else { CostModel::PickupEta };
         // Every rider within the radius is a candidate (k covers them all).
@@ -211,7 +221,7 @@ proptest! {
                     .map(|r| {
                         let ok = !o.declined.contains(&r.id)
                             && haversine_m(r.position, o.pickup) <= radius;
-                        ok.then(|| pair_cost(cost, now, o, r))
+                        ok.then(|| pair_cost(cost, age_weight, now, o, r))
                     })
                     .collect()
             })
@@ -225,6 +235,7 @@ proptest! {
                 max_candidates: 12,
                 cost,
                 solver,
+                age_weight,
                 ..settings(PolicyKind::Batch)
             };
             let offers = plan(&s, now, &orders, &riders);
@@ -234,14 +245,14 @@ proptest! {
                 .map(|f| {
                     let o = orders.iter().find(|o| o.id == f.order_id).expect("known order");
                     let r = riders.iter().find(|r| r.id == f.rider_id).expect("known rider");
-                    assert_eq!(f.cost, pair_cost(cost, now, o, r), "offer carries its pair cost");
+                    assert_eq!(f.cost, pair_cost(cost, age_weight, now, o, r), "offer carries its pair cost");
                     f.cost
                 })
                 .sum();
             prop_assert_eq!((offers.len(), total), best, "{:?}", solver);
         }
         // Where greedy assigns as many orders, it cannot beat the optimum on pickup ETA.
-        if cost == CostModel::PickupEta {
+        if cost == CostModel::PickupEta && age_weight == 0.0 {
             let g = plan(&DispatchSettings { max_radius_m: radius, ..settings(PolicyKind::Greedy) }, now, &orders, &riders);
             if g.len() == best.0 {
                 let greedy_total: i64 = g.iter().map(|f| f.cost).sum();
@@ -567,4 +578,29 @@ fn the_simulator_refuses_bad_parameters() {
     let mut p = SimParams::new(PolicyKind::Batch, 10, 100.0, 1.0, 1);
     p.dispatch.speed_mps = -1.0;
     assert!(run(&p).is_err());
+}
+
+#[test]
+fn batch_does_not_strand_orders_crowding_one_merchant() {
+    // 40 orders at one merchant, riders strung out east of it: the first candidate lists (at
+    // most 8 riders each, all the same 8) can serve 8 orders; escalation must find the rest.
+    let merchant = at(0.0, 0.0);
+    let orders: Vec<WaitingOrder> = (0..40)
+        .map(|i| order(i, merchant, at(0.0, 1000.0), i as i64))
+        .collect();
+    let riders: Vec<AvailableRider> = (0..60)
+        .map(|i| idle(i, at(100.0 * (i + 1) as f64, 0.0)))
+        .collect();
+    for policy in [PolicyKind::Batch, PolicyKind::Stacked] {
+        let s = DispatchSettings {
+            k_nearest: 4,
+            max_candidates: 8,
+            ..settings(policy)
+        };
+        let offers = plan(&s, 0, &orders, &riders);
+        assert_eq!(offers.len(), 40, "{policy:?}");
+        // The 40 nearest riders serve them.
+        let far = offers.iter().map(|f| f.distance_m).fold(0.0f64, f64::max);
+        assert!((far - 4000.0).abs() < 5.0, "{policy:?}: farthest {far}");
+    }
 }

@@ -32,16 +32,18 @@ impl Batch {
         Batch { settings, eta }
     }
 
-    /// The cost of sending `rider` to `order` now.
+    /// The cost of sending `rider` to `order` now: the cost model's figure plus the order's
+    /// age term ([`DispatchSettings::age_cost`]).
     pub fn cost(&self, now_ms: i64, order: &WaitingOrder, rider: &AvailableRider) -> i64 {
         let leg = self.eta.leg(rider.position, order.pickup);
-        match self.settings.cost {
+        let pair = match self.settings.cost {
             CostModel::PickupEta => leg.ms,
             CostModel::ReadyLateness => {
                 let late = (now_ms + leg.ms - order.ready_at_ms).max(0);
                 late.saturating_mul(LATENESS_WEIGHT).saturating_add(leg.ms)
             }
-        }
+        };
+        pair.saturating_add(self.settings.age_cost(now_ms, order.waiting_since_ms))
     }
 }
 
@@ -67,7 +69,7 @@ impl Policy for Batch {
             .iter()
             .map(|o| (on_globe(o.pickup) && on_globe(o.dropoff)).then_some(o))
             .collect();
-        let pairs = match_orders(&index, &valid, riders, &self.settings, |i, r| {
+        let pairs = match_orders(&[&index], &valid, riders, &self.settings, |i, r| {
             Some((self.cost(now_ms, &orders[i], &riders[r]), ()))
         });
         pairs

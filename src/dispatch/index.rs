@@ -94,15 +94,16 @@ const ESCALATIONS: usize = 3;
 /// `price` accepts: `price(order, rider)` gives the pair's cost and whatever the caller wants
 /// back for it (`None`: the pair is not allowed). Returns (order, rider, payload), by order.
 ///
-/// Candidates for an order are its `k_nearest` nearest riders in `index` within the radius who
-/// have not declined it, plus one more per other waiting order whose pickup lies within the
-/// k-th candidate's distance (up to `max_candidates`): orders crowding one merchant would
-/// otherwise all see the same k riders. After solving, an order left unmatched whose list was
-/// cut short gets four times as many candidates (up to three times) and the round is solved
-/// again, so crowds cannot strand orders while free riders wait a little farther out. The
-/// result is the exact optimum (most orders, then least cost) over the final candidate pairs.
+/// Candidates for an order are, from each of `indexes`, its `k_nearest` nearest riders within
+/// the radius who have not declined it, plus one more per other waiting order whose pickup lies
+/// within the k-th candidate's distance (up to `max_candidates`): orders crowding one merchant
+/// would otherwise all see the same k riders. After solving, an order left unmatched that had
+/// at least one allowed pair and whose list was cut short gets four times as many candidates
+/// (up to three times, at most `16 * max_candidates`) and the round is solved again, so crowds
+/// cannot strand orders while free riders wait a little farther out. The result is the exact
+/// optimum (most orders, then least cost) over the final candidate pairs.
 pub(crate) fn match_orders<T>(
-    index: &RiderIndex,
+    indexes: &[&RiderIndex],
     orders: &[Option<&WaitingOrder>],
     riders: &[AvailableRider],
     settings: &DispatchSettings,
@@ -117,21 +118,31 @@ pub(crate) fn match_orders<T>(
     );
     let k = settings.k_nearest;
     let radius = settings.max_radius_m;
+    // The nearest `limit` riders of each index, nearest first, and whether any index had more.
     let search = |o: &WaitingOrder, limit: usize| {
-        index.nearest(o.pickup, radius, limit, |r| {
-            !o.declined.contains(&riders[r].id)
-        })
+        let mut all: Vec<(usize, f64)> = Vec::new();
+        let mut cut = false;
+        for index in indexes {
+            let near = index.nearest(o.pickup, radius, limit, |r| {
+                !o.declined.contains(&riders[r].id)
+            });
+            cut |= near.len() == limit;
+            all.extend(near);
+        }
+        all.sort_by(|a, b| a.1.total_cmp(&b.1));
+        (all, cut)
     };
-    // Per order: how many candidates it may have, how many the index gave, and the priced ones.
+    // Per order: how many candidates it may have (per index), whether its list was cut short,
+    // and the priced candidates.
     let mut limits = vec![0usize; orders.len()];
-    let mut found = vec![0usize; orders.len()];
+    let mut cut = vec![false; orders.len()];
     let mut priced: Vec<Vec<(usize, i64, Option<T>)>> = Vec::with_capacity(orders.len());
     for (i, o) in orders.iter().enumerate() {
         let mut list = Vec::new();
         if let Some(o) = o {
-            let mut near = search(o, k);
+            let (mut near, mut more) = search(o, k);
             limits[i] = k;
-            if near.len() == k {
+            if near.len() >= k {
                 let reach = near[k - 1].1;
                 let crowd = pickups
                     .locate_within_distance(project(o.pickup), reach * reach)
@@ -140,10 +151,10 @@ pub(crate) fn match_orders<T>(
                     .saturating_sub(1);
                 limits[i] = (k + crowd).min(settings.max_candidates);
                 if limits[i] > k {
-                    near = search(o, limits[i]);
+                    (near, more) = search(o, limits[i]);
                 }
             }
-            found[i] = near.len();
+            cut[i] = more;
             for (r, _) in near {
                 if let Some((cost, t)) = price(i, r) {
                     list.push((r, cost, Some(t)));
@@ -177,12 +188,14 @@ pub(crate) fn match_orders<T>(
         let mut grew = false;
         for (i, o) in orders.iter().enumerate() {
             let Some(o) = o else { continue };
-            if matched[i] || found[i] < limits[i] {
+            // Only orders that lost a contest: with no allowed pair at all, more of the same
+            // kind of rider rarely helps and costs the most.
+            if matched[i] || !cut[i] || priced[i].is_empty() {
                 continue;
             }
-            limits[i] *= 4;
-            let near = search(o, limits[i]);
-            found[i] = near.len();
+            limits[i] = (limits[i] * 4).min(settings.max_candidates * 16);
+            let (near, more) = search(o, limits[i]);
+            cut[i] = more;
             for (r, _) in near {
                 if priced[i].iter().any(|(seen, _, _)| *seen == r) {
                     continue;

@@ -95,7 +95,16 @@ pub struct DispatchSettings {
     pub max_detour_m: f64,
     /// `dispatch.max_stack`: most orders on one rider's route under `stacked`.
     pub max_stack: usize,
+    /// `dispatch.age_weight`: in `batch` and `stacked`, every ms an order has waited (up to
+    /// [`AGE_CAP_MS`]) lowers the cost of all its pairs by this much. It never changes which
+    /// rider is best for an order, only which orders win when riders are short, so an order far
+    /// from everyone cannot lose every round to newer, nearer ones until it is cancelled.
+    /// 0 turns it off.
+    pub age_weight: f64,
 }
+
+/// Waiting longer than this earns no more priority (`age_weight`), ms.
+pub const AGE_CAP_MS: i64 = 3_600_000;
 
 impl Default for DispatchSettings {
     fn default() -> Self {
@@ -111,11 +120,19 @@ impl Default for DispatchSettings {
             solver: Solver::Sparse,
             max_detour_m: 2_500.0,
             max_stack: 3,
+            age_weight: 1.0,
         }
     }
 }
 
 impl DispatchSettings {
+    /// What an order that has waited since `waiting_since_ms` adds to each of its pairs' cost
+    /// at `now_ms`: `age_weight * (AGE_CAP_MS - min(wait, AGE_CAP_MS))`, so older is cheaper.
+    pub fn age_cost(&self, now_ms: i64, waiting_since_ms: i64) -> i64 {
+        let wait = (now_ms - waiting_since_ms).clamp(0, AGE_CAP_MS);
+        (self.age_weight * (AGE_CAP_MS - wait) as f64).round() as i64
+    }
+
     /// Checks every setting is in range.
     pub fn validate(&self) -> Result<(), DispatchError> {
         let bad = |what: &str| Err(DispatchError::InvalidSetting(what.to_string()));
@@ -139,6 +156,9 @@ impl DispatchSettings {
         }
         if self.service_ms < 0 {
             return bad("service_ms must be >= 0");
+        }
+        if !(self.age_weight.is_finite() && (0.0..=100.0).contains(&self.age_weight)) {
+            return bad("age_weight must be in [0, 100]");
         }
         if self.batch_ms == 0 {
             return bad("batch_ms must be at least 1");

@@ -1,9 +1,9 @@
 //! `stacked`: a rider who is carrying orders or heading to a merchant may take one more order
 //! per round, up to `max_stack` orders on the route (Meituan-style order pooling).
 //!
-//! For each waiting order, the candidates are the nearest riders by their position *or any
-//! stop still on their route* (a rider riding to the same merchant is a good candidate even
-//! when still far away). For each candidate, the cheapest insertion of the order's pickup and
+//! For each waiting order, the candidates are the nearest idle riders, and the nearest riders
+//! with a route by their position *or any stop still on it* (a rider riding to the same
+//! merchant is a good candidate even when still far away), `k_nearest` of each kind. For each candidate, the cheapest insertion of the order's pickup and
 //! drop-off into the route is searched exhaustively (pickup before drop-off, existing stops
 //! kept in order). An insertion is allowed only if:
 //! - for a non-empty route, the route grows by at most `max_detour_m`, and the new order's
@@ -14,7 +14,8 @@
 //! An insertion costs the travel time it adds plus the service time of its two stops, plus ten
 //! times the lateness it adds over all drop-offs. For an idle rider that is the ride to the
 //! pickup plus the delivery trip, so the choice between a fresh rider and a stacked one is
-//! made on one scale. The same exact solver as `batch` then picks one order per rider.
+//! made on one scale. The order's age term (`age_weight`) is added as in `batch`, and the same
+//! exact solver then picks one order per rider.
 
 use std::sync::Arc;
 
@@ -196,11 +197,19 @@ impl Policy for Stacked {
                 && r.load() < max_stack
                 && r.route.iter().all(|s| on_globe(s.location))
         };
-        let index = RiderIndex::new(
+        // Idle riders by position; riders with a route by position and by every stop.
+        let idle = RiderIndex::new(
             riders
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| eligible(r))
+                .filter(|(_, r)| r.route.is_empty() && eligible(r))
+                .map(|(i, r)| (r.position, i)),
+        );
+        let busy = RiderIndex::new(
+            riders
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.route.is_empty() && eligible(r))
                 .flat_map(|(i, r)| {
                     std::iter::once((r.position, i))
                         .chain(r.route.iter().map(move |s| (s.location, i)))
@@ -214,9 +223,11 @@ impl Policy for Stacked {
             })
             .collect();
         let mut before: Vec<Option<(RouteTiming, i64)>> = vec![None; riders.len()];
-        let pairs = match_orders(&index, &valid, riders, &self.settings, |i, r| {
+        let pairs = match_orders(&[&idle, &busy], &valid, riders, &self.settings, |i, r| {
             let b = before[r].get_or_insert_with(|| self.before(now_ms, &riders[r]));
-            let ins = self.insert(now_ms, &orders[i], &riders[r], b)?;
+            let mut ins = self.insert(now_ms, &orders[i], &riders[r], b)?;
+            let age = self.settings.age_cost(now_ms, orders[i].waiting_since_ms);
+            ins.cost = ins.cost.saturating_add(age);
             Some((ins.cost, ins))
         });
         pairs

@@ -145,13 +145,22 @@ impl<'a> Engine<'a> {
     pub(super) fn new(p: &'a SimParams) -> Result<Self, SimError> {
         let eta = Arc::new(Haversine::new(p.dispatch.speed_mps)?);
         let policy = build(&p.dispatch, eta)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+        // Three streams of one seed: the city and its orders, the fleet, the riders' answers.
+        // The same seed gives the same demand whatever the fleet or the policy.
+        let stream = |n: u64| {
+            let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+            rng.set_stream(n);
+            rng
+        };
+        let (mut rng, mut fleet) = (stream(0), stream(1));
         let city = City::generate(p.city.clone(), &mut rng);
+        let demand_end = (p.hours * HOUR as f64) as i64;
+        let orders = generate_orders(p, &city, demand_end, &mut rng);
         let riders: Vec<SimRider> = (0..p.riders)
             .map(|i| SimRider {
                 id: format!("r{i}"),
-                speed: p.dispatch.speed_mps * (1.0 + p.speed_spread * rng.gen_range(-1.0..=1.0)),
-                anchor: city.random_point(&mut rng),
+                speed: p.dispatch.speed_mps * (1.0 + p.speed_spread * fleet.gen_range(-1.0..=1.0)),
+                anchor: city.random_point(&mut fleet),
                 leg: None,
                 route: Vec::new(),
                 version: 0,
@@ -160,14 +169,12 @@ impl<'a> Engine<'a> {
                 busy_since: None,
             })
             .collect();
-        let demand_end = (p.hours * HOUR as f64) as i64;
-        let orders = generate_orders(p, &city, demand_end, &mut rng);
         let end = demand_end + (p.drain_hours * HOUR as f64) as i64;
         let hours = (end / HOUR + 2) as usize;
         let mut e = Engine {
             p,
             policy,
-            rng,
+            rng: stream(2),
             state: vec![OrderState::default(); orders.len()],
             order_ix: orders
                 .iter()

@@ -3,9 +3,10 @@
 //!
 //! The simulator drives the very [`crate::dispatch::Policy`] the live dispatcher would run. Its
 //! clock is a queue of events (order placed, dispatch round, offer answered, stop finished,
-//! order cancelled); nothing sleeps, so hours of a city run in seconds. One seeded ChaCha
-//! generator draws the city, the orders and every rider's decisions, in event order, so a seed
-//! gives the same report every time (except the policy's measured compute time).
+//! order cancelled); nothing sleeps, so hours of a city run in seconds. One seed feeds three
+//! ChaCha streams: the city and its orders (the same demand whatever the fleet or the policy),
+//! the fleet, and the riders' answers (drawn in event order). A seed gives the same report
+//! every time, except the policy's measured compute time.
 //!
 //! # Layout
 //! - [`SimulateArgs`] / [`SimParams`]: the command line and the parameters it resolves to.
@@ -210,6 +211,10 @@ pub struct SimulateArgs {
     /// Assignment solver for batch and stacked (both exact).
     #[arg(long, value_enum, default_value = "sparse")]
     pub solver: Solver,
+    /// Batch and stacked: each ms an order has waited (up to an hour) makes its pairs this much
+    /// cheaper, so far orders are not starved by nearer ones (0: pure distance).
+    #[arg(long, default_value_t = 1.0)]
+    pub age_weight: f64,
     /// Chance a rider declines an offer, 0..1.
     #[arg(long, default_value_t = 0.1)]
     pub decline_prob: f64,
@@ -258,6 +263,7 @@ impl SimulateArgs {
             solver: self.solver,
             max_detour_m: self.max_detour_m,
             max_stack: self.max_stack,
+            age_weight: self.age_weight,
             ..DispatchSettings::default()
         };
         p.validate()?;
