@@ -4,8 +4,8 @@
 //!   checked against brute force on small instances, with both solvers.
 //! - `greedy` matches an independent scan of today's rule: oldest order first, nearest idle
 //!   rider not asked, within the radius.
-//! - `stacked` never plans a route that breaks a promise it could keep, or exceeds the detour
-//!   bound or the stack size.
+//! - `stacked` never plans a route that breaks a promise (less its margin) it could keep, or
+//!   exceeds the detour bound or the stack size.
 //! - No policy offers an order to a rider who declined it, or offers anything twice.
 //! - The simulator is deterministic for a seed.
 
@@ -314,6 +314,7 @@ proptest! {
         ),
         detour in 300.0..4000.0f64,
         max_stack in 1..4usize,
+        margin in prop_oneof![Just(0i64), 0..600_000i64],
         now in 0..600_000i64,
     ) {
         // Give riders routes: some orders still to collect, some carried (drop-off only).
@@ -341,6 +342,7 @@ proptest! {
         let s = DispatchSettings {
             max_detour_m: detour,
             max_stack,
+            promise_margin_ms: margin,
             ..settings(PolicyKind::Stacked)
         };
         let offers = plan(&s, now, &orders, &riders);
@@ -367,13 +369,13 @@ proptest! {
             if !r.route.is_empty() {
                 prop_assert!(after_m - before_m <= detour + 1e-6, "detour {} > {detour}", after_m - before_m);
                 let new = arrival(&after, &f.route, &o.id).expect("new drop-off");
-                prop_assert!(new <= o.promised_at_ms, "new order late: {new} > {}", o.promised_at_ms);
+                prop_assert!(new <= o.promised_at_ms - margin, "new order late: {new} > {} - {margin}", o.promised_at_ms);
             }
             for s in r.route.iter().filter(|s| s.kind == StopKind::Dropoff) {
                 let was = arrival(&before, &r.route, &s.order_id).expect("old drop-off");
                 let now_at = arrival(&after, &f.route, &s.order_id).expect("kept drop-off");
                 prop_assert!(
-                    now_at <= was.max(s.promised_at_ms),
+                    now_at <= was.max(s.promised_at_ms - margin),
                     "{} delivered at {now_at}, was {was}, promised {}",
                     s.order_id,
                     s.promised_at_ms

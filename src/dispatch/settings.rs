@@ -95,6 +95,9 @@ pub struct DispatchSettings {
     pub max_detour_m: f64,
     /// `dispatch.max_stack`: most orders on one rider's route under `stacked`.
     pub max_stack: usize,
+    /// `dispatch.promise_margin_ms`: `stacked` only stacks when every promise on the route is
+    /// kept by the ETA with this much to spare, ms.
+    pub promise_margin_ms: i64,
     /// `dispatch.age_weight`: in `batch` and `stacked`, every ms an order has waited (up to
     /// [`AGE_CAP_MS`]) lowers the cost of all its pairs by this much. It never changes which
     /// rider is best for an order, only which orders win when riders are short, so an order far
@@ -120,6 +123,7 @@ impl Default for DispatchSettings {
             solver: Solver::Sparse,
             max_detour_m: 2_500.0,
             max_stack: 3,
+            promise_margin_ms: 300_000,
             age_weight: 1.0,
         }
     }
@@ -154,8 +158,8 @@ impl DispatchSettings {
         if self.max_stack == 0 {
             return bad("max_stack must be at least 1");
         }
-        if self.service_ms < 0 {
-            return bad("service_ms must be >= 0");
+        if self.service_ms < 0 || self.promise_margin_ms < 0 {
+            return bad("service_ms and promise_margin_ms must be >= 0");
         }
         if !(self.age_weight.is_finite() && (0.0..=100.0).contains(&self.age_weight)) {
             return bad("age_weight must be in [0, 100]");

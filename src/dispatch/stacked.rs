@@ -7,9 +7,11 @@
 //! drop-off into the route is searched exhaustively (pickup before drop-off, existing stops
 //! kept in order). An insertion is allowed only if:
 //! - for a non-empty route, the route grows by at most `max_detour_m`, and the new order's
-//!   drop-off meets its promise;
-//! - no order already on the route is delivered later than its promise, unless it was already
-//!   going to be late and is not delayed at all.
+//!   drop-off meets its promise with `promise_margin_ms` to spare;
+//! - no order already on the route is delivered later than its promise less that margin,
+//!   unless it is not delayed at all (it may already be late; then it stays as late).
+//!
+//! The margin absorbs what the ETA does not know (a slower rider, a wait at the counter).
 //!
 //! An insertion costs the travel time it adds plus the service time of its two stops, plus ten
 //! times the lateness it adds over all drop-offs. For an idle rider that is the ride to the
@@ -144,12 +146,13 @@ impl Stacked {
                 if stacking && added_m > self.settings.max_detour_m {
                     continue;
                 }
-                if stacking && arrive[nd] > order.promised_at_ms {
+                let margin = self.settings.promise_margin_ms;
+                if stacking && arrive[nd] > order.promised_at_ms - margin {
                     continue;
                 }
                 let breaks_promise = old.iter().enumerate().any(|(k, s)| {
                     let (was, now) = (before.stops[k].arrive_ms, arrive[k + 1]);
-                    s.kind == StopKind::Dropoff && now > was && now > s.promised_at_ms
+                    s.kind == StopKind::Dropoff && now > was && now > s.promised_at_ms - margin
                 });
                 if breaks_promise {
                     continue;

@@ -202,6 +202,10 @@ pub struct SimulateArgs {
     /// Stacked: most metres a route may grow by to take one more order.
     #[arg(long, default_value_t = 2500.0)]
     pub max_detour_m: f64,
+    /// Stacked: stack only when every promise on the route holds by the ETA with this many
+    /// minutes to spare.
+    #[arg(long, default_value_t = 5.0)]
+    pub promise_margin_min: f64,
     /// Stacked: most orders on one rider's route.
     #[arg(long, default_value_t = 3)]
     pub max_stack: usize,
@@ -264,6 +268,7 @@ impl SimulateArgs {
             max_detour_m: self.max_detour_m,
             max_stack: self.max_stack,
             age_weight: self.age_weight,
+            promise_margin_ms: (self.promise_margin_min * 60_000.0) as i64,
             ..DispatchSettings::default()
         };
         p.validate()?;
