@@ -69,7 +69,7 @@ impl Policy for Batch {
             .iter()
             .map(|o| (on_globe(o.pickup) && on_globe(o.dropoff)).then_some(o))
             .collect();
-        let pairs = match_orders(&[&index], &valid, riders, &self.settings, |i, r| {
+        let pairs = match_orders(&index, None, &valid, riders, &self.settings, |i, r| {
             Some((self.cost(now_ms, &orders[i], &riders[r]), ()))
         });
         pairs

@@ -94,16 +94,21 @@ const ESCALATIONS: usize = 3;
 /// `price` accepts: `price(order, rider)` gives the pair's cost and whatever the caller wants
 /// back for it (`None`: the pair is not allowed). Returns (order, rider, payload), by order.
 ///
-/// Candidates for an order are, from each of `indexes`, its `k_nearest` nearest riders within
-/// the radius who have not declined it, plus one more per other waiting order whose pickup lies
-/// within the k-th candidate's distance (up to `max_candidates`): orders crowding one merchant
-/// would otherwise all see the same k riders. After solving, an order left unmatched that had
-/// at least one allowed pair and whose list was cut short gets four times as many candidates
-/// (up to three times, at most `16 * max_candidates`) and the round is solved again, so crowds
-/// cannot strand orders while free riders wait a little farther out. The result is the exact
-/// optimum (most orders, then least cost) over the final candidate pairs.
+/// Candidates for an order are, from `primary` and from `secondary` (if any), its `k_nearest`
+/// nearest riders within the radius who have not declined it, plus one more per other waiting
+/// order whose pickup lies within the k-th candidate's distance (up to `max_candidates`):
+/// orders crowding one merchant would otherwise all see the same k riders. After solving, an
+/// order left unmatched that had at least one allowed pair and whose list was cut short
+/// gets four times as many candidates (up to three times; at most `16 * max_candidates`
+/// from `primary`, `2 * max_candidates` from `secondary`) and the round is solved again, so
+/// crowds cannot strand orders while free riders wait a little farther out. (`stacked` passes
+/// idle riders as `primary` and riders with a route as `secondary`: a loaded rider far out
+/// rarely passes the detour bound, and pricing hundreds of them made overloaded rounds take up
+/// to 0.66 s.) The result is the exact optimum (most
+/// orders, then least cost) over the final candidate pairs.
 pub(crate) fn match_orders<T>(
-    indexes: &[&RiderIndex],
+    primary: &RiderIndex,
+    secondary: Option<&RiderIndex>,
     orders: &[Option<&WaitingOrder>],
     riders: &[AvailableRider],
     settings: &DispatchSettings,
@@ -118,18 +123,18 @@ pub(crate) fn match_orders<T>(
     );
     let k = settings.k_nearest;
     let radius = settings.max_radius_m;
-    // The nearest `limit` riders of each index, nearest first, and whether any index had more.
-    let search = |o: &WaitingOrder, limit: usize| {
-        let mut all: Vec<(usize, f64)> = Vec::new();
-        let mut cut = false;
-        for index in indexes {
-            let near = index.nearest(o.pickup, radius, limit, |r| {
-                !o.declined.contains(&riders[r].id)
-            });
-            cut |= near.len() == limit;
-            all.extend(near);
+    // The nearest `limit` riders of `primary` and `other` of `secondary`, nearest first, and
+    // whether either had more (and may still grow).
+    let search = |o: &WaitingOrder, limit: usize, other: usize| {
+        let keep = |r: usize| !o.declined.contains(&riders[r].id);
+        let mut all = primary.nearest(o.pickup, radius, limit, keep);
+        let mut cut = all.len() == limit;
+        if let Some(index) = secondary {
+            let more = index.nearest(o.pickup, radius, other, keep);
+            cut |= more.len() == other && other < 2 * settings.max_candidates;
+            all.extend(more);
+            all.sort_by(|a, b| a.1.total_cmp(&b.1));
         }
-        all.sort_by(|a, b| a.1.total_cmp(&b.1));
         (all, cut)
     };
     // Per order: how many candidates it may have (per index), whether its list was cut short,
@@ -140,7 +145,7 @@ pub(crate) fn match_orders<T>(
     for (i, o) in orders.iter().enumerate() {
         let mut list = Vec::new();
         if let Some(o) = o {
-            let (mut near, mut more) = search(o, k);
+            let (mut near, mut more) = search(o, k, k);
             limits[i] = k;
             if near.len() >= k {
                 let reach = near[k - 1].1;
@@ -151,7 +156,7 @@ pub(crate) fn match_orders<T>(
                     .saturating_sub(1);
                 limits[i] = (k + crowd).min(settings.max_candidates);
                 if limits[i] > k {
-                    (near, more) = search(o, limits[i]);
+                    (near, more) = search(o, limits[i], limits[i]);
                 }
             }
             cut[i] = more;
@@ -194,7 +199,7 @@ pub(crate) fn match_orders<T>(
                 continue;
             }
             limits[i] = (limits[i] * 4).min(settings.max_candidates * 16);
-            let (near, more) = search(o, limits[i]);
+            let (near, more) = search(o, limits[i], limits[i].min(2 * settings.max_candidates));
             cut[i] = more;
             for (r, _) in near {
                 if priced[i].iter().any(|(seen, _, _)| *seen == r) {

@@ -226,13 +226,20 @@ impl Policy for Stacked {
             })
             .collect();
         let mut before: Vec<Option<(RouteTiming, i64)>> = vec![None; riders.len()];
-        let pairs = match_orders(&[&idle, &busy], &valid, riders, &self.settings, |i, r| {
-            let b = before[r].get_or_insert_with(|| self.before(now_ms, &riders[r]));
-            let mut ins = self.insert(now_ms, &orders[i], &riders[r], b)?;
-            let age = self.settings.age_cost(now_ms, orders[i].waiting_since_ms);
-            ins.cost = ins.cost.saturating_add(age);
-            Some((ins.cost, ins))
-        });
+        let pairs = match_orders(
+            &idle,
+            Some(&busy),
+            &valid,
+            riders,
+            &self.settings,
+            |i, r| {
+                let b = before[r].get_or_insert_with(|| self.before(now_ms, &riders[r]));
+                let mut ins = self.insert(now_ms, &orders[i], &riders[r], b)?;
+                let age = self.settings.age_cost(now_ms, orders[i].waiting_since_ms);
+                ins.cost = ins.cost.saturating_add(age);
+                Some((ins.cost, ins))
+            },
+        );
         pairs
             .into_iter()
             .map(|(i, r, ins)| {
