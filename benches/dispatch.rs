@@ -6,6 +6,11 @@
 //! customers spread, riders anywhere. For `greedy` and `batch` every rider is idle; for
 //! `stacked` a third of the riders already carry one order, so insertion is exercised.
 //!
+//! `solver_dense_NxN` compares the exact solvers alone on dense square problems (every pair
+//! allowed, random integer costs): `solver::assign` with `Solver::Sparse` and with
+//! `Solver::KuhnMunkres`, and the `lapjv` crate (Jonker–Volgenant, dense, square matrices only,
+//! f64 costs). The optimal totals are printed and must agree.
+//!
 //! Before criterion measures, each case is timed once and its offers are summarised (how many,
 //! total pickup distance), so the quality side of the comparison is printed too. A case whose
 //! single round takes longer than `WAIMAI_BENCH_MAX_ROUND_S` (default 20 s) is reported and not
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use waimai::dispatch::solver::{assign, Edge};
 use waimai::dispatch::{
     build, haversine_m, AvailableRider, DispatchSettings, Haversine, PolicyKind, Solver, Stop,
     StopKind, WaitingOrder,
@@ -151,5 +157,59 @@ fn main() {
         });
     }
     group.finish();
+    solvers(&mut c);
     c.final_summary();
+}
+
+/// The three exact solvers on dense square problems.
+fn solvers(c: &mut Criterion) {
+    for n in [200usize, 1000] {
+        let mut rng = ChaCha8Rng::seed_from_u64(n as u64);
+        let costs: Vec<i64> = (0..n * n).map(|_| rng.gen_range(0..1_000_000)).collect();
+        let edges: Vec<Edge> = (0..n * n)
+            .map(|k| Edge {
+                row: k / n,
+                col: k % n,
+                cost: costs[k],
+            })
+            .collect();
+        let matrix =
+            ndarray::Array2::from_shape_vec((n, n), costs.iter().map(|&x| x as f64).collect())
+                .expect("n x n");
+        let total =
+            |pairs: &[(usize, usize)]| pairs.iter().map(|&(i, j)| costs[i * n + j]).sum::<i64>();
+        let timed = |name: &str, f: &mut dyn FnMut() -> i64| {
+            let started = Instant::now();
+            let t = f();
+            println!(
+                "solver_dense_{n}x{n} {name:<13} first run {:>9.1} ms, optimum {t}",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+        };
+        timed("sparse", &mut || {
+            total(&assign(n, n, &edges, Solver::Sparse))
+        });
+        timed("kuhn_munkres", &mut || {
+            total(&assign(n, n, &edges, Solver::KuhnMunkres))
+        });
+        timed("lapjv", &mut || match lapjv::lapjv(&matrix) {
+            Ok((rows, _)) => rows
+                .iter()
+                .enumerate()
+                .map(|(i, &j)| costs[i * n + j])
+                .sum(),
+            Err(e) => panic!("lapjv failed: {e:?}"),
+        });
+        let mut group = c.benchmark_group(format!("solver_dense_{n}x{n}"));
+        group.bench_function("sparse", |b| {
+            b.iter(|| black_box(assign(n, n, black_box(&edges), Solver::Sparse)))
+        });
+        group.bench_function("kuhn_munkres", |b| {
+            b.iter(|| black_box(assign(n, n, black_box(&edges), Solver::KuhnMunkres)))
+        });
+        group.bench_function("lapjv", |b| {
+            b.iter(|| black_box(lapjv::lapjv(black_box(&matrix))))
+        });
+        group.finish();
+    }
 }
