@@ -14,6 +14,10 @@
 //! - [`lock`]: lease backends (Redis and in-process) behind the lock actor.
 //! - [`api`]: the warp front door (REST, health, metrics) and its error mapping.
 //! - [`server`]: starting and stopping a node; [`config`]: typed configuration.
+//! - [`dispatch`]: the dispatch policies (`greedy`, `batch`, `stacked`) as pure functions from
+//!   waiting orders and available riders to offers; no actors, no I/O.
+//! - [`sim`]: `waimai simulate`, a seeded city simulator that runs a policy in simulated time
+//!   and measures it.
 //! - [`loadgen`]: `waimai loadgen`, a load generator that drives a running node over HTTP and
 //!   websockets and checks its invariants afterwards.
 #![forbid(unsafe_code)]
@@ -23,6 +27,7 @@ pub mod api;
 pub mod bus;
 pub mod cluster;
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod loadgen;
@@ -32,6 +37,7 @@ pub mod metrics;
 pub mod model;
 pub mod realtime;
 pub mod server;
+pub mod sim;
 pub mod store;
 
 pub use config::Config;

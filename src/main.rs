@@ -62,6 +62,10 @@ enum Command {
     /// Drive a running node with simulated customers, merchants and riders over HTTP and
     /// websockets; print throughput, latency and invariant checks (exit 1 if one breaks).
     Loadgen(waimai::loadgen::LoadgenArgs),
+    /// Run a dispatch policy in a seeded synthetic city, in simulated time, and print (and
+    /// optionally write as JSON) what it did: click-to-door, pickup distance, time to assign,
+    /// orders per rider-hour, late and unassigned orders, compute time per round.
+    Simulate(waimai::sim::SimulateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +123,18 @@ fn main() -> anyhow::Result<()> {
                 .mint(role, &sub, ttl.unwrap_or(cfg.auth.token_ttl_secs))
                 .context("signing token")?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Simulate(args) => {
+            let params = args.params().context("simulation parameters")?;
+            let report = waimai::sim::run(&params).context("simulation")?;
+            print!("{}", report.table());
+            if let Some(path) = args.json {
+                let json = serde_json::to_string_pretty(&report).context("encoding the report")?;
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("JSON report: {}", path.display());
+            }
             Ok(())
         }
         Command::Loadgen(args) => {
