@@ -27,6 +27,12 @@ use crate::store::Store;
 /// Rows read per round.
 const ROUND: usize = 512;
 
+/// How long a round waits for more commits to join it.
+const COALESCE: Duration = Duration::from_millis(2);
+
+/// How long acknowledgements gather before they are marked in one statement.
+const MARK_EVERY: Duration = Duration::from_millis(25);
+
 /// Ships outbox rows of owned shards.
 pub struct Relay {
     store: Store,
@@ -79,6 +85,9 @@ impl Relay {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+            // Let the commits of the next few milliseconds join this round: under load a read
+            // per commit batch costs the database more than the wait costs an event.
+            tokio::time::sleep(COALESCE).await;
         }
     }
 
@@ -132,8 +141,12 @@ impl Relay {
     async fn mark(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(i64, i64, bool)>) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
+            let until = tokio::time::Instant::now() + MARK_EVERY;
+            while batch.len() < 2 * ROUND {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(more)) => batch.push(more),
+                    Ok(None) | Err(_) => break,
+                }
             }
             let now = crate::domain::now_ms();
             let mut shipped = Vec::with_capacity(batch.len());
