@@ -514,8 +514,12 @@ impl Handler<PlaceOrder> for OrderActor {
                 lines: msg.items,
                 fence: shard,
             };
+            let hash = place.draft.request_hash.clone();
             match deps.router.send(&msg.merchant_id, place).await? {
-                PlaceOutcome::Placed(order) => {
+                PlaceOutcome::Placed(mut order) => {
+                    // The hash never travels (it is not part of an order's wire form): keep
+                    // ours, so a retry of this request is answered as a replay.
+                    order.request_hash = hash;
                     metrics::ORDER_TRANSITIONS
                         .with_label_values(&["none", "pending_payment"])
                         .inc();
@@ -540,8 +544,13 @@ impl Handler<PlaceOrder> for OrderActor {
                         })
                     }
                     Err(e) => {
-                        if matches!(e, Error::Conflict(_) | Error::NotOwner(_)) {
-                            ctx.stop(); // the row exists after all, or moved: reload it
+                        if matches!(
+                            e,
+                            Error::Conflict(_) | Error::NotOwner(_) | Error::Unavailable(_)
+                        ) {
+                            // The row exists after all, moved, or may have been written by a
+                            // commit whose answer was lost: reload before the next message.
+                            ctx.stop();
                         }
                         Err(e)
                     }
