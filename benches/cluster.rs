@@ -76,11 +76,18 @@ async fn forwarding(c: &Cluster) {
     for (i, k) in keys.iter().enumerate() {
         let via = if i % 2 == 0 { 0 } else { 1 };
         let t = Instant::now();
-        let r = c.order(via, "fwd", &mid, "dish", Some(k)).await.expect("order");
+        let r = c
+            .order(via, "fwd", &mid, "dish", Some(k))
+            .await
+            .expect("order");
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         assert_eq!(r.status, 201, "{}", r.body);
         if i >= 200 {
-            if via == 0 { direct.push(ms) } else { forwarded.push(ms) }
+            if via == 0 {
+                direct.push(ms)
+            } else {
+                forwarded.push(ms)
+            }
         }
     }
     let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
@@ -163,17 +170,36 @@ async fn kill_recovery(c: &Cluster) {
 fn loadgen(targets: &[String], secret: &str, users: usize) -> f64 {
     let json = std::env::temp_dir().join(format!("waimai-bench-{}.json", unique()));
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waimai"));
-    cmd.args(["loadgen", "create", "--quiet", "--duration", "15", "--warmup", "3"])
-        .args(["--concurrency", &users.to_string(), "--merchants", "32", "--skus", "8"])
-        .arg("--json")
-        .arg(&json)
-        .env("WAIMAI__AUTH__JWT_SECRET", secret)
-        .env("RUST_LOG", "warn");
+    cmd.args([
+        "loadgen",
+        "create",
+        "--quiet",
+        "--duration",
+        "15",
+        "--warmup",
+        "3",
+    ])
+    .args([
+        "--concurrency",
+        &users.to_string(),
+        "--merchants",
+        "32",
+        "--skus",
+        "8",
+    ])
+    .arg("--json")
+    .arg(&json)
+    .env("WAIMAI__AUTH__JWT_SECRET", secret)
+    .env("RUST_LOG", "warn");
     for t in targets {
         cmd.args(["--target", t]);
     }
     let out = cmd.output().expect("run loadgen");
-    assert!(out.status.success(), "loadgen: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "loadgen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("json");
     report["ops"]
@@ -199,7 +225,9 @@ fn main() {
         forwarding(&c).await;
         event_to_socket(&c).await;
         let targets: Vec<String> = c.nodes.iter().map(|n| n.url.clone()).collect();
-        let three: Vec<f64> = (0..2).map(|_| loadgen(&targets, &c.shared.secret, 256)).collect();
+        let three: Vec<f64> = (0..2)
+            .map(|_| loadgen(&targets, &c.shared.secret, 256))
+            .collect();
         kill_recovery(&c).await;
         drop(c);
         let one = Cluster::start_with(1, tune).await;
