@@ -33,14 +33,28 @@ const COALESCE: Duration = Duration::from_millis(2);
 /// How long acknowledgements gather before they are marked in one statement.
 const MARK_EVERY: Duration = Duration::from_millis(25);
 
+/// What the relay knows of rows it sent. A row leaves `in_flight` when its acknowledgement is
+/// marked in the store; it is then remembered in `marked` (with the round current at the
+/// mark) until a round that began after the mark committed, since a read that started before the
+/// commit still sees it unshipped.
+#[derive(Default)]
+struct Ledger {
+    /// Rounds started.
+    round: u64,
+    /// Rows handed to the producer and not yet marked (or failed).
+    in_flight: HashSet<i64>,
+    /// Rows marked shipped, with the round current when the mark committed.
+    marked: std::collections::HashMap<i64, u64>,
+}
+
 /// Ships outbox rows of owned shards.
 pub struct Relay {
     store: Store,
     producer: FutureProducer,
     topic: String,
     dir: Arc<Directory>,
-    /// Rows handed to the producer and not yet acknowledged (or failed).
-    in_flight: Mutex<HashSet<i64>>,
+    /// Which rows are on their way (see `Ledger`).
+    ledger: Mutex<Ledger>,
     /// Shards being handed over: shipped although no longer served.
     flushing: Mutex<HashSet<u32>>,
     /// Wakes the loop (a flush asked for a round).
@@ -57,7 +71,7 @@ impl Relay {
             producer,
             topic,
             dir,
-            in_flight: Mutex::new(HashSet::new()),
+            ledger: Mutex::new(Ledger::default()),
             flushing: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             acked: Notify::new(),
@@ -101,7 +115,14 @@ impl Relay {
         if shards.is_empty() {
             return Ok(0);
         }
-        let busy = lock(&self.in_flight).len();
+        let (round, busy) = {
+            let mut l = lock(&self.ledger);
+            l.round += 1;
+            let round = l.round;
+            // Marks committed before this round's read cannot show up in it.
+            l.marked.retain(|_, at| *at >= round - 1);
+            (round, l.in_flight.len())
+        };
         let rows = self
             .store
             .unshipped(shards, ROUND + busy)
@@ -109,8 +130,15 @@ impl Relay {
             .map_err(|e| e.to_string())?;
         let mut sent = 0;
         for row in rows {
-            if !lock(&self.in_flight).insert(row.seq) {
-                continue; // already on its way
+            {
+                let mut l = lock(&self.ledger);
+                // On its way, or marked while this round's read ran (the read may predate the
+                // mark's commit and still see the row unshipped).
+                if l.marked.get(&row.seq).is_some_and(|at| *at >= round - 1)
+                    || !l.in_flight.insert(row.seq)
+                {
+                    continue;
+                }
             }
             let body = serde_json::to_vec(&EventRecord::from_outbox(row.seq, &row.event))
                 .map_err(|e| e.to_string())?;
@@ -129,7 +157,7 @@ impl Relay {
                     sent += 1;
                 }
                 Err((e, _)) => {
-                    lock(&self.in_flight).remove(&row.seq);
+                    lock(&self.ledger).in_flight.remove(&row.seq);
                     return Err(format!("producing to {}: {e}", self.topic));
                 }
             }
@@ -174,9 +202,13 @@ impl Relay {
                 metrics::OUTBOX_SHIPPED.inc_by(shipped.len() as u64);
             }
             {
-                let mut in_flight = lock(&self.in_flight);
-                for (seq, _, _) in &batch {
-                    in_flight.remove(seq);
+                let mut l = lock(&self.ledger);
+                let round = l.round;
+                for (seq, _, ok) in &batch {
+                    l.in_flight.remove(seq);
+                    if *ok {
+                        l.marked.insert(*seq, round);
+                    }
                 }
             }
             if failed > 0 {

@@ -888,3 +888,99 @@ async fn nodes_starting_together_on_an_empty_database_all_come_up() {
     let view = c.view_any().await.expect("view");
     assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");
 }
+
+/// The events topic carries every committed change exactly once when nothing fails (the relay
+/// must not ship a row twice in steady state), each on the partition of its entity's shard, and
+/// external consumers can read it: here a plain rdkafka consumer, as any Kafka client would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_topic_carries_every_change_once_on_its_shard() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let _one = SERIAL.lock().await;
+    let c = Cluster::start(3).await;
+    let (mid, mtoken) = c.merchant(0, "pie", 1000).await;
+    let cust = c.shared.token(Role::Customer, "eve");
+    // Concurrently, so relay rounds, acknowledgements and marks interleave.
+    let flows = (0..60).map(|i| {
+        let (c, cust, mid, mtoken) = (&c, &cust, &mid, &mtoken);
+        async move {
+            let r = c
+                .order(i % 3, "eve", mid, "pie", None)
+                .await
+                .expect("order");
+            assert_eq!(r.status, 201, "{}", r.body);
+            let oid = r.body["id"].as_str().expect("id").to_string();
+            let r = c
+                .post((i + 1) % 3, &format!("/v1/orders/{oid}/pay"), cust, None)
+                .await;
+            assert_eq!(r.status, 200);
+            let path = format!("/v1/merchants/{mid}/orders/{oid}/reject");
+            let r = c.post((i + 2) % 3, &path, mtoken, None).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    });
+    futures::future::join_all(flows).await;
+    let mut db = c.db().await;
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, aggregate_id FROM outbox")
+        .fetch_all(&mut db)
+        .await
+        .expect("outbox");
+    // Every row is shipped (marked) soon after it committed.
+    eventually(20, "the relays to ship every row", || async {
+        let mut db = c.db().await;
+        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE published = 0")
+            .fetch_one(&mut db)
+            .await
+            .ok()?;
+        (left == 0).then_some(())
+    })
+    .await;
+
+    let topic = format!(
+        "{}.events",
+        c.shared
+            .env
+            .iter()
+            .find(|(k, _)| k == "WAIMAI__CLUSTER__TOPIC_PREFIX")
+            .map(|(_, v)| v.clone())
+            .expect("prefix")
+    );
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &c.broker.addr)
+        .set("group.id", format!("external-{}", unique()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    let want: HashMap<i64, String> = rows.into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < want.len() && Instant::now() < deadline {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await else {
+            continue;
+        };
+        let record: Value = serde_json::from_slice(m.payload().expect("payload")).expect("json");
+        if record["aggregate_type"] == "live" {
+            continue;
+        }
+        let seq = record["seq"].as_i64().expect("seq");
+        let id = record["aggregate_id"].as_str().expect("aggregate_id");
+        assert_eq!(m.key(), Some(id.as_bytes()), "keyed by the entity id");
+        assert_eq!(
+            m.partition() as u32,
+            waimai::cluster::shard_of(id, 16),
+            "on the partition of its shard"
+        );
+        *seen.entry(seq).or_default() += 1;
+    }
+    let missing: Vec<&i64> = want.keys().filter(|s| !seen.contains_key(s)).collect();
+    let twice: Vec<(&i64, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(missing.is_empty(), "rows never shipped: {missing:?}");
+    assert!(twice.is_empty(), "rows shipped more than once: {twice:?}");
+    // Each order: created, paid, refunding, refunded.
+    assert!(
+        seen.len() >= 30 * 4,
+        "orders, payments, rejections and refunds were shipped"
+    );
+}
