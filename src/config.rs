@@ -25,7 +25,38 @@ pub struct Config {
     pub timers: TimersConfig,
     /// Running as one node of a cluster (off: a single node, as embedded).
     pub cluster: ClusterConfig,
+    /// The payment provider and the refund saga.
+    pub payments: PaymentsConfig,
 }
+
+/// Payment settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// `sim`: the built-in simulated provider (the only one shipped).
+    pub provider: String,
+    /// The key callbacks are signed with (HMAC-SHA256). The shipped value is a dev key.
+    pub hmac_secret: String,
+    /// A callback signed further than this from now is refused, seconds.
+    pub tolerance_s: i64,
+    /// Where the simulated provider delivers callbacks; empty = this node's own address.
+    pub callback_url: String,
+    /// The method `POST /v1/orders/{id}/pay` uses when the body names none.
+    pub default_method: String,
+    /// How long `POST /v1/orders/{id}/pay` waits for a provider that confirms at once, ms.
+    pub pay_wait_ms: u64,
+    /// How often the reconciler runs, ms.
+    pub reconcile_ms: u64,
+    /// An intent still open this long is asked about, ms.
+    pub reconcile_after_ms: u64,
+    /// A refund not confirmed this long is requested again (doubling each time), ms.
+    pub refund_retry_ms: u64,
+    /// How late the simulated provider's `card_late` calls back, ms.
+    pub sim_late_ms: u64,
+}
+
+/// The payment callback key shipped in `config.yaml`.
+pub const DEV_PAYMENTS_SECRET: &str = "dev-payments-secret-change-me";
 
 /// HTTP front door settings.
 #[derive(Debug, Clone, Deserialize)]

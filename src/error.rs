@@ -44,6 +44,9 @@ pub enum Error {
     /// A dependency (store, lock service, actor) is unavailable right now; retry later.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The payment provider declined the payment.
+    #[error("payment declined: {0}")]
+    PaymentDeclined(String),
     /// This node does not serve the entity's shard (it moved, or this node was fenced): the
     /// router looks for the owner again.
     #[error("shard {0} is not served by this node; retry")]

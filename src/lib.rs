@@ -12,6 +12,8 @@
 //! - [`store`]: sqlx over SQLite, PostgreSQL and MySQL; versioned writes, fenced stock writes, a
 //!   transactional outbox, group commit.
 //! - [`lock`]: lease backends (Redis and in-process) behind the lock actor.
+//! - [`payments`]: the payment provider boundary (a simulated provider built in), signed
+//!   callbacks, the reconciler that finishes what lost callbacks leave undone.
 //! - [`api`]: the warp front door (REST, health, metrics) and its error mapping.
 //! - [`server`]: starting and stopping a node; [`config`]: typed configuration.
 //! - [`dispatch`]: the dispatch policies (`greedy`, `batch`, `stacked`) as pure functions from
@@ -35,6 +37,7 @@ pub mod lock;
 pub mod messages;
 pub mod metrics;
 pub mod model;
+pub mod payments;
 pub mod realtime;
 pub mod server;
 pub mod sim;

@@ -65,6 +65,35 @@ pub struct ChangeOrder {
     pub expected_version: Option<i64>,
 }
 
+/// Starts paying for the order: creates a payment intent with the provider (or returns the one
+/// already under way or taken: never a second charge). The provider's callback moves the order.
+#[derive(Message, Debug, Clone, Serialize, Deserialize)]
+#[rtype(result = "Result<PaymentStarted>")]
+pub struct StartPayment {
+    /// The customer.
+    pub caller: Caller,
+    /// The payment method (for the simulated provider, its test behaviour).
+    pub method: String,
+}
+
+/// The answer to `StartPayment`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PaymentStarted {
+    /// The intent as the provider holds it.
+    pub intent: crate::payments::Intent,
+    /// The order as it was when the payment started.
+    pub order: Order,
+}
+
+/// A verified event from the payment provider (its callback, or the reconciler asking it).
+/// Replies whether it changed anything (false for an event already applied).
+#[derive(Message, Debug, Clone, Serialize, Deserialize)]
+#[rtype(result = "Result<bool>")]
+pub struct PaymentNotice {
+    /// The event.
+    pub event: crate::payments::ProviderEvent,
+}
+
 /// Test hook: makes the actor panic inside its handler, as a bug would.
 #[doc(hidden)]
 #[derive(Message, Debug, Clone, Serialize, Deserialize)]

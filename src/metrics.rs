@@ -379,6 +379,19 @@ pub static EVENTS_FEED_DELAY: Lazy<Histogram> = Lazy::new(|| {
     )
 });
 
+/// Payment outcomes: intent_created, paid, declined, refunded, duplicate_event,
+/// refund_late_payment, callback_rejected, reconciled.
+pub static PAYMENTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_payments_total",
+            "Payment intents, callbacks and refunds by outcome",
+            &["outcome"]
+        ),
+        "payments",
+    )
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     Lazy::force(&HTTP_SECONDS);
@@ -413,6 +426,7 @@ pub fn render() -> String {
     Lazy::force(&LIVE_EVENTS_DROPPED);
     Lazy::force(&OUTBOX_SHIP_DELAY);
     Lazy::force(&EVENTS_FEED_DELAY);
+    Lazy::force(&PAYMENTS);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

@@ -62,6 +62,10 @@ pub struct Node {
     pub hub: Hub,
     /// Order deadlines.
     pub timers: Addr<TimerActor>,
+    /// The payment provider.
+    pub payments: crate::payments::Payments,
+    /// The simulated provider, when it is the one in use (its callbacks need this node's address).
+    sim: Option<Arc<crate::payments::sim::SimProvider>>,
     /// The node's part in a cluster, if it is in one.
     cluster: Option<Cluster>,
     /// Tasks to stop at shutdown (the events feed, samplers).
@@ -112,12 +116,38 @@ impl Node {
             (Fanout::Local(hub.clone()), None)
         };
         let timers = TimerActor::new(router.clone(), config.timers.clone()).start();
+        let served: crate::payments::sim::Served = {
+            let router = router.clone();
+            Arc::new(move || {
+                router
+                    .directory()
+                    .map(|d| d.serving().into_iter().map(|(s, _)| s).collect())
+            })
+        };
+        if config.payments.provider != "sim" {
+            return Err(StartError::Config(format!(
+                "payments.provider {:?} is not known (sim)",
+                config.payments.provider
+            )));
+        }
+        let sim = Arc::new(crate::payments::sim::SimProvider::new(
+            store.clone(),
+            config.payments.hmac_secret.clone(),
+            Duration::from_millis(config.payments.sim_late_ms),
+            served.clone(),
+        ));
+        if !config.payments.callback_url.is_empty() {
+            sim.set_callback_url(config.payments.callback_url.clone());
+        }
+        tasks.push(tokio::spawn(sim.clone().run()));
+        let payments: crate::payments::Payments = sim.clone();
         let deps: Deps = Arc::new(Services {
             store: store.clone(),
             router: router.clone(),
             lock: lock.clone(),
             events,
             timers: timers.clone(),
+            payments: payments.clone(),
             settings: settings.clone(),
         });
         let n_arbiters = match config.shards.arbiters {
@@ -160,6 +190,17 @@ impl Node {
             }
         };
         tasks.push(tokio::spawn(sample_order_ages(store.clone())));
+        tasks.push(tokio::spawn(crate::payments::reconcile::run(
+            store.clone(),
+            router.clone(),
+            payments.clone(),
+            served,
+            crate::payments::reconcile::ReconcileSettings {
+                every: Duration::from_millis(config.payments.reconcile_ms),
+                open_after: Duration::from_millis(config.payments.reconcile_after_ms),
+                refund_retry: Duration::from_millis(config.payments.refund_retry_ms),
+            },
+        )));
         if config.auth.jwt_secret == DEV_SECRET {
             tracing::warn!("auth.jwt_secret is the shipped dev secret: set WAIMAI__AUTH__JWT_SECRET before exposing this node");
         }
@@ -171,6 +212,8 @@ impl Node {
             auth,
             hub,
             timers,
+            payments,
+            sim: Some(sim),
             cluster,
             tasks,
             arbiters,
@@ -183,6 +226,12 @@ impl Node {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
+        if let (Some(sim), true) = (&self.sim, self.config.payments.callback_url.is_empty()) {
+            // The simulated provider calls this node back where it actually listens.
+            if let Ok(addr) = listener.local_addr() {
+                sim.set_callback_url(format!("http://{addr}/v1/payments/callback"));
+            }
+        }
         let state = Arc::new(ApiState {
             router: self.router.clone(),
             store: self.store.clone(),
@@ -192,6 +241,8 @@ impl Node {
             realtime: self.config.realtime.clone(),
             cluster: self.cluster.as_ref().map(Cluster::status),
             node_id: self.node_id(),
+            payments: self.payments.clone(),
+            payments_cfg: self.config.payments.clone(),
         });
         let routes = api::routes(state, self.config.server.body_limit_bytes);
         // Nagle off: websocket events and small responses go out at once instead of waiting

@@ -39,6 +39,8 @@ pub struct Services {
     pub events: Fanout,
     /// Order deadlines.
     pub timers: Addr<timers::TimerActor>,
+    /// The payment provider.
+    pub payments: crate::payments::Payments,
     /// Lifecycle settings.
     pub settings: Arc<Settings>,
 }
@@ -63,6 +65,8 @@ pub struct Settings {
     /// How long a merchant waits for a stock lease held elsewhere (a cluster: the node that
     /// just lost the merchant's shard); zero on a single node.
     pub lease_wait: Duration,
+    /// How long a refund request waits for the provider's confirmation before it is repeated.
+    pub refund_retry: Duration,
 }
 
 /// The dispatch zones, in config order: a point belongs to the first that contains it.
@@ -123,6 +127,7 @@ impl Settings {
             dispatch_cfg: cfg.dispatch.clone(),
             stop_grace: Duration::from_millis(cfg.lock.lease_ms / 3)
                 .max(Duration::from_millis(100)),
+            refund_retry: Duration::from_millis(cfg.payments.refund_retry_ms),
             lease_wait: if cfg.cluster.enabled {
                 Duration::from_millis(cfg.lock.lease_ms + 500)
             } else {

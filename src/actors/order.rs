@@ -16,12 +16,14 @@ use super::{guard, Deps, Entity, Loaded, Stop};
 use crate::domain::{now_ms, Caller, Role};
 use crate::error::{Error, Result};
 use crate::messages::{
-    ChangeOrder, ClaimRider, CrashOrder, FreeRider, GetOrder, OrderChanged, OrderDraft, PlaceOrder,
-    PlaceOutcome, Placed, Reservation, ReserveAndPlace, RestockItems, StockFence,
+    ChangeOrder, ClaimRider, CrashOrder, FreeRider, GetOrder, OrderChanged, OrderDraft,
+    PaymentNotice, PaymentStarted, PlaceOrder, PlaceOutcome, Placed, Reservation, ReserveAndPlace,
+    RestockItems, StartPayment, StockFence,
 };
 use crate::metrics;
 use crate::model::{Order, OutboxEvent};
-use crate::store::{ShardEpoch, StoreError, Write};
+use crate::payments::{intent_id_for, refund_id_for, Intent, IntentStatus, PayError};
+use crate::store::{PaymentRow, RefundRow, ShardEpoch, StoreError, Write};
 
 // ---- actor ----
 
@@ -95,7 +97,16 @@ fn authorize(caller: &Caller, o: &Order, event: OrderEvent, party: Option<&str>)
     use OrderEvent as E;
     let deny = |why: &str| Err(Error::Forbidden(why.to_string()));
     match event {
-        E::Pay | E::Cancel | E::Confirm => {
+        E::Pay => {
+            // Money is taken by the payment provider; its signed callback (applied as the
+            // platform) moves the order. Customers start a payment with `StartPayment`.
+            if caller.is_admin() {
+                Ok(())
+            } else {
+                deny("an order is paid through its payment intent (POST /v1/orders/{id}/pay)")
+            }
+        }
+        E::Cancel | E::Confirm => {
             if caller.is(Role::Customer, &o.customer_id) {
                 Ok(())
             } else {
@@ -236,6 +247,7 @@ async fn commit_step(
     event: OrderEvent,
     rider: Option<String>,
     fence: Option<i64>,
+    extra: Vec<Write>,
 ) -> Result<Order> {
     let to = transition(o.status, event)?;
     let mut next = o.clone();
@@ -259,6 +271,7 @@ async fn commit_step(
             fence,
         }));
     }
+    writes.extend(extra);
     writes.push(Write::Event(OutboxEvent {
         aggregate_type: "order".into(),
         aggregate_id: o.id.clone(),
@@ -311,26 +324,97 @@ async fn run_plan(deps: Deps, shard: Option<ShardEpoch>, plan: &Plan) -> (Vec<Or
     } else {
         None
     };
-    let first = match commit_step(&deps, shard, o, plan.event, plan.claim.clone(), fence).await {
+    // Entering `refunding` records the refund the saga owes in the same transaction, so a
+    // node that crashes right after still finds it (the reconciler asks the provider again).
+    let refunding = transition(o.status, plan.event).ok() == Some(OrderStatus::Refunding);
+    let refund = if refunding {
+        match refund_due(&deps, o).await {
+            Ok(r) => r,
+            Err(e) => return (Vec::new(), Err(e)),
+        }
+    } else {
+        None
+    };
+    let extra = refund
+        .iter()
+        .map(|r| Write::InsertRefund(r.clone()))
+        .collect();
+    let first = match commit_step(
+        &deps,
+        shard,
+        o,
+        plan.event,
+        plan.claim.clone(),
+        fence,
+        extra,
+    )
+    .await
+    {
         Ok(n) => n,
         Err(e) => return (Vec::new(), Err(e)),
     };
     if first.status != OrderStatus::Refunding {
         return (vec![first], Ok(()));
     }
-    // The simulated payment provider confirms refunds at once; a real one answers later.
-    match commit_step(
-        &deps,
-        shard,
-        &first,
-        OrderEvent::RefundCompleted,
-        None,
-        None,
-    )
-    .await
+    match refund {
+        Some(r) => {
+            // Ask the provider now; its callback completes the refund. If the request does not
+            // get through, the reconciler repeats it (same refund id: never refunded twice).
+            request_refund(&deps, &r).await;
+            (vec![first], Ok(()))
+        }
+        None => {
+            // No money was taken through a provider (an order paid before payment intents
+            // existed): nothing to give back, the refund completes at once.
+            match commit_step(
+                &deps,
+                shard,
+                &first,
+                OrderEvent::RefundCompleted,
+                None,
+                None,
+                Vec::new(),
+            )
+            .await
+            {
+                Ok(done) => (vec![first, done], Ok(())),
+                Err(e) => (vec![first], Err(e)),
+            }
+        }
+    }
+}
+
+/// The refund an order entering `refunding` owes: its succeeded intent's amount, if any.
+async fn refund_due(deps: &Deps, o: &Order) -> Result<Option<RefundRow>> {
+    let paid = deps
+        .store
+        .payments_of(&o.id)
+        .await?
+        .into_iter()
+        .find(|p| p.status == IntentStatus::Succeeded.as_str());
+    let now = now_ms();
+    Ok(paid.map(|p| RefundRow {
+        refund_id: refund_id_for(&o.id),
+        order_id: o.id.clone(),
+        intent_id: p.intent_id,
+        amount_cents: p.amount_cents,
+        status: "requested".into(),
+        attempts: 1,
+        next_attempt_at: now + deps.settings.refund_retry.as_millis() as i64,
+        created_at: now,
+        updated_at: now,
+    }))
+}
+
+/// Asks the provider for a recorded refund (idempotent on its id); failures are logged, the
+/// reconciler tries again when `next_attempt_at` comes.
+pub(crate) async fn request_refund(deps: &Deps, r: &RefundRow) {
+    if let Err(e) = deps
+        .payments
+        .refund(&r.refund_id, &r.intent_id, r.amount_cents)
+        .await
     {
-        Ok(done) => (vec![first, done], Ok(())),
-        Err(e) => (vec![first], Err(e)),
+        tracing::warn!(order = %r.order_id, refund = %r.refund_id, error = %e, "refund request failed; it will be repeated");
     }
 }
 
@@ -570,6 +654,266 @@ impl Handler<GetOrder> for OrderActor {
         } else {
             Err(Error::not_found("order", o.id))
         }
+    }
+}
+
+impl Handler<StartPayment> for OrderActor {
+    type Result = Reply<PaymentStarted>;
+
+    fn handle(&mut self, msg: StartPayment, ctx: &mut Context<Self>) -> Self::Result {
+        let o = match self.current(ctx) {
+            Ok(o) => o,
+            Err(e) => return ready(Err(e)),
+        };
+        if !may_read(&msg.caller, &o) {
+            return ready(Err(Error::not_found("order", o.id)));
+        }
+        if !msg.caller.is(Role::Customer, &o.customer_id) {
+            return ready(Err(Error::Forbidden(
+                "only the customer who placed the order pays for it".into(),
+            )));
+        }
+        if !self.deps.payments.supports(&msg.method) {
+            return ready(Err(Error::Invalid(format!(
+                "payment method {:?} is not supported",
+                msg.method
+            ))));
+        }
+        if o.status != OrderStatus::PendingPayment {
+            // Paid already (or past paying): as before payment intents existed.
+            return ready(Err(Error::IllegalTransition {
+                status: o.status,
+                event: OrderEvent::Pay,
+            }));
+        }
+        let deps = self.deps.clone();
+        let fence = self.fence;
+        let fut = async move {
+            let existing = deps.store.payments_of(&o.id).await?;
+            // Money taken, or a payment under way: never a second charge.
+            let live = existing
+                .iter()
+                .find(|p| p.status == IntentStatus::Succeeded.as_str())
+                .or_else(|| {
+                    existing
+                        .iter()
+                        .find(|p| p.status == IntentStatus::Open.as_str())
+                });
+            if let Some(p) = live {
+                let intent = match deps.payments.intent(&p.intent_id).await {
+                    Ok(i) => i,
+                    Err(_) => Intent {
+                        id: p.intent_id.clone(),
+                        order_id: o.id.clone(),
+                        amount_cents: p.amount_cents,
+                        method: p.method.clone(),
+                        status: IntentStatus::parse(&p.status).unwrap_or(IntentStatus::Open),
+                    },
+                };
+                return Ok(PaymentStarted { intent, order: o });
+            }
+            // Our record first, then the provider: no charge we do not know about.
+            let now = now_ms();
+            let row = PaymentRow {
+                intent_id: intent_id_for(&o.id, existing.len()),
+                order_id: o.id.clone(),
+                amount_cents: o.total_cents,
+                method: msg.method.clone(),
+                status: IntentStatus::Open.as_str().into(),
+                created_at: now,
+                updated_at: now,
+            };
+            deps.store
+                .commit_fenced(fence, vec![Write::InsertPayment(row.clone())])
+                .await
+                .inspect_err(|e| super::on_fenced(&deps, e))?;
+            let intent = deps
+                .payments
+                .create_intent(&row.intent_id, &o.id, row.amount_cents, &row.method)
+                .await
+                .map_err(|e| match e {
+                    PayError::Unknown(what) => Error::Invalid(what),
+                    PayError::Unavailable(why) => Error::Unavailable(why),
+                })?;
+            metrics::PAYMENTS
+                .with_label_values(&["intent_created"])
+                .inc();
+            Ok(PaymentStarted { intent, order: o })
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self)))
+    }
+}
+
+impl Handler<PaymentNotice> for OrderActor {
+    type Result = Reply<bool>;
+
+    fn handle(&mut self, msg: PaymentNotice, ctx: &mut Context<Self>) -> Self::Result {
+        let o = match self.current(ctx) {
+            Ok(o) => o,
+            Err(e) => return ready(Err(e)),
+        };
+        let (deps, fence) = (self.deps.clone(), self.fence);
+        let ev = msg.event;
+        let fut = async move {
+            if deps.store.payment_event_seen(&ev.id).await? {
+                metrics::PAYMENTS
+                    .with_label_values(&["duplicate_event"])
+                    .inc();
+                return Ok((None, false));
+            }
+            let now = now_ms();
+            let seen = Write::PaymentEvent {
+                event_id: ev.id.clone(),
+                intent_id: ev.data.intent_id.clone(),
+                kind: ev.kind.clone(),
+                at: now,
+            };
+            let intents = deps.store.payments_of(&o.id).await?;
+            let Some(intent) = intents.iter().find(|p| p.intent_id == ev.data.intent_id) else {
+                return Err(Error::Invalid(format!(
+                    "intent {} is not a payment of order {}",
+                    ev.data.intent_id, o.id
+                )));
+            };
+            let set_intent = |status: IntentStatus| Write::SetPaymentStatus {
+                intent_id: intent.intent_id.clone(),
+                status: status.as_str().into(),
+                at: now,
+            };
+            // Only what the event changes is written; the event id makes a redelivery a no-op.
+            let record = |writes: Vec<Write>| async {
+                let mut all = writes;
+                all.push(seen.clone());
+                match deps.store.commit_fenced(fence, all).await {
+                    Ok(()) => Ok(()),
+                    Err(crate::store::StoreError::Duplicate(_)) => Ok(()), // raced a redelivery
+                    Err(e) => {
+                        super::on_fenced(&deps, &e);
+                        Err(Error::from(e))
+                    }
+                }
+            };
+            match ev.kind.as_str() {
+                "payment.succeeded" => {
+                    if o.status == OrderStatus::PendingPayment {
+                        let extra = vec![set_intent(IntentStatus::Succeeded), seen.clone()];
+                        let paid =
+                            commit_step(&deps, fence, &o, OrderEvent::Pay, None, None, extra).await;
+                        return match paid {
+                            Ok(next) => {
+                                metrics::PAYMENTS.with_label_values(&["paid"]).inc();
+                                Ok((Some(next), true))
+                            }
+                            Err(Error::Conflict(_)) => Ok((None, false)), // raced a redelivery
+                            Err(e) => Err(e),
+                        };
+                    }
+                    let mut writes = vec![set_intent(IntentStatus::Succeeded)];
+                    let cancelled = matches!(
+                        o.status,
+                        OrderStatus::Cancelled | OrderStatus::Refunded | OrderStatus::Refunding
+                    );
+                    let owed = cancelled
+                        && deps.store.refund_of(&o.id).await?.is_none()
+                        && intent.status != IntentStatus::Succeeded.as_str();
+                    let refund = owed.then(|| RefundRow {
+                        refund_id: refund_id_for(&o.id),
+                        order_id: o.id.clone(),
+                        intent_id: intent.intent_id.clone(),
+                        amount_cents: intent.amount_cents,
+                        status: "requested".into(),
+                        attempts: 1,
+                        next_attempt_at: now + deps.settings.refund_retry.as_millis() as i64,
+                        created_at: now,
+                        updated_at: now,
+                    });
+                    if let Some(r) = &refund {
+                        // Money arrived for an order that no longer wants it (its payment
+                        // deadline passed first): give it back.
+                        writes.push(Write::InsertRefund(r.clone()));
+                    }
+                    record(writes).await?;
+                    if let Some(r) = refund {
+                        metrics::PAYMENTS
+                            .with_label_values(&["refund_late_payment"])
+                            .inc();
+                        request_refund(&deps, &r).await;
+                    }
+                    Ok((None, true))
+                }
+                "payment.failed" => {
+                    // A failure never undoes a success (events may arrive out of order).
+                    let writes = if intent.status == IntentStatus::Open.as_str() {
+                        metrics::PAYMENTS.with_label_values(&["declined"]).inc();
+                        vec![set_intent(IntentStatus::Failed)]
+                    } else {
+                        Vec::new()
+                    };
+                    record(writes).await?;
+                    Ok((None, true))
+                }
+                "refund.succeeded" => {
+                    let done = Write::SetRefundStatus {
+                        refund_id: ev
+                            .data
+                            .refund_id
+                            .clone()
+                            .unwrap_or_else(|| refund_id_for(&o.id)),
+                        status: "succeeded".into(),
+                        at: now,
+                    };
+                    if o.status == OrderStatus::Refunding {
+                        let extra = vec![done, seen.clone()];
+                        let refunded = commit_step(
+                            &deps,
+                            fence,
+                            &o,
+                            OrderEvent::RefundCompleted,
+                            None,
+                            None,
+                            extra,
+                        )
+                        .await;
+                        return match refunded {
+                            Ok(next) => {
+                                metrics::PAYMENTS.with_label_values(&["refunded"]).inc();
+                                Ok((Some(next), true))
+                            }
+                            Err(Error::Conflict(_)) => Ok((None, false)),
+                            Err(e) => Err(e),
+                        };
+                    }
+                    record(vec![done]).await?;
+                    Ok((None, true))
+                }
+                other => Err(Error::Invalid(format!("unknown event type {other}"))),
+            }
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            move |res: Result<(Option<Order>, bool)>, act, ctx| {
+                let (next, applied) = match res {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if matches!(e, Error::Unavailable(_) | Error::NotOwner(_)) {
+                            ctx.stop(); // reload before the next message
+                        }
+                        return Err(e);
+                    }
+                };
+                if let Some(next) = next {
+                    let before = match &act.state {
+                        Loaded::Present(b) => b.clone(),
+                        _ => next.clone(),
+                    };
+                    announce(&act.deps, Some(&before), &next);
+                    if next.status.is_terminal() {
+                        act.tell_terminal();
+                    }
+                    act.state = Loaded::Present(next);
+                }
+                Ok(applied)
+            },
+        )))
     }
 }
 

@@ -66,6 +66,9 @@ impl ApiError {
                 Error::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", None),
                 Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
                 Error::NotOwner(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_moving", None),
+                Error::PaymentDeclined(_) => {
+                    (StatusCode::PAYMENT_REQUIRED, "payment_declined", None)
+                }
             },
         }
     }

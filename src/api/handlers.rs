@@ -14,13 +14,16 @@ use warp::Reply;
 use super::{ApiError, ApiState};
 use crate::actors::lock::PingLocks;
 use crate::actors::order_machine::OrderEvent;
+use crate::actors::order_machine::OrderStatus;
 use crate::domain::{new_id, now_ms, Caller, Location, Role};
 use crate::error::Error;
 use crate::messages::{
-    AnswerOffer, ChangeOrder, GetMerchant, GetOrder, GetRider, GoOffline, GoOnline, PlaceOrder,
-    RegisterMerchant, RegisterRider, SetMenu, SetOpen, UpdateLocation,
+    AnswerOffer, ChangeOrder, GetMerchant, GetOrder, GetRider, GoOffline, GoOnline, PaymentNotice,
+    PlaceOrder, RegisterMerchant, RegisterRider, SetMenu, SetOpen, StartPayment, UpdateLocation,
 };
 use crate::model::MenuItem;
+use crate::payments::{IntentStatus, ProviderEvent};
+use crate::realtime::Topic;
 
 type Outcome = Result<Response, ApiError>;
 
@@ -471,6 +474,112 @@ pub(super) async fn rider_offer(
     Ok(json(StatusCode::OK, &order))
 }
 
+// ---- payments ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PayBody {
+    method: Option<String>,
+}
+
+/// `POST /v1/orders/{id}/payment` (`wait` false): creates the payment intent and answers 201 with
+/// it. `POST /v1/orders/{id}/pay` (`wait` true): the same, and with a provider that confirms at
+/// once it answers only once the signed callback has marked the order paid (200); otherwise
+/// (a late or real provider) 202 with the order still `pending_payment` and the intent. A
+/// declined payment is 402.
+async fn pay(st: Arc<ApiState>, caller: Caller, id: String, body: Bytes, wait: bool) -> Outcome {
+    let req: PayBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PayBody::default()
+    } else {
+        parse(&body)?
+    };
+    let method = req
+        .method
+        .unwrap_or_else(|| st.payments_cfg.default_method.clone());
+    if method.is_empty() || method.len() > 64 {
+        return Err(invalid("method must be 1..=64 characters"));
+    }
+    // Subscribed before the payment starts, so the callback's change cannot slip past.
+    let mut changes = wait.then(|| st.hub.subscribe(Topic::Order(id.clone())));
+    let started = st
+        .router
+        .send(
+            &id,
+            StartPayment {
+                caller: caller.clone(),
+                method,
+            },
+        )
+        .await?;
+    let intent = started.intent;
+    if intent.status == IntentStatus::Failed {
+        return Err(Error::PaymentDeclined(format!("intent {} was declined", intent.id)).into());
+    }
+    if !wait {
+        let body = serde_json::json!({ "payment": intent, "order": started.order });
+        return Ok(json(StatusCode::CREATED, &body));
+    }
+    let mut order = started.order;
+    if order.status == OrderStatus::PendingPayment && st.payments.confirms_at_once(&intent.method) {
+        if let Some(sub) = changes.as_mut() {
+            let wait = std::time::Duration::from_millis(st.payments_cfg.pay_wait_ms);
+            let _ = tokio::time::timeout(wait, async {
+                while let Some(ev) = sub.rx.recv().await {
+                    if ev.status.is_some_and(|s| s != OrderStatus::PendingPayment) {
+                        return;
+                    }
+                }
+            })
+            .await;
+        }
+        order = st.router.send(&id, GetOrder { caller }).await?;
+    }
+    let status = if order.status == OrderStatus::PendingPayment {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let mut body = serde_json::to_value(&order).map_err(|e| invalid(e.to_string()))?;
+    body["payment"] = serde_json::to_value(&intent).map_err(|e| invalid(e.to_string()))?;
+    Ok(json(status, &body))
+}
+
+/// `POST /v1/payments/callback`: the provider's signed event. A bad or missing signature is
+/// 401, a timestamp outside the tolerance 400; an event already applied changes nothing
+/// (`"applied": false`).
+pub(super) async fn payment_callback(
+    st: Arc<ApiState>,
+    signature: Option<String>,
+    body: Bytes,
+) -> Outcome {
+    use crate::payments::signature::{verify, SignatureError};
+    let now_s = now_ms() / 1000;
+    match verify(
+        &st.payments_cfg.hmac_secret,
+        signature.as_deref(),
+        &body,
+        now_s,
+        st.payments_cfg.tolerance_s,
+    ) {
+        Ok(()) => {}
+        Err(e @ SignatureError::Stale(_)) => return Err(ApiError::BadHeader(e.to_string())),
+        Err(e) => {
+            crate::metrics::PAYMENTS
+                .with_label_values(&["callback_rejected"])
+                .inc();
+            return Err(ApiError::Unauthorized(format!("payment callback: {e}")));
+        }
+    }
+    let event: ProviderEvent = parse(&body)?;
+    path_id("order", &event.data.order_id)?;
+    let order = event.data.order_id.clone();
+    let applied = st.router.send(&order, PaymentNotice { event }).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "received": true, "applied": applied }),
+    ))
+}
+
 // ---- orders ----
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -581,7 +690,8 @@ pub(super) async fn order_action(
     let caller = caller(&st, &auth)?;
     path_id("order", &id)?;
     let (event, party) = match action.as_str() {
-        "pay" => (OrderEvent::Pay, None),
+        "pay" => return pay(st, caller, id, body, true).await,
+        "payment" => return pay(st, caller, id, body, false).await,
         "cancel" => (OrderEvent::Cancel, None),
         "confirm" => (OrderEvent::Confirm, None),
         "assign" => {

@@ -42,6 +42,10 @@ pub struct ApiState {
     pub cluster: Option<Arc<crate::cluster::ClusterStatus>>,
     /// This node's id.
     pub node_id: String,
+    /// The payment provider.
+    pub payments: crate::payments::Payments,
+    /// Payment settings.
+    pub payments_cfg: crate::config::PaymentsConfig,
 }
 
 /// Runs a handler, turning its error into a response and recording latency by route and status.
@@ -224,6 +228,19 @@ pub fn routes(
             )
         });
 
+    let payment_callback = warp::path!("v1" / "payments" / "callback")
+        .and(warp::post())
+        .and(st.clone())
+        .and(warp::header::optional::<String>(
+            crate::payments::signature::HEADER,
+        ))
+        .and(body.clone())
+        .then(|s, sig, b| {
+            timed(
+                "POST /v1/payments/callback",
+                handlers::payment_callback(s, sig, b),
+            )
+        });
     let cluster = warp::path!("v1" / "cluster")
         .and(warp::get())
         .and(st.clone())
@@ -313,6 +330,7 @@ pub fn routes(
         rider_feed.boxed(),
         cluster.boxed(),
         link.boxed(),
+        payment_callback.boxed(),
     ];
     rest.into_iter()
         .fold(healthz.boxed(), |acc, r| acc.or(r).unify().boxed())

@@ -112,6 +112,8 @@ routes! {
     GetOrder => Order, OrderActor, true;
     ChangeOrder => Order, OrderActor, false;
     CrashOrder => Order, OrderActor, false;
+    StartPayment => PaymentStarted, OrderActor, true;
+    PaymentNotice => bool, OrderActor, true;
     // merchants
     RegisterMerchant => MerchantView, MerchantActor, false;
     SetMenu => MerchantView, MerchantActor, false;

@@ -10,6 +10,7 @@
 //! token (`WHERE fence <= ?`).
 
 mod loader;
+mod payments;
 mod schema;
 mod writer;
 
@@ -25,6 +26,7 @@ use crate::config::StoreConfig;
 use crate::domain::Location;
 use crate::model::{MenuItem, Merchant, Order, OutboxEvent, OutboxRow, Rider};
 
+pub use payments::{PaymentRow, RefundRow, SimCallback};
 pub use writer::Write;
 
 /// The shard a write belongs to and the epoch its writer holds it under: the write lands only
@@ -1023,6 +1025,11 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The connection pool (reads outside the writers).
+    fn pool(&self) -> &AnyPool {
+        &self.inner.pool
     }
 
     /// Rewrites `?` placeholders for the backend (PostgreSQL wants `$1, $2, ...`).

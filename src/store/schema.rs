@@ -45,6 +45,13 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: POSTGRES_V2,
         mysql: MYSQL_V2,
     },
+    Migration {
+        version: 3,
+        name: "payments: intents, provider events, refunds; the simulated provider's tables",
+        sqlite: SQLITE_V3,
+        postgres: POSTGRES_V3,
+        mysql: MYSQL_V3,
+    },
 ];
 
 /// The table recording applied versions.
@@ -187,4 +194,91 @@ const MYSQL_V2: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS cluster_nodes (
         node_id VARCHAR(128) PRIMARY KEY, addr VARCHAR(255) NOT NULL, started_at BIGINT NOT NULL,
         last_seen BIGINT NOT NULL, lag BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+];
+
+const SQLITE_V3: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS payments (
+        intent_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, amount_cents BIGINT NOT NULL,
+        method TEXT NOT NULL, status TEXT NOT NULL, shard INTEGER NOT NULL,
+        created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS payments_order ON payments (order_id)",
+    "CREATE INDEX IF NOT EXISTS payments_open ON payments (status, shard, created_at)",
+    "CREATE TABLE IF NOT EXISTS payment_events (
+        event_id TEXT PRIMARY KEY, intent_id TEXT NOT NULL, kind TEXT NOT NULL,
+        received_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS refunds (
+        refund_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, intent_id TEXT NOT NULL,
+        amount_cents BIGINT NOT NULL, status TEXT NOT NULL, attempts BIGINT NOT NULL,
+        next_attempt_at BIGINT NOT NULL, shard INTEGER NOT NULL, created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS refunds_due ON refunds (status, shard, next_attempt_at)",
+    "CREATE TABLE IF NOT EXISTS sim_intents (
+        intent_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, amount_cents BIGINT NOT NULL,
+        method TEXT NOT NULL, status TEXT NOT NULL, created_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sim_refunds (
+        refund_id TEXT PRIMARY KEY, intent_id TEXT NOT NULL, order_id TEXT NOT NULL,
+        amount_cents BIGINT NOT NULL, status TEXT NOT NULL, created_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sim_callbacks (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, shard INTEGER NOT NULL,
+        due_at BIGINT NOT NULL, attempts BIGINT NOT NULL, body TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sim_callbacks_due ON sim_callbacks (shard, due_at)",
+];
+
+const POSTGRES_V3: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS payments (
+        intent_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, amount_cents BIGINT NOT NULL,
+        method TEXT NOT NULL, status TEXT NOT NULL, shard INTEGER NOT NULL,
+        created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS payments_order ON payments (order_id)",
+    "CREATE INDEX IF NOT EXISTS payments_open ON payments (status, shard, created_at)",
+    "CREATE TABLE IF NOT EXISTS payment_events (
+        event_id TEXT PRIMARY KEY, intent_id TEXT NOT NULL, kind TEXT NOT NULL,
+        received_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS refunds (
+        refund_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, intent_id TEXT NOT NULL,
+        amount_cents BIGINT NOT NULL, status TEXT NOT NULL, attempts BIGINT NOT NULL,
+        next_attempt_at BIGINT NOT NULL, shard INTEGER NOT NULL, created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS refunds_due ON refunds (status, shard, next_attempt_at)",
+    "CREATE TABLE IF NOT EXISTS sim_intents (
+        intent_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, amount_cents BIGINT NOT NULL,
+        method TEXT NOT NULL, status TEXT NOT NULL, created_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sim_refunds (
+        refund_id TEXT PRIMARY KEY, intent_id TEXT NOT NULL, order_id TEXT NOT NULL,
+        amount_cents BIGINT NOT NULL, status TEXT NOT NULL, created_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sim_callbacks (
+        seq BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL, shard INTEGER NOT NULL,
+        due_at BIGINT NOT NULL, attempts BIGINT NOT NULL, body TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sim_callbacks_due ON sim_callbacks (shard, due_at)",
+];
+
+const MYSQL_V3: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS payments (
+        intent_id VARCHAR(128) PRIMARY KEY, order_id VARCHAR(64) NOT NULL,
+        amount_cents BIGINT NOT NULL, method VARCHAR(64) NOT NULL, status VARCHAR(32) NOT NULL,
+        shard INT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
+        INDEX payments_order (order_id), INDEX payments_open (status, shard, created_at))
+        ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    "CREATE TABLE IF NOT EXISTS payment_events (
+        event_id VARCHAR(128) PRIMARY KEY, intent_id VARCHAR(128) NOT NULL,
+        kind VARCHAR(64) NOT NULL, received_at BIGINT NOT NULL)
+        ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    "CREATE TABLE IF NOT EXISTS refunds (
+        refund_id VARCHAR(128) PRIMARY KEY, order_id VARCHAR(64) NOT NULL,
+        intent_id VARCHAR(128) NOT NULL, amount_cents BIGINT NOT NULL, status VARCHAR(32) NOT NULL,
+        attempts BIGINT NOT NULL, next_attempt_at BIGINT NOT NULL, shard INT NOT NULL,
+        created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
+        INDEX refunds_due (status, shard, next_attempt_at)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    "CREATE TABLE IF NOT EXISTS sim_intents (
+        intent_id VARCHAR(128) PRIMARY KEY, order_id VARCHAR(64) NOT NULL,
+        amount_cents BIGINT NOT NULL, method VARCHAR(64) NOT NULL, status VARCHAR(32) NOT NULL,
+        created_at BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    "CREATE TABLE IF NOT EXISTS sim_refunds (
+        refund_id VARCHAR(128) PRIMARY KEY, intent_id VARCHAR(128) NOT NULL,
+        order_id VARCHAR(64) NOT NULL, amount_cents BIGINT NOT NULL, status VARCHAR(32) NOT NULL,
+        created_at BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    "CREATE TABLE IF NOT EXISTS sim_callbacks (
+        seq BIGINT AUTO_INCREMENT PRIMARY KEY, event_id VARCHAR(128) NOT NULL, shard INT NOT NULL,
+        due_at BIGINT NOT NULL, attempts BIGINT NOT NULL, body TEXT NOT NULL,
+        INDEX sim_callbacks_due (shard, due_at)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
 ];

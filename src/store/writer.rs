@@ -51,6 +51,30 @@ pub enum Write {
     UpdateRider { rider: Rider, expected_version: i64 },
     /// Appends to the outbox.
     Event(OutboxEvent),
+    /// Records a payment intent (created with the provider).
+    InsertPayment(crate::store::PaymentRow),
+    /// Moves a payment intent to `status`.
+    SetPaymentStatus {
+        intent_id: String,
+        status: String,
+        at: i64,
+    },
+    /// Records a provider event as applied; a second time is `Duplicate` (callbacks are
+    /// delivered at least once, in any order).
+    PaymentEvent {
+        event_id: String,
+        intent_id: String,
+        kind: String,
+        at: i64,
+    },
+    /// Records a refund the saga must see through.
+    InsertRefund(crate::store::RefundRow),
+    /// Moves a refund to `status`.
+    SetRefundStatus {
+        refund_id: String,
+        status: String,
+        at: i64,
+    },
 }
 
 impl Write {
@@ -68,7 +92,12 @@ impl Write {
             | Write::AdjustStock { merchant_id, .. } => Some(merchant_id),
             Write::InsertRider(r) => Some(&r.id),
             Write::UpdateRider { rider, .. } => Some(&rider.id),
-            Write::Event(_) => None,
+            Write::Event(_)
+            | Write::InsertPayment(_)
+            | Write::SetPaymentStatus { .. }
+            | Write::PaymentEvent { .. }
+            | Write::InsertRefund(_)
+            | Write::SetRefundStatus { .. } => None,
         }
     }
 }
@@ -890,6 +919,99 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             }
         }
         Write::Event(ev) => bulk_events(conn, cx, &[ev]).await?,
+        Write::InsertPayment(p) => {
+            let sql = dialect(
+                b,
+                "INSERT INTO payments (intent_id, order_id, amount_cents, method, status, shard, \
+                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(&p.intent_id)
+                .bind(&p.order_id)
+                .bind(p.amount_cents)
+                .bind(&p.method)
+                .bind(&p.status)
+                .bind(i64::from(crate::cluster::shard_of(&p.order_id, cx.shards)))
+                .bind(p.created_at)
+                .bind(p.updated_at)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e, format!("payment {}", p.intent_id)))?;
+        }
+        Write::SetPaymentStatus {
+            intent_id,
+            status,
+            at,
+        } => {
+            let sql = dialect(
+                b,
+                "UPDATE payments SET status = ?, updated_at = ? WHERE intent_id = ?",
+            );
+            sqlx::query(&sql)
+                .bind(status)
+                .bind(*at)
+                .bind(intent_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Write::PaymentEvent {
+            event_id,
+            intent_id,
+            kind,
+            at,
+        } => {
+            let sql = dialect(
+                b,
+                "INSERT INTO payment_events (event_id, intent_id, kind, received_at) \
+                 VALUES (?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(event_id)
+                .bind(intent_id)
+                .bind(kind)
+                .bind(*at)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e, format!("payment event {event_id}")))?;
+        }
+        Write::InsertRefund(r) => {
+            let sql = dialect(
+                b,
+                "INSERT INTO refunds (refund_id, order_id, intent_id, amount_cents, status, \
+                 attempts, next_attempt_at, shard, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(&r.refund_id)
+                .bind(&r.order_id)
+                .bind(&r.intent_id)
+                .bind(r.amount_cents)
+                .bind(&r.status)
+                .bind(r.attempts)
+                .bind(r.next_attempt_at)
+                .bind(i64::from(crate::cluster::shard_of(&r.order_id, cx.shards)))
+                .bind(r.created_at)
+                .bind(r.updated_at)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e, format!("refund {}", r.refund_id)))?;
+        }
+        Write::SetRefundStatus {
+            refund_id,
+            status,
+            at,
+        } => {
+            let sql = dialect(
+                b,
+                "UPDATE refunds SET status = ?, updated_at = ? WHERE refund_id = ?",
+            );
+            sqlx::query(&sql)
+                .bind(status)
+                .bind(*at)
+                .bind(refund_id)
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     Ok(())
 }

@@ -884,7 +884,11 @@ async fn nodes_starting_together_on_an_empty_database_all_come_up() {
             .fetch_all(&mut db)
             .await
             .expect("schema versions");
-    assert_eq!(versions, vec![(1,), (2,)], "each migration applied once");
+    assert_eq!(
+        versions,
+        vec![(1,), (2,), (3,)],
+        "each migration applied once"
+    );
     let view = c.view_any().await.expect("view");
     assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");
 }

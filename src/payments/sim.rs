@@ -1,0 +1,322 @@
+//! The built-in simulated payment provider. It keeps its own records (the `sim_*` tables, as an
+//! external provider keeps its own database), answers every request at once, and delivers signed
+//! callbacks to `POST /v1/payments/callback` over HTTP, retrying with backoff until it gets a
+//! 2xx, as real providers do.
+//!
+//! The payment `method` picks its behaviour, like a provider's test cards:
+//!
+//! | method | the payment | its callbacks (payment and refund) |
+//! | --- | --- | --- |
+//! | `card` | succeeds | at once |
+//! | `card_declined` | is declined | `payment.failed` at once |
+//! | `card_late` | succeeds | after `payments.sim_late_ms` |
+//! | `card_twice` | succeeds | each event delivered twice |
+//! | `card_out_of_order` | succeeds | `payment.succeeded`, then an older `payment.failed` of an earlier attempt |
+//! | `card_silent` | succeeds | never (only asking the provider finds out) |
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::{
+    signature, EventData, Intent, IntentStatus, PayError, Provider, ProviderEvent, RefundStatus,
+};
+use crate::domain::now_ms;
+use crate::store::Store;
+
+/// The methods the simulated provider knows.
+pub const METHODS: [&str; 6] = [
+    "card",
+    "card_declined",
+    "card_late",
+    "card_twice",
+    "card_out_of_order",
+    "card_silent",
+];
+
+/// Which shards' callbacks this node delivers (`None`: all, a single node).
+pub type Served = Arc<dyn Fn() -> Option<Vec<u32>> + Send + Sync>;
+
+/// The simulated provider.
+pub struct SimProvider {
+    store: Store,
+    /// Signs callbacks (the same secret the callback route checks).
+    secret: String,
+    /// How late `card_late` calls back.
+    late: Duration,
+    /// Where callbacks go (`http://host:port/v1/payments/callback`); set once the node listens.
+    callback_url: RwLock<Option<String>>,
+    /// Delivers callbacks.
+    http: reqwest::Client,
+    /// Whose callbacks this node delivers.
+    served: Served,
+}
+
+impl SimProvider {
+    /// A simulated provider keeping its records in `store`.
+    pub fn new(store: Store, secret: String, late: Duration, served: Served) -> Self {
+        SimProvider {
+            store,
+            secret,
+            late,
+            callback_url: RwLock::new(None),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            served,
+        }
+    }
+
+    /// Sets where callbacks are delivered.
+    pub fn set_callback_url(&self, url: String) {
+        if let Ok(mut u) = self.callback_url.write() {
+            *u = Some(url);
+        }
+    }
+
+    fn event(kind: &str, created: i64, data: EventData, id: String) -> (String, String) {
+        let ev = ProviderEvent {
+            id: id.clone(),
+            kind: kind.into(),
+            created,
+            data,
+        };
+        (id, serde_json::to_string(&ev).unwrap_or_default())
+    }
+
+    /// The callbacks a payment or refund event of `method` produces: (event id, due, body).
+    fn schedule(
+        &self,
+        method: &str,
+        kind: &str,
+        data: EventData,
+        event_id: String,
+        now: i64,
+    ) -> Vec<(String, i64, String)> {
+        let (id, body) = Self::event(kind, now, data.clone(), event_id);
+        match method {
+            "card_silent" => Vec::new(),
+            "card_late" => vec![(id, now + self.late.as_millis() as i64, body)],
+            "card_twice" => vec![(id.clone(), now, body.clone()), (id, now + 50, body)],
+            "card_out_of_order" if kind == "payment.succeeded" => {
+                // An earlier attempt's failure arrives after the success.
+                let (old_id, old) =
+                    Self::event("payment.failed", now - 1_000, data, format!("{id}_earlier"));
+                vec![(id, now, body), (old_id, now + 50, old)]
+            }
+            _ => vec![(id, now, body)],
+        }
+    }
+
+    /// Delivers due callbacks until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            match self.deliver_due().await {
+                Ok(n) if n >= BATCH => continue, // more are waiting
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "simulated provider: delivery round failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Delivers what is due (many at once, as a provider's senders do); how many it tried.
+    async fn deliver_due(&self) -> Result<usize, String> {
+        use futures::StreamExt;
+        let url = match self.callback_url.read() {
+            Ok(u) => u.clone(),
+            Err(_) => None,
+        };
+        let Some(url) = url else {
+            return Ok(0); // not listening yet
+        };
+        let shards = (self.served)();
+        let due = self
+            .store
+            .sim_due_callbacks(shards.as_deref(), now_ms(), BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = due.len();
+        let results: Vec<Result<(), String>> = futures::stream::iter(due)
+            .map(|cb| self.deliver(&url, cb))
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, String>>()?;
+        Ok(n)
+    }
+
+    async fn deliver(&self, url: &str, cb: crate::store::SimCallback) -> Result<(), String> {
+        let header = signature::sign(&self.secret, now_ms() / 1000, cb.body.as_bytes());
+        let sent = self
+            .http
+            .post(url)
+            .header(signature::HEADER, header)
+            .header("content-type", "application/json")
+            .body(cb.body.clone())
+            .send()
+            .await;
+        let delivered = matches!(&sent, Ok(r) if r.status().is_success());
+        let next = if delivered {
+            None
+        } else {
+            tracing::debug!(event = %cb.event_id, attempts = cb.attempts + 1, "simulated provider: callback not accepted; will retry");
+            let backoff = (200u64 << cb.attempts.clamp(0, 5)).min(5_000);
+            Some(now_ms() + backoff as i64)
+        };
+        self.store
+            .sim_callback_done(cb.seq, next)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Callbacks taken per delivery round.
+const BATCH: usize = 256;
+
+fn unavailable(e: crate::store::StoreError) -> PayError {
+    PayError::Unavailable(e.to_string())
+}
+
+impl Provider for SimProvider {
+    fn create_intent(
+        &self,
+        id: &str,
+        order_id: &str,
+        amount_cents: i64,
+        method: &str,
+    ) -> BoxFuture<'_, Result<Intent, PayError>> {
+        let (id, order_id, method) = (id.to_string(), order_id.to_string(), method.to_string());
+        Box::pin(async move {
+            if !METHODS.contains(&method.as_str()) {
+                return Err(PayError::Unknown(format!("payment method {method}")));
+            }
+            let declined = method == "card_declined";
+            let status = if declined {
+                IntentStatus::Failed
+            } else {
+                IntentStatus::Succeeded
+            };
+            let now = now_ms();
+            let kind = if declined {
+                "payment.failed"
+            } else {
+                "payment.succeeded"
+            };
+            let data = EventData {
+                intent_id: id.clone(),
+                order_id: order_id.clone(),
+                amount_cents,
+                refund_id: None,
+            };
+            let callbacks = self.schedule(&method, kind, data, format!("evt_{id}"), now);
+            self.store
+                .sim_create_intent(
+                    &id,
+                    &order_id,
+                    amount_cents,
+                    &method,
+                    status.as_str(),
+                    now,
+                    &callbacks,
+                )
+                .await
+                .map_err(unavailable)?;
+            // Created now or earlier: answer with what the provider holds.
+            self.intent(&id).await
+        })
+    }
+
+    fn intent(&self, id: &str) -> BoxFuture<'_, Result<Intent, PayError>> {
+        let id = id.to_string();
+        Box::pin(async move {
+            let (order_id, amount_cents, method, status) = self
+                .store
+                .sim_intent(&id)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| PayError::Unknown(format!("intent {id}")))?;
+            Ok(Intent {
+                id,
+                order_id,
+                amount_cents,
+                method,
+                status: IntentStatus::parse(&status).unwrap_or(IntentStatus::Open),
+            })
+        })
+    }
+
+    fn refund(
+        &self,
+        refund_id: &str,
+        intent_id: &str,
+        amount_cents: i64,
+    ) -> BoxFuture<'_, Result<RefundStatus, PayError>> {
+        let (refund_id, intent_id) = (refund_id.to_string(), intent_id.to_string());
+        Box::pin(async move {
+            let (order_id, _, method, status) = self
+                .store
+                .sim_intent(&intent_id)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| PayError::Unknown(format!("intent {intent_id}")))?;
+            if status != IntentStatus::Succeeded.as_str() {
+                return Err(PayError::Unknown(format!(
+                    "intent {intent_id} took no money to refund"
+                )));
+            }
+            let now = now_ms();
+            let data = EventData {
+                intent_id: intent_id.clone(),
+                order_id: order_id.clone(),
+                amount_cents,
+                refund_id: Some(refund_id.clone()),
+            };
+            let callbacks = self.schedule(
+                &method,
+                "refund.succeeded",
+                data,
+                format!("evt_{refund_id}"),
+                now,
+            );
+            self.store
+                .sim_create_refund(
+                    &refund_id,
+                    &intent_id,
+                    &order_id,
+                    amount_cents,
+                    now,
+                    &callbacks,
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(RefundStatus::Succeeded)
+        })
+    }
+
+    fn refund_status(&self, refund_id: &str) -> BoxFuture<'_, Result<RefundStatus, PayError>> {
+        let refund_id = refund_id.to_string();
+        Box::pin(async move {
+            match self
+                .store
+                .sim_refund(&refund_id)
+                .await
+                .map_err(unavailable)?
+            {
+                Some(s) if s == "succeeded" => Ok(RefundStatus::Succeeded),
+                Some(_) => Ok(RefundStatus::Pending),
+                None => Err(PayError::Unknown(format!("refund {refund_id}"))),
+            }
+        })
+    }
+
+    fn confirms_at_once(&self, method: &str) -> bool {
+        !matches!(method, "card_late" | "card_silent")
+    }
+
+    fn supports(&self, method: &str) -> bool {
+        METHODS.contains(&method)
+    }
+}
