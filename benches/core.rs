@@ -600,6 +600,45 @@ fn bench_json(c: &mut Criterion) {
     g.finish();
 }
 
+// ---- 5b. the hot path's pure steps: token check, order planning ----
+
+fn bench_hot_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hot_path");
+    small(&mut g);
+    let auth = waimai::api::Auth::new("bench-secret");
+    let header = format!(
+        "Bearer {}",
+        auth.mint(waimai::domain::Role::Customer, "customer-42", 3600)
+            .expect("token")
+    );
+    g.bench_function("jwt_verify", |b| {
+        b.iter(|| auth.caller(Some(black_box(&header))).expect("valid"))
+    });
+    let order = sample_order();
+    let draft = waimai::messages::OrderDraft {
+        id: order.id.clone(),
+        customer_id: order.customer_id.clone(),
+        merchant_id: order.merchant_id.clone(),
+        deliver_to: order.deliver_to,
+        request_hash: Some(
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        ),
+    };
+    let reservation = waimai::messages::Reservation {
+        lines: order.items.clone(),
+        total_cents: order.total_cents,
+        fence: 7,
+        pickup: Location {
+            lat: 31.23,
+            lng: 121.47,
+        },
+    };
+    g.bench_function("create_order_plan", |b| {
+        b.iter(|| waimai::actors::order::creation(black_box(&draft), black_box(&reservation)))
+    });
+    g.finish();
+}
+
 // ---- 6. websocket fan-out through the hub ----
 
 fn bench_fanout(c: &mut Criterion) {
@@ -651,6 +690,7 @@ fn main() {
     bench_group_commit(&mut c);
     bench_locks(&mut c);
     bench_json(&mut c);
+    bench_hot_path(&mut c);
     bench_fanout(&mut c);
     c.final_summary();
     print_summary();

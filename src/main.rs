@@ -141,6 +141,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             let json = args.json.clone();
             let max_errors = args.max_errors;
+            let min_rate = args.min_rate;
             let report = rt
                 .block_on(waimai::loadgen::run(args))
                 .context("load generation")?;
@@ -152,6 +153,12 @@ fn main() -> anyhow::Result<()> {
             if !broken.is_empty() {
                 let names: Vec<&str> = broken.iter().map(|c| c.name.as_str()).collect();
                 anyhow::bail!("{} invariant(s) BROKEN: {}", broken.len(), names.join("; "));
+            }
+            if let Some(min) = min_rate {
+                let rate = report.primary_rate();
+                if rate < min {
+                    anyhow::bail!("{rate:.1}/s, below --min-rate {min}");
+                }
             }
             if let Some(max) = max_errors {
                 let errors = report.errors();

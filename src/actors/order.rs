@@ -422,7 +422,7 @@ pub(crate) async fn request_refund(deps: &Deps, r: &RefundRow) {
 /// and with its pickup point from the reservation), the stock decrement of each line fenced
 /// with the merchant's lease, and the `order_created` event. Built here, beside every other
 /// order write, and committed by the merchant's actor (`ReserveAndPlace`).
-pub(crate) fn creation(draft: &OrderDraft, r: &Reservation) -> (Order, Vec<Write>) {
+pub fn creation(draft: &OrderDraft, r: &Reservation) -> (Order, Vec<Write>) {
     let now = now_ms();
     let order = Order {
         id: draft.id.clone(),

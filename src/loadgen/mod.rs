@@ -139,6 +139,11 @@ pub struct LoadgenArgs {
     /// are reported but do not fail the run; CI's smoke uses 0.
     #[arg(long)]
     pub max_errors: Option<u64>,
+    /// Fail the run (non-zero exit) if the scenario's rate (created orders/s for `create` and
+    /// `hot-sku`, whole orders/s for `lifecycle` and `track`) falls below this: a guard
+    /// against a collapse, not a timing test (CI sets it far below what a node does).
+    #[arg(long)]
+    pub min_rate: Option<f64>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -353,6 +358,18 @@ pub(crate) struct Ctx {
     pub ledger: ledger::Ledger,
 }
 
+/// This process's CPU time so far (user + system), from `/proc/self/stat` (Linux only).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // Clock ticks; 100 per second on every Linux this runs on.
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// Token lifetime: long enough for any run.
 const TOKEN_TTL_SECS: u64 = 24 * 3600;
 
@@ -383,6 +400,7 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
         load = %plan.load.describe(),
         "setting up"
     );
+    let cpu_before = process_cpu();
     let world = setup::build(&plan, &http, &auth, &admin).await?;
     let ctx = Arc::new(Ctx {
         rec: report::Recorder::new(),
@@ -398,8 +416,15 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
         elapsed_ms = started.elapsed().as_millis() as u64,
         "checking invariants"
     );
+    let cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let requests = ctx.rec.requests();
     let checks = invariants::check(&ctx, extra).await;
-    let report = Report::build(&ctx, measured, checks);
+    let mut report = Report::build(&ctx, measured, checks);
+    report.client_cpu_us_per_request = cpu
+        .filter(|_| requests > 0)
+        .map(|d| d.as_secs_f64() * 1e6 / requests as f64);
     if let Some(path) = &ctx.plan.args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| LoadgenError::Setup(format!("serializing the report: {e}")))?;

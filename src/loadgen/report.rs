@@ -120,6 +120,12 @@ impl Recorder {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Operations recorded so far, warm-up included (the load generator's requests).
+    pub fn requests(&self) -> u64 {
+        let (ok, errors) = self.live();
+        ok + errors
+    }
+
     /// (ok, errors) so far, warm-up included.
     pub fn live(&self) -> (u64, u64) {
         (
@@ -342,6 +348,9 @@ pub struct Report {
     pub hot_sku: Option<HotSkuReport>,
     /// Invariant verdicts.
     pub invariants: Vec<InvariantReport>,
+    /// The load generator's own CPU (user + system) per request it made, microseconds, over the
+    /// whole run (Linux; `None` elsewhere).
+    pub client_cpu_us_per_request: Option<f64>,
 }
 
 impl Report {
@@ -429,6 +438,7 @@ impl Report {
             answers,
             ws_events,
             hot_sku,
+            client_cpu_us_per_request: None,
             invariants: checks
                 .into_iter()
                 .map(|c| InvariantReport {
@@ -438,6 +448,19 @@ impl Report {
                 })
                 .collect(),
         }
+    }
+
+    /// The rate that stands for the scenario: created orders per second (`create`, `hot-sku`),
+    /// whole orders per second (`lifecycle`, `track`).
+    pub fn primary_rate(&self) -> f64 {
+        let op = match self.scenario.as_str() {
+            "lifecycle" | "track" => "whole_order",
+            _ => "create_order",
+        };
+        self.ops
+            .iter()
+            .find(|o| o.op == op)
+            .map_or(0.0, |o| o.ok as f64 / self.measured_s.max(1e-9))
     }
 
     /// Answers in the measured window that were errors (not success, not an expected
@@ -494,6 +517,12 @@ impl Report {
             "orders: {} acknowledged in all, {} finished in the window, {:.1} orders/s",
             self.orders.acknowledged, self.orders.finished, self.orders.per_sec
         );
+        if let Some(us) = self.client_cpu_us_per_request {
+            let _ = writeln!(
+                out,
+                "load generator CPU: {us:.1} µs per request (user + system, whole run)"
+            );
+        }
         if let Some(l) = &self.orders.creation_to_delivery {
             let _ = writeln!(
                 out,
