@@ -189,6 +189,51 @@ async fn idle_actors_are_passivated_and_reload_from_the_store() {
     assert_eq!(r.status, 409, "{}", r.body);
 }
 
+/// An order actor started by a create does not read the store first; a retry of a create
+/// whose answer was lost, arriving after the actor was passivated, must still be answered from
+/// the stored order (not refused for stock, not created twice).
+#[actix_rt::test]
+async fn a_retried_create_after_passivation_is_answered_from_the_store() {
+    let url = fresh_db(Db::Sqlite).await;
+    let mut cfg = config(&url, LockBackendKind::Local);
+    cfg.shards.idle_ms = 200;
+    let app = TestApp::spawn(cfg).await;
+    let (mid, _) = app.merchant_with_stock("s", 2).await;
+    let first = app.order("alice", &mid, "s", 2, Some("k-1")).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while live_orders(&app).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "order actor was never passivated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stock is now 0: a fresh create would be refused, the replay is not.
+    let again = app.order("alice", &mid, "s", 2, Some("k-1")).await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(again.body["version"], first.body["version"]);
+    let counts = app.node.store.count_orders(&mid).await.expect("count");
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<i64>(), 1);
+    // Same key, other body, after another passivation: refused as a reused key.
+    while live_orders(&app).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "order actor was never passivated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = app.order("alice", &mid, "s", 1, Some("k-1")).await;
+    assert_eq!(other.status, 422, "{}", other.body);
+    assert_eq!(other.body["error"]["code"], "idempotency_key_reused");
+    let r = app.get(&format!("/v1/merchants/{mid}"), &app.admin).await;
+    assert_eq!(
+        r.body["menu"][0]["stock"], 0,
+        "no stock moved by the retries"
+    );
+}
+
 #[actix_rt::test]
 async fn a_lost_database_answers_503_with_a_reason() {
     let url = fresh_db(Db::Postgres).await;

@@ -150,7 +150,9 @@ impl MerchantActor {
         match &mut self.state {
             Loaded::Present(s) => Ok(s),
             Loaded::Absent => Err(Error::not_found("merchant", self.id.clone())),
-            Loaded::Loading => Err(Error::Unavailable("merchant is loading".into())),
+            Loaded::Loading | Loaded::Unchecked => {
+                Err(Error::Unavailable("merchant is loading".into()))
+            }
             Loaded::Failed(_) => Err(Error::Unavailable("merchant is reloading".into())),
         }
     }

@@ -160,6 +160,11 @@ pub trait Entity: Actor<Context = Context<Self>> + Supervised + Handler<Stop> {
     /// A fresh, not yet loaded actor for `id`. In a cluster, `fence` is the shard and epoch
     /// its node holds the shard under; every write the actor makes carries it.
     fn fresh(id: String, deps: Deps, fence: Option<ShardEpoch>) -> Self;
+    /// A fresh actor started by a message that creates its entity (`Routed::CREATES`): it may
+    /// skip reading the store first (the create's insert finds out if the entity exists).
+    fn fresh_for_create(id: String, deps: Deps, fence: Option<ShardEpoch>) -> Self {
+        Self::fresh(id, deps, fence)
+    }
     /// This kind's registry inside a shard.
     fn registry(
         shard: &mut shard::Shard,
@@ -227,6 +232,9 @@ pub(crate) fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 pub(crate) enum Loaded<T> {
     /// Reading from the store; the mailbox waits.
     Loading,
+    /// Not read, started by a message that creates the entity: assumed absent until its insert
+    /// says otherwise.
+    Unchecked,
     /// The store has no such entity.
     Absent,
     /// Loaded.

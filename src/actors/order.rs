@@ -51,6 +51,15 @@ impl Entity for OrderActor {
         }
     }
 
+    fn fresh_for_create(id: String, deps: Deps, fence: Option<ShardEpoch>) -> Self {
+        // Most orders are new: no read before the insert (a retry's insert finds the row and
+        // is answered from it; see `PlaceOrder`).
+        OrderActor {
+            state: Loaded::Unchecked,
+            ..Self::fresh(id, deps, fence)
+        }
+    }
+
     fn registry(shard: &mut Shard) -> &mut std::collections::HashMap<String, Slot<Self>> {
         &mut shard.orders
     }
@@ -61,7 +70,9 @@ impl Actor for OrderActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(usize::MAX >> 4);
-        self.load(ctx);
+        if !matches!(self.state, Loaded::Unchecked) {
+            self.load(ctx);
+        }
         // Idleness is tracked by the shard (it sees every message): one sweep per shard instead
         // of one timer per order.
     }
@@ -199,6 +210,10 @@ impl OrderActor {
             Loaded::Present(o) => Ok(o.clone()),
             Loaded::Absent => Err(Error::not_found("order", self.id.clone())),
             Loaded::Loading => Err(Error::Unavailable("order is loading".into())),
+            Loaded::Unchecked => {
+                self.load(ctx); // not read yet: the next message waits for it
+                Err(Error::Unavailable("order is loading".into()))
+            }
             Loaded::Failed(e) => {
                 let e = e.clone();
                 self.load(ctx); // try again; the next message waits for it
@@ -574,7 +589,7 @@ impl Handler<PlaceOrder> for OrderActor {
                     Err(Error::IdempotencyMismatch)
                 });
             }
-            Loaded::Absent => {}
+            Loaded::Absent | Loaded::Unchecked => {}
             Loaded::Loading | Loaded::Failed(_) => {
                 if let Err(e) = self.current(ctx) {
                     return ready(Err(e));
@@ -585,6 +600,7 @@ impl Handler<PlaceOrder> for OrderActor {
             return ready(Err(Error::Forbidden("only customers place orders".into())));
         }
         let (deps, shard) = (self.deps.clone(), self.fence);
+        let draft_id = self.id.clone();
         let draft = OrderDraft {
             id: self.id.clone(),
             customer_id: msg.caller.id.clone(),
@@ -592,6 +608,7 @@ impl Handler<PlaceOrder> for OrderActor {
             deliver_to: msg.deliver_to,
             request_hash: msg.request_hash.clone(),
         };
+        let unchecked = matches!(self.state, Loaded::Unchecked);
         let fut = async move {
             let place = ReserveAndPlace {
                 draft,
@@ -599,33 +616,56 @@ impl Handler<PlaceOrder> for OrderActor {
                 fence: shard,
             };
             let hash = place.draft.request_hash.clone();
-            match deps.router.send(&msg.merchant_id, place).await? {
-                PlaceOutcome::Placed(mut order) => {
+            let caller_id = place.draft.customer_id.clone();
+            let placed = match deps.router.send(&msg.merchant_id, place).await {
+                Ok(PlaceOutcome::Placed(order)) => Ok(order),
+                Ok(PlaceOutcome::Refused(refused)) => {
+                    let e = StoreError::from(refused);
+                    super::on_fenced(&deps, &e);
+                    Err(Error::from(e))
+                }
+                Err(e) => Err(e),
+            };
+            match placed {
+                Ok(mut order) => {
                     // The hash never travels (it is not part of an order's wire form): keep
                     // ours, so a retry of this request is answered as a replay.
                     order.request_hash = hash;
                     metrics::ORDER_TRANSITIONS
                         .with_label_values(&["none", "pending_payment"])
                         .inc();
-                    Ok(order)
+                    Ok((order, false))
                 }
-                PlaceOutcome::Refused(refused) => {
-                    let e = StoreError::from(refused);
-                    super::on_fenced(&deps, &e);
-                    Err(Error::from(e))
+                Err(e) if unchecked => {
+                    // This actor did not read the store before trying: the order may exist
+                    // already (a retry of a create whose answer was lost, the actor passivated
+                    // since). Its row says whether this is that request's replay.
+                    match deps.store.load_order(&draft_id).await {
+                        Ok(Some(existing)) => {
+                            let same = existing.customer_id == caller_id
+                                && existing.request_hash.is_some()
+                                && existing.request_hash == hash;
+                            if same {
+                                Ok((existing, true))
+                            } else {
+                                Err(Error::IdempotencyMismatch)
+                            }
+                        }
+                        _ => Err(e),
+                    }
                 }
+                Err(e) => Err(e),
             }
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            |res: Result<Order>, act, ctx| {
+            |res: Result<(Order, bool)>, act, ctx| {
                 match res {
-                    Ok(order) => {
-                        announce(&act.deps, None, &order);
+                    Ok((order, replayed)) => {
+                        if !replayed {
+                            announce(&act.deps, None, &order);
+                        }
                         act.state = Loaded::Present(order.clone());
-                        Ok(Placed {
-                            order,
-                            replayed: false,
-                        })
+                        Ok(Placed { order, replayed })
                     }
                     Err(e) => {
                         if matches!(
@@ -635,6 +675,10 @@ impl Handler<PlaceOrder> for OrderActor {
                             // The row exists after all, moved, or may have been written by a
                             // commit whose answer was lost: reload before the next message.
                             ctx.stop();
+                        } else if matches!(act.state, Loaded::Unchecked) {
+                            // Refused (out of stock, another request's id, ...): learn what the
+                            // store holds before the next message.
+                            act.load(ctx);
                         }
                         Err(e)
                     }

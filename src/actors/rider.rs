@@ -191,7 +191,9 @@ impl RiderActor {
         match &self.state {
             Loaded::Present(r) => Ok(r.clone()),
             Loaded::Absent => Err(Error::not_found("rider", self.id.clone())),
-            Loaded::Loading => Err(Error::Unavailable("rider is loading".into())),
+            Loaded::Loading | Loaded::Unchecked => {
+                Err(Error::Unavailable("rider is loading".into()))
+            }
             Loaded::Failed(e) => {
                 let e = e.clone();
                 self.load(ctx); // try again; the next message waits for it

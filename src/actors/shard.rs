@@ -134,7 +134,7 @@ impl Shard {
         }
     }
 
-    fn get_or_start<A: Entity>(&mut self, id: &str) -> Addr<A> {
+    fn get_or_start<A: Entity>(&mut self, id: &str, creates: bool) -> Addr<A> {
         if let Some(slot) = A::registry(self).get_mut(id) {
             if slot.addr.connected() {
                 slot.last = Instant::now();
@@ -147,7 +147,13 @@ impl Shard {
             shard: self.index,
             epoch,
         });
-        let addr = Supervisor::start(move |_| A::fresh(owned, deps, fence));
+        let addr = Supervisor::start(move |_| {
+            if creates {
+                A::fresh_for_create(owned, deps, fence)
+            } else {
+                A::fresh(owned, deps, fence)
+            }
+        });
         let slot = Slot {
             addr: addr.clone(),
             last: Instant::now(),
@@ -213,7 +219,7 @@ impl<M: Routed> Handler<Envelope<M>> for Shard {
             }
             return Box::pin(async move { Err(Error::NotOwner(shard)) });
         }
-        let addr: Addr<M::Actor> = self.get_or_start(&env.id);
+        let addr: Addr<M::Actor> = self.get_or_start(&env.id, M::CREATES);
         let reply = addr.send(env.msg);
         Box::pin(async move { reply.await.map_err(crate::Error::from).and_then(|r| r) })
     }

@@ -34,12 +34,14 @@ pub trait Routed:
     /// and request hash make a second attempt a replay), so a forward whose outcome is unknown
     /// may be sent again.
     const RETRY_SAFE: bool;
+    /// It creates its entity: an actor it starts need not read the store first.
+    const CREATES: bool = false;
     /// The wire form.
     fn into_command(self) -> Command;
 }
 
 macro_rules! routes {
-    ($($msg:ident => $reply:ty, $actor:ty, $retry:expr;)*) => {
+    ($($msg:ident => $reply:ty, $actor:ty, $retry:expr $(, creates $creates:expr)?;)*) => {
         /// A routed message in wire form, tagged with its name.
         #[derive(Debug, Clone, Serialize, Deserialize)]
         #[serde(tag = "msg", content = "body")]
@@ -55,6 +57,7 @@ macro_rules! routes {
                 type Reply = $reply;
                 type Actor = $actor;
                 const RETRY_SAFE: bool = $retry;
+                $(const CREATES: bool = $creates;)?
                 fn into_command(self) -> Command {
                     Command::$msg(self)
                 }
@@ -108,7 +111,7 @@ macro_rules! routes {
 
 routes! {
     // orders
-    PlaceOrder => Placed, OrderActor, true;
+    PlaceOrder => Placed, OrderActor, true, creates true;
     GetOrder => Order, OrderActor, true;
     ChangeOrder => Order, OrderActor, false;
     CrashOrder => Order, OrderActor, false;
