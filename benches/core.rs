@@ -427,6 +427,7 @@ fn order_change(merchant_id: &str) -> Vec<Write> {
         event_type: "order_created".into(),
         payload: json!({"id": id, "merchant_id": merchant_id, "total_cents": 2000}),
         created_at: now,
+        traceparent: None,
     };
     vec![Write::InsertOrder(order), Write::Event(event)]
 }

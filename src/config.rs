@@ -1,10 +1,10 @@
 //! Typed configuration: `config.yaml` (or `--config FILE`) overlaid with `WAIMAI__SECTION__KEY`
 //! environment variables.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// HTTP front door.
@@ -27,10 +27,16 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The payment provider and the refund saga.
     pub payments: PaymentsConfig,
+    /// Logs and traces.
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    /// The file it was read from (`None`: embedded defaults and environment only); a reload
+    /// reads it again.
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// Payment settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentsConfig {
     /// `sim`: the built-in simulated provider (the only one shipped).
@@ -59,7 +65,7 @@ pub struct PaymentsConfig {
 pub const DEV_PAYMENTS_SECRET: &str = "dev-payments-secret-change-me";
 
 /// HTTP front door settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address `serve` listens on unless `--listen` says otherwise.
@@ -71,7 +77,7 @@ pub struct ServerConfig {
 }
 
 /// Database settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite://data/waimai.db`, `postgres://...` or `mysql://...`.
@@ -89,7 +95,7 @@ pub struct StoreConfig {
 }
 
 /// Which lock backend grants stock leases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LockBackendKind {
     /// In-process; for a single node.
@@ -99,7 +105,7 @@ pub enum LockBackendKind {
 }
 
 /// Lock service settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockConfig {
     /// `local` or `redis`.
@@ -113,7 +119,7 @@ pub struct LockConfig {
 }
 
 /// Sharding and actor lifecycle.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
     /// Number of shards (a shard may later be a Kafka partition).
@@ -127,7 +133,7 @@ pub struct ShardConfig {
 }
 
 /// Bearer-token settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 secret. The shipped default is a dev secret and `serve` warns about it.
@@ -137,7 +143,7 @@ pub struct AuthConfig {
 }
 
 /// Websocket and live-event settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RealtimeConfig {
     /// Events a socket may have queued before it is disconnected as too slow.
@@ -151,7 +157,7 @@ pub struct RealtimeConfig {
 }
 
 /// Automatic dispatch settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchConfig {
     /// Whether accepted orders are offered to riders automatically.
@@ -169,7 +175,7 @@ pub struct DispatchConfig {
 }
 
 /// One dispatch zone.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     /// The zone's id (its dispatcher is the entity with this id).
@@ -180,7 +186,7 @@ pub struct ZoneConfig {
 }
 
 /// Cluster settings: shards spread over nodes by a Kafka consumer group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Join a cluster. Needs PostgreSQL or MySQL, Redis locks and a Kafka-compatible broker.
@@ -220,7 +226,7 @@ pub struct ClusterConfig {
 }
 
 /// Order deadlines (all persisted implicitly: status + `updated_at` in the order row).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimersConfig {
     /// `pending_payment` longer than this is cancelled and its stock released, ms.
@@ -286,7 +292,9 @@ impl Config {
                 .separator("__")
                 .try_parsing(true),
         );
-        Ok(b.build()?.try_deserialize()?)
+        let mut cfg: Config = b.build()?.try_deserialize()?;
+        cfg.source = file.map(std::path::Path::to_path_buf);
+        Ok(cfg)
     }
 
     /// Embedded defaults only (tests start from this and adjust).

@@ -15,7 +15,9 @@
 //! - [`payments`]: the payment provider boundary (a simulated provider built in), signed
 //!   callbacks, the reconciler that finishes what lost callbacks leave undone.
 //! - [`api`]: the warp front door (REST, health, metrics) and its error mapping.
-//! - [`server`]: starting and stopping a node; [`config`]: typed configuration.
+//! - [`server`]: starting and stopping a node; [`config`]: typed configuration; [`reload`]: the
+//!   keys that change without a restart (SIGHUP, `POST /v1/admin/reload`).
+//! - [`telemetry`]: logs and traces (W3C trace context, an optional OTLP exporter).
 //! - [`dispatch`]: the dispatch policies (`greedy`, `batch`, `stacked`) as pure functions from
 //!   waiting orders and available riders to offers; no actors, no I/O.
 //! - [`sim`]: `waimai simulate`, a seeded city simulator that runs a policy in simulated time
@@ -39,9 +41,11 @@ pub mod metrics;
 pub mod model;
 pub mod payments;
 pub mod realtime;
+pub mod reload;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod telemetry;
 
 pub use config::Config;
 pub use error::Error;

@@ -69,19 +69,24 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .init();
+    }
     match cli.command {
         Command::Serve { config, listen } => {
             let mut cfg = Config::load(config.as_deref()).context("loading config")?;
             if let Some(l) = listen {
                 cfg.server.listen = l; // the cluster derives this node's id and address from it
             }
+            // Logs and traces (spans are exported when telemetry.otlp_endpoint is set); the
+            // guard flushes buffered spans when serving ends.
+            let _telemetry = waimai::telemetry::init(&cfg.telemetry).context("telemetry")?;
             let addr = cfg.server.listen.clone();
             let system = actix_rt::System::with_tokio_rt(|| {
                 tokio::runtime::Builder::new_multi_thread()

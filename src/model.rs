@@ -112,6 +112,10 @@ pub struct OutboxEvent {
     pub payload: serde_json::Value,
     /// When, ms since the epoch.
     pub created_at: i64,
+    /// The W3C trace context of the command that wrote it (set by the store at commit; the
+    /// relay sends it as the Kafka record's `traceparent` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A stored outbox row.

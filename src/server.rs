@@ -48,8 +48,10 @@ pub enum StartError {
 
 /// A running node (without its HTTP listener until `serve`).
 pub struct Node {
-    /// The configuration it runs with.
+    /// The configuration it started with.
     pub config: Config,
+    /// The configuration in effect (reloads change its live keys).
+    pub live: Arc<crate::reload::Live>,
     /// Reaches every entity.
     pub router: Router,
     /// Persistence.
@@ -204,8 +206,11 @@ impl Node {
         if config.auth.jwt_secret == DEV_SECRET {
             tracing::warn!("auth.jwt_secret is the shipped dev secret: set WAIMAI__AUTH__JWT_SECRET before exposing this node");
         }
+        let live = Arc::new(crate::reload::Live::new(config.clone()));
+        tasks.push(tokio::spawn(reconfigure(live.subscribe(), timers.clone())));
         Ok(Node {
             config,
+            live,
             router,
             store,
             lock,
@@ -243,8 +248,23 @@ impl Node {
             node_id: self.node_id(),
             payments: self.payments.clone(),
             payments_cfg: self.config.payments.clone(),
+            live: self.live.clone(),
         });
-        let routes = api::routes(state, self.config.server.body_limit_bytes);
+        // SIGHUP is taken before the node says it listens, so a reload asked for once it
+        // listens is never the signal's default action (exit).
+        #[cfg(unix)]
+        let hangups = tokio::spawn(reload_on_sighup(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
+            self.live.clone(),
+        ));
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(addr = %addr, "waimai listening");
+        }
+        // Every request runs in a span continuing the caller's trace; the answer names it.
+        use warp::Filter as _;
+        let routes = api::routes(state, self.config.server.body_limit_bytes)
+            .map(api::trace::with_traceparent)
+            .with(warp::trace(api::trace::request_span));
         // Nagle off: websocket events and small responses go out at once instead of waiting
         // for the peer's delayed ACK (it cost ~40 ms on an event following another message).
         let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
@@ -257,6 +277,8 @@ impl Node {
         warp::serve(routes)
             .serve_incoming_with_graceful_shutdown(incoming, shutdown)
             .await;
+        #[cfg(unix)]
+        hangups.abort();
     }
 
     /// This node's id (in a cluster, as configured or derived from the listen address).
@@ -455,8 +477,37 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let node = Node::start(config).await?;
-    tracing::info!(addr = %listener.local_addr()?, "waimai listening");
     node.serve(listener, shutdown).await;
     node.shutdown().await;
     Ok(())
+}
+
+/// Tells the components that honour live keys about each applied reload.
+async fn reconfigure(mut cfg: tokio::sync::watch::Receiver<Arc<Config>>, timers: Addr<TimerActor>) {
+    while cfg.changed().await.is_ok() {
+        let now = cfg.borrow_and_update().clone();
+        timers.do_send(crate::actors::timers::SetTimers(now.timers.clone()));
+    }
+}
+
+/// SIGHUP reloads the configuration (what cannot change live is refused with a log line).
+#[cfg(unix)]
+async fn reload_on_sighup(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    live: Arc<crate::reload::Live>,
+) {
+    let Ok(mut hup) = hup else {
+        tracing::warn!("cannot listen for SIGHUP: config reload only through the admin route");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match live.reload() {
+            Ok(r) => tracing::info!(
+                applied = r.applied.len(),
+                refused = r.refused.len(),
+                "config reloaded (SIGHUP)"
+            ),
+            Err(e) => tracing::error!(error = %e, "config reload (SIGHUP) failed; nothing changed"),
+        }
+    }
 }

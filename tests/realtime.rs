@@ -599,7 +599,9 @@ async fn a_thousand_tracking_sockets_all_get_their_events() {
                     None,
                 )
                 .await;
-            assert_eq!(r.status, 200);
+            // 202: the provider's callback came after `pay_wait_ms` (a thousand at once on a
+            // loaded machine); the order is paid all the same, and the sockets must see it.
+            assert!(r.status == 200 || r.status == 202, "pay: {}", r.body);
         }));
     }
     for p in pays {

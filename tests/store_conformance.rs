@@ -184,6 +184,7 @@ fn event(aggregate_id: &str, event_type: &str, payload: serde_json::Value) -> Ou
         event_type: event_type.to_string(),
         payload,
         created_at: 1_700_000_000_999,
+        traceparent: None,
     }
 }
 
@@ -1627,7 +1628,11 @@ async fn concurrent_migrations(db: Db) {
             .fetch_all(&mut conn)
             .await
             .expect("versions");
-    assert_eq!(versions, vec![(1,), (2,), (3,)]);
+    let want: Vec<(i64,)> = waimai::store::schema_versions()
+        .into_iter()
+        .map(|v| (v,))
+        .collect();
+    assert_eq!(versions, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

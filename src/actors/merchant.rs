@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler,
@@ -212,7 +213,7 @@ impl MerchantActor {
             let fresh = store.load_merchant(&id).await;
             Ok((lease, fresh))
         };
-        Box::pin(fut.into_actor(self).map(|res, act, _| {
+        Box::pin(fut.in_current_span().into_actor(self).map(|res, act, _| {
             let (lease, fresh) = res?;
             let fence = lease.fence;
             act.lease = Some(lease);
@@ -247,6 +248,7 @@ impl MerchantActor {
             event_type: event.into(),
             payload: serde_json::json!({ "open": next.open, "name": next.name, "version": next.version }),
             created_at: now_ms(),
+            traceparent: None,
         };
         let first = match expected {
             None => Write::InsertMerchant(next.clone()),
@@ -267,6 +269,7 @@ impl MerchantActor {
                 }
                 res
             }
+            .in_current_span()
             .into_actor(self)
             .map(move |res, act, ctx| {
                 match res {
@@ -462,6 +465,7 @@ impl Handler<SetMenu> for MerchantActor {
                     event_type: "menu_updated".into(),
                     payload: serde_json::to_value(&items).unwrap_or_default(),
                     created_at: now_ms(),
+                    traceparent: None,
                 }));
                 Ok(writes)
             });
@@ -473,6 +477,7 @@ impl Handler<SetMenu> for MerchantActor {
                 }
                 res.map_err(Error::from)
             }
+            .in_current_span()
             .into_actor(act)
             .map(move |res, act, _ctx| {
                 res?;
@@ -555,32 +560,35 @@ impl Handler<ReserveAndPlace> for MerchantActor {
         self.idle.touch();
         let me = ctx.address();
         let store = self.deps.store.clone();
-        Box::pin(async move {
-            let r = me
-                .send(ReserveStock {
-                    lines: msg.lines.clone(),
-                })
-                .await
-                .map_err(Error::from)??;
-            let (order, writes) = super::order::creation(&msg.draft, &r);
-            match store.commit_fenced(msg.fence, writes).await {
-                Ok(()) => {
-                    me.do_send(SettleReservation);
-                    Ok(PlaceOutcome::Placed(order))
-                }
-                Err(e) => {
-                    let resync = matches!(
-                        e,
-                        StoreError::InsufficientStock { .. } | StoreError::StaleFence { .. }
-                    );
-                    me.do_send(UnreserveStock {
-                        lines: r.lines,
-                        resync,
-                    });
-                    Ok(PlaceOutcome::Refused(Refusal::from(e)))
+        Box::pin(
+            async move {
+                let r = me
+                    .send(ReserveStock {
+                        lines: msg.lines.clone(),
+                    })
+                    .await
+                    .map_err(Error::from)??;
+                let (order, writes) = super::order::creation(&msg.draft, &r);
+                match store.commit_fenced(msg.fence, writes).await {
+                    Ok(()) => {
+                        me.do_send(SettleReservation);
+                        Ok(PlaceOutcome::Placed(order))
+                    }
+                    Err(e) => {
+                        let resync = matches!(
+                            e,
+                            StoreError::InsufficientStock { .. } | StoreError::StaleFence { .. }
+                        );
+                        me.do_send(UnreserveStock {
+                            lines: r.lines,
+                            resync,
+                        });
+                        Ok(PlaceOutcome::Refused(Refusal::from(e)))
+                    }
                 }
             }
-        })
+            .in_current_span(),
+        )
     }
 }
 
@@ -592,13 +600,16 @@ impl Handler<CommitWrites> for MerchantActor {
     fn handle(&mut self, msg: CommitWrites, _ctx: &mut Context<Self>) -> Self::Result {
         self.idle.touch();
         let store = self.deps.store.clone();
-        Box::pin(async move {
-            Ok(store
-                .commit_fenced(msg.fence, msg.writes)
-                .await
-                .err()
-                .map(Refusal::from))
-        })
+        Box::pin(
+            async move {
+                Ok(store
+                    .commit_fenced(msg.fence, msg.writes)
+                    .await
+                    .err()
+                    .map(Refusal::from))
+            }
+            .in_current_span(),
+        )
     }
 }
 

@@ -3,6 +3,7 @@
 //! outbox event (version-checked), and only then applied and acknowledged.
 
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler,
@@ -297,6 +298,7 @@ async fn commit_step(
             "from": o.status, "to": to, "version": next.version, "order": next,
         }),
         created_at: next.updated_at,
+        traceparent: None,
     }));
     let committed = if fence.is_some() {
         super::commit_stock_change(deps, &o.merchant_id, shard, writes).await
@@ -468,6 +470,7 @@ pub fn creation(draft: &OrderDraft, r: &Reservation) -> (Order, Vec<Write>) {
         event_type: "order_created".into(),
         payload: serde_json::to_value(&order).unwrap_or_default(),
         created_at: now,
+        traceparent: None,
     }));
     (order, writes)
 }
@@ -476,7 +479,14 @@ pub fn creation(draft: &OrderDraft, r: &Reservation) -> (Order, Vec<Write>) {
 /// order's announcements follow its commit order: live sockets (order, merchant and rider
 /// topics), the order's deadline, and its zone's dispatcher.
 fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
-    deps.events.order_changed(before, after);
+    tracing::info_span!(
+        target: "waimai::realtime",
+        "ws.publish",
+        otel.name = "publish to sockets",
+        order = %after.id,
+        status = ?after.status,
+    )
+    .in_scope(|| deps.events.order_changed(before, after));
     deps.timers.do_send(Arm {
         order_id: after.id.clone(),
         version: after.version,
@@ -520,8 +530,10 @@ impl Handler<ChangeOrder> for OrderActor {
             let (committed, outcome) = run_plan(deps, shard, &plan).await;
             (plan, committed, outcome)
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            |(plan, steps, outcome), act, ctx| {
+        let span = tracing::Span::current();
+        AtomicResponse::new(Box::pin(fut.in_current_span().into_actor(self).map(
+            move |(plan, steps, outcome), act, ctx| {
+                let _in = span.enter();
                 let o = &plan.current;
                 let mut before = o;
                 for step in &steps {
@@ -657,8 +669,10 @@ impl Handler<PlaceOrder> for OrderActor {
                 Err(e) => Err(e),
             }
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            |res: Result<(Order, bool)>, act, ctx| {
+        let span = tracing::Span::current();
+        AtomicResponse::new(Box::pin(fut.in_current_span().into_actor(self).map(
+            move |res: Result<(Order, bool)>, act, ctx| {
+                let _in = span.enter();
                 match res {
                     Ok((order, replayed)) => {
                         if !replayed {
@@ -784,7 +798,7 @@ impl Handler<StartPayment> for OrderActor {
                 .inc();
             Ok(PaymentStarted { intent, order: o })
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self)))
+        AtomicResponse::new(Box::pin(fut.in_current_span().into_actor(self)))
     }
 }
 
@@ -933,8 +947,10 @@ impl Handler<PaymentNotice> for OrderActor {
                 other => Err(Error::Invalid(format!("unknown event type {other}"))),
             }
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+        let span = tracing::Span::current();
+        AtomicResponse::new(Box::pin(fut.in_current_span().into_actor(self).map(
             move |res: Result<(Option<Order>, bool)>, act, ctx| {
+                let _in = span.enter();
                 let (next, applied) = match res {
                     Ok(r) => r,
                     Err(e) => {

@@ -5,6 +5,7 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler,
     ResponseActFuture, ResponseFuture, Supervised, WrapFuture,
 };
+use tracing::Instrument as _;
 
 use super::shard::{Shard, Slot};
 use super::{Deps, Entity, Idleness, Loaded, Stop};
@@ -231,6 +232,7 @@ impl RiderActor {
                 "online": next.online, "current_order": next.current_order, "version": next.version
             }),
             created_at: now_ms(),
+            traceparent: None,
         });
         let (deps, shard) = (self.deps.clone(), self.fence);
         Box::pin(
@@ -241,6 +243,7 @@ impl RiderActor {
                 }
                 res
             }
+            .in_current_span()
             .into_actor(self)
             .map(move |res, act, ctx| match res {
                 Ok(()) => {

@@ -65,6 +65,21 @@ pub struct Envelope<M> {
     /// If the shard no longer serves, route the message on instead of refusing it (for
     /// notifications, whose sender does not wait for an answer).
     pub bounce: bool,
+    /// The sender's span (`Span::none()` outside any): the entity handles the message in a
+    /// child of it.
+    pub span: tracing::Span,
+}
+
+/// A message and the span its handler runs in (every routed message reaches its entity so).
+pub struct Traced<M> {
+    /// The message.
+    pub msg: M,
+    /// Entered while the handler runs.
+    pub span: tracing::Span,
+}
+
+impl<M: Message> Message for Traced<M> {
+    type Result = M::Result;
 }
 
 /// The node claimed the shard under `epoch` (`None` on a single node): start serving.
@@ -220,7 +235,21 @@ impl<M: Routed> Handler<Envelope<M>> for Shard {
             return Box::pin(async move { Err(Error::NotOwner(shard)) });
         }
         let addr: Addr<M::Actor> = self.get_or_start(&env.id, M::CREATES);
-        let reply = addr.send(env.msg);
+        // Commands that belong to a trace get a span of their own in it; internal traffic
+        // (timers, dispatch ticks) outside any span stays out of tracing.
+        let span = if env.span.is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                target: "waimai::actor",
+                parent: &env.span,
+                "actor",
+                otel.name = M::NAME,
+                entity.kind = <M::Actor as Entity>::KIND,
+                entity.id = %env.id,
+            )
+        };
+        let reply = addr.send(Traced { msg: env.msg, span });
         Box::pin(async move { reply.await.map_err(crate::Error::from).and_then(|r| r) })
     }
 }

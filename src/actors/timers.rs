@@ -23,6 +23,11 @@ use crate::metrics;
 
 // ---- messages ----
 
+/// New deadline durations (a config reload): they apply to deadlines armed from now on.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SetTimers(pub TimersConfig);
+
 /// Arms the deadline of an order that just entered `status` at `since` (ms since the epoch).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -173,6 +178,19 @@ impl Actor for TimerActor {
         ctx.set_mailbox_capacity(usize::MAX >> 4);
         let tick = Duration::from_millis(self.cfg.tick_ms.max(1));
         ctx.run_interval(tick, |act, ctx| act.fire_due(ctx));
+    }
+}
+
+impl Handler<SetTimers> for TimerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetTimers, _ctx: &mut Context<Self>) {
+        // The tick keeps its period (it is set when the actor starts).
+        let tick = self.cfg.tick_ms;
+        self.cfg = TimersConfig {
+            tick_ms: tick,
+            ..msg.0
+        };
     }
 }
 

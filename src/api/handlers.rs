@@ -110,6 +110,21 @@ pub(super) async fn readyz(st: Arc<ApiState>) -> Outcome {
     }
 }
 
+/// `POST /v1/admin/reload` (admin): reads the config file again; answers what was applied and
+/// what was refused (keys that cannot change live keep their old value).
+pub(super) async fn reload(st: Arc<ApiState>, auth: Option<String>) -> Outcome {
+    let caller = caller(&st, &auth)?;
+    if !caller.is_admin() {
+        return Err(Error::Forbidden("only an admin may reload the configuration".into()).into());
+    }
+    let live = st.live.clone();
+    let report = tokio::task::spawn_blocking(move || live.reload())
+        .await
+        .map_err(|e| Error::Unavailable(format!("reload did not finish: {e}")))?
+        .map_err(|e| Error::Invalid(format!("config not reloaded: {e}")))?;
+    Ok(json(StatusCode::OK, &report))
+}
+
 /// `GET /v1/cluster` (admin): the members, each shard's owner and epoch, each node's lag.
 pub(super) async fn cluster(st: Arc<ApiState>, auth: Option<String>) -> Outcome {
     let caller = caller(&st, &auth)?;
@@ -522,7 +537,7 @@ async fn pay(st: Arc<ApiState>, caller: Caller, id: String, body: Bytes, wait: b
     let mut order = started.order;
     if order.status == OrderStatus::PendingPayment && st.payments.confirms_at_once(&intent.method) {
         if let Some(sub) = changes.as_mut() {
-            let wait = std::time::Duration::from_millis(st.payments_cfg.pay_wait_ms);
+            let wait = std::time::Duration::from_millis(st.live.current().payments.pay_wait_ms);
             let _ = tokio::time::timeout(wait, async {
                 while let Some(ev) = sub.rx.recv().await {
                     if ev.status.is_some_and(|s| s != OrderStatus::PendingPayment) {

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 mod handlers;
+pub mod trace;
 mod ws;
 
 use std::convert::Infallible;
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub payments: crate::payments::Payments,
     /// Payment settings.
     pub payments_cfg: crate::config::PaymentsConfig,
+    /// The configuration in effect (live keys change on reload).
+    pub live: Arc<crate::reload::Live>,
 }
 
 /// Runs a handler, turning its error into a response and recording latency by route and status.
@@ -54,6 +57,7 @@ where
     F: Future<Output = Result<Response, ApiError>>,
 {
     let started = Instant::now();
+    trace::name_request(route);
     let resp = match f.await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -246,6 +250,11 @@ pub fn routes(
         .and(st.clone())
         .and(bearer)
         .then(|s, a| timed("GET /v1/cluster", handlers::cluster(s, a)));
+    let reload = warp::path!("v1" / "admin" / "reload")
+        .and(warp::post())
+        .and(st.clone())
+        .and(bearer)
+        .then(|s, a| timed("POST /v1/admin/reload", handlers::reload(s, a)));
     let link = warp::path!("internal" / "v1" / "link")
         .and(warp::get())
         .and(st.clone())
@@ -329,6 +338,7 @@ pub fn routes(
         merchant_feed.boxed(),
         rider_feed.boxed(),
         cluster.boxed(),
+        reload.boxed(),
         link.boxed(),
         payment_callback.boxed(),
     ];

@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::Headers as _;
 use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 
-use super::{BusError, EventRecord};
+use super::{BusError, EventRecord, TRACEPARENT};
 use crate::actors::order_machine::OrderStatus;
 use crate::metrics;
 use crate::model::Order;
@@ -92,7 +93,25 @@ pub async fn run(consumer: StreamConsumer<LagContext>, hub: Hub) {
                 metrics::EVENTS_CONSUMED.inc();
                 let delay = (crate::domain::now_ms() - record.created_at).max(0);
                 metrics::EVENTS_FEED_DELAY.observe(delay as f64 / 1000.0);
-                publish(&hub, record, &mut latest);
+                // The delivery continues the trace of the command that committed the event.
+                let span = tracing::info_span!(
+                    target: "waimai::bus",
+                    "event.deliver",
+                    otel.name = "deliver event to sockets",
+                    otel.kind = "consumer",
+                    event = %record.event_type,
+                    entity = %record.aggregate_id,
+                );
+                let tp = msg.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == TRACEPARENT)
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                });
+                if tp.is_some() {
+                    crate::telemetry::continue_trace(&span, tp);
+                }
+                span.in_scope(|| publish(&hub, record, &mut latest));
             }
             Err(e) => tracing::debug!(error = %e, "events feed: skipped a record it cannot read"),
         }

@@ -53,8 +53,12 @@ pub enum BusError {
     Topic(String),
 }
 
+/// The Kafka header that carries an event's W3C trace context (the committing command's).
+pub const TRACEPARENT: &str = "traceparent";
+
 /// One message on `<prefix>.events`, as JSON. The Kafka key is `aggregate_id`; the partition
-/// is the entity's shard (`murmur2(key) % partitions`, Kafka's own default partitioner).
+/// is the entity's shard (`murmur2(key) % partitions`, Kafka's own default partitioner). A
+/// traced command's events carry its W3C trace context in the `traceparent` header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     /// The outbox row's sequence number (`0` for live events, which have no row).

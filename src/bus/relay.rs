@@ -16,7 +16,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::TRACEPARENT;
 use tokio::sync::{mpsc, Notify};
 
 use super::EventRecord;
@@ -142,10 +145,17 @@ impl Relay {
             }
             let body = serde_json::to_vec(&EventRecord::from_outbox(row.seq, &row.event))
                 .map_err(|e| e.to_string())?;
-            let record = FutureRecord::to(&self.topic)
+            let mut record = FutureRecord::to(&self.topic)
                 .partition(row.shard as i32)
                 .key(row.event.aggregate_id.as_bytes())
                 .payload(&body);
+            // The committing command's trace travels with the event (W3C header name).
+            if let Some(tp) = &row.event.traceparent {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: TRACEPARENT,
+                    value: Some(tp.as_bytes()),
+                }));
+            }
             match self.producer.send_result(record) {
                 Ok(delivery) => {
                     let acks = acks.clone();

@@ -31,8 +31,14 @@ pub const LINK_PATH: &str = "/internal/v1/link";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "f")]
 enum Frame {
-    /// A message that wants its reply.
-    Call { id: u64, to: String, cmd: Command },
+    /// A message that wants its reply; `tp` is the sender's W3C trace context.
+    Call {
+        id: u64,
+        to: String,
+        cmd: Command,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tp: Option<String>,
+    },
     /// A message whose reply nobody waits for.
     Tell { to: String, cmd: Command },
     /// The reply to call `id`, in wire form.
@@ -121,6 +127,7 @@ impl Peer {
             id,
             to: to.to_string(),
             cmd,
+            tp: crate::telemetry::current_traceparent(),
         })
         .map_err(LinkError::Unreachable)?;
         let (reply, rx) = oneshot::channel();
@@ -299,10 +306,23 @@ pub async fn serve(socket: warp::ws::WebSocket, router: Router) {
             }
         };
         match frame {
-            Frame::Call { id, to, cmd } => {
+            Frame::Call { id, to, cmd, tp } => {
                 let (router, tx) = (router.clone(), tx.clone());
+                let span = match tp.as_deref() {
+                    Some(tp) => {
+                        let span = tracing::info_span!(
+                            target: "waimai::cluster",
+                            "serve",
+                            otel.name = %format_args!("serve {}", cmd.name()),
+                            otel.kind = "server",
+                        );
+                        crate::telemetry::continue_trace(&span, Some(tp));
+                        span
+                    }
+                    None => tracing::Span::none(),
+                };
                 tokio::spawn(async move {
-                    let out = cmd.deliver(router, to).await;
+                    let out = tracing::Instrument::instrument(cmd.deliver(router, to), span).await;
                     if let Ok(bytes) = serde_json::to_vec(&Frame::Reply { id, out }) {
                         let _ = tx.send(warp::ws::Message::binary(bytes));
                     }

@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::{Addr, Handler, Message};
+use tracing::Instrument;
 
 use super::directory::{Directory, Placement};
 use super::link::LinkError;
@@ -95,7 +96,11 @@ impl Router {
                 },
                 Placement::Remote(peer) => {
                     let t = Instant::now();
-                    let out = peer.call(id, msg.clone().into_command()).await;
+                    let span = forward_span(M::NAME, &peer.node);
+                    let out = peer
+                        .call(id, msg.clone().into_command())
+                        .instrument(span)
+                        .await;
                     let outcome = match &out {
                         Ok(Ok(_)) => "ok",
                         Ok(Err(Error::NotOwner(_))) => "not_owner",
@@ -256,6 +261,7 @@ impl Router {
                 id: id.to_string(),
                 msg,
                 bounce,
+                span: tracing::Span::current(),
             })
             .await;
         gauge.dec();
@@ -270,6 +276,7 @@ impl Router {
                 id: id.to_string(),
                 msg,
                 bounce,
+                span: tracing::Span::current(),
             });
         }
     }
@@ -284,4 +291,19 @@ impl Router {
             .get(shard as usize)
             .ok_or_else(|| Error::Unavailable("shard missing".into()))
     }
+}
+
+/// The span of a call to the node owning the entity (its `traceparent` travels in the call
+/// frame, so the owner's spans are its children). Outside any trace, none.
+fn forward_span(msg: &'static str, peer: &str) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        target: "waimai::cluster",
+        "forward",
+        otel.name = %format_args!("forward {msg}"),
+        otel.kind = "client",
+        peer.node = %peer,
+    )
 }

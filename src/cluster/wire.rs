@@ -29,13 +29,17 @@ pub trait Routed:
     /// What a successful reply carries.
     type Reply: Serialize + for<'de> Deserialize<'de> + Send + 'static;
     /// The kind of actor that handles it.
-    type Actor: crate::actors::Entity + actix::Handler<Self>;
+    type Actor: crate::actors::Entity
+        + actix::Handler<Self>
+        + actix::Handler<crate::actors::shard::Traced<Self>>;
     /// Delivering it twice has the effect of delivering it once (reads, and orders whose id
     /// and request hash make a second attempt a replay), so a forward whose outcome is unknown
     /// may be sent again.
     const RETRY_SAFE: bool;
     /// It creates its entity: an actor it starts need not read the store first.
     const CREATES: bool = false;
+    /// Its name, for spans and logs.
+    const NAME: &'static str;
     /// The wire form.
     fn into_command(self) -> Command;
 }
@@ -58,8 +62,24 @@ macro_rules! routes {
                 type Actor = $actor;
                 const RETRY_SAFE: bool = $retry;
                 $(const CREATES: bool = $creates;)?
+                const NAME: &'static str = stringify!($msg);
                 fn into_command(self) -> Command {
                     Command::$msg(self)
+                }
+            }
+
+            impl actix::Handler<crate::actors::shard::Traced<$msg>> for $actor {
+                type Result = <$actor as actix::Handler<$msg>>::Result;
+
+                fn handle(
+                    &mut self,
+                    t: crate::actors::shard::Traced<$msg>,
+                    ctx: &mut <Self as actix::Actor>::Context,
+                ) -> Self::Result {
+                    // The handler (and what it logs, and the futures it instruments) runs in
+                    // the command's span.
+                    let _in_span = t.span.enter();
+                    <Self as actix::Handler<$msg>>::handle(self, t.msg, ctx)
                 }
             }
         )*

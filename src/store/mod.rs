@@ -29,6 +29,12 @@ use crate::model::{MenuItem, Merchant, Order, OutboxEvent, OutboxRow, Rider};
 pub use payments::{PaymentRow, RefundRow, SimCallback};
 pub use writer::Write;
 
+/// The versions of every migration this build knows, oldest first: what a migrated database's
+/// `waimai_schema` table lists.
+pub fn schema_versions() -> Vec<i64> {
+    schema::MIGRATIONS.iter().map(|m| m.version).collect()
+}
+
 /// The shard a write belongs to and the epoch its writer holds it under: the write lands only
 /// if the shard's epoch in `shard_owners` is still this one (checked in the same transaction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -438,7 +444,35 @@ impl Store {
     pub async fn commit_fenced(
         &self,
         fence: Option<ShardEpoch>,
+        mut writes: Vec<Write>,
+    ) -> Result<(), StoreError> {
+        // Inside a traced command, the commit is a span of its own; its outbox rows keep its
+        // trace context and the batch that carries it links to it.
+        if tracing::Span::current().is_none() {
+            return self.enqueue(fence, writes, None).await;
+        }
+        let span = tracing::info_span!(
+            target: "waimai::store",
+            "store.commit",
+            otel.name = "store commit",
+            writes = writes.len(),
+        );
+        let trace = crate::telemetry::traceparent(&span);
+        if let Some(tp) = &trace {
+            for w in &mut writes {
+                if let Write::Event(e) = w {
+                    e.traceparent.get_or_insert_with(|| tp.clone());
+                }
+            }
+        }
+        tracing::Instrument::instrument(self.enqueue(fence, writes, trace), span).await
+    }
+
+    async fn enqueue(
+        &self,
+        fence: Option<ShardEpoch>,
         writes: Vec<Write>,
+        trace: Option<String>,
     ) -> Result<(), StoreError> {
         let sender = {
             let queues = self.inner.writer.lock().map_err(|_| StoreError::Closed)?;
@@ -456,6 +490,7 @@ impl Store {
                 writes,
                 fence,
                 reply,
+                trace,
             })
             .await
             .is_err()
@@ -659,7 +694,8 @@ impl Store {
     /// The outbox events of one aggregate, oldest first.
     pub async fn outbox_for(&self, aggregate_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
         let sql = self.sql(
-            "SELECT seq, aggregate_type, aggregate_id, event_type, payload, created_at FROM outbox \
+            "SELECT seq, aggregate_type, aggregate_id, event_type, payload, created_at, traceparent \
+             FROM outbox \
              WHERE aggregate_id = ? ORDER BY seq",
         );
         let rows = sqlx::query(&sql)
@@ -678,6 +714,7 @@ impl Store {
                         payload: serde_json::from_str(&payload)
                             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                         created_at: r.try_get("created_at")?,
+                        traceparent: opt_text(r, "traceparent")?,
                     },
                 })
             })
@@ -825,8 +862,8 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = self.sql(&format!(
-            "SELECT seq, shard, aggregate_type, aggregate_id, event_type, payload, created_at \
-             FROM outbox WHERE published = 0 AND shard IN ({}) ORDER BY seq LIMIT {}",
+            "SELECT seq, shard, aggregate_type, aggregate_id, event_type, payload, created_at, \
+             traceparent FROM outbox WHERE published = 0 AND shard IN ({}) ORDER BY seq LIMIT {}",
             marks(shards.len()),
             limit.max(1)
         ));
@@ -849,6 +886,7 @@ impl Store {
                         payload: serde_json::from_str(&payload)
                             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                         created_at: r.try_get("created_at")?,
+                        traceparent: opt_text(r, "traceparent")?,
                     },
                 })
             })
@@ -1124,6 +1162,18 @@ fn text(r: &AnyRow, col: &str) -> Result<String, StoreError> {
             let bytes: Vec<u8> = r.try_get(col)?;
             String::from_utf8(bytes).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
         }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A nullable text column.
+fn opt_text(r: &AnyRow, col: &str) -> Result<Option<String>, StoreError> {
+    match r.try_get::<Option<String>, _>(col) {
+        Ok(s) => Ok(s),
+        Err(sqlx::Error::ColumnDecode { .. }) => r
+            .try_get::<Option<Vec<u8>>, _>(col)?
+            .map(|b| String::from_utf8(b).map_err(|e| StoreError::Corrupt(format!("{col}: {e}"))))
+            .transpose(),
         Err(e) => Err(e.into()),
     }
 }

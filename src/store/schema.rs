@@ -52,6 +52,13 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: POSTGRES_V3,
         mysql: MYSQL_V3,
     },
+    Migration {
+        version: 4,
+        name: "outbox rows keep the W3C trace context of the command that wrote them",
+        sqlite: &["ALTER TABLE outbox ADD COLUMN traceparent TEXT"],
+        postgres: &["ALTER TABLE outbox ADD COLUMN IF NOT EXISTS traceparent TEXT"],
+        mysql: &["ALTER TABLE outbox ADD COLUMN traceparent VARCHAR(64) NULL"],
+    },
 ];
 
 /// The table recording applied versions.

@@ -110,6 +110,8 @@ pub(super) struct Job {
     pub fence: Option<ShardEpoch>,
     /// Receives the outcome after the batch commits (or fails).
     pub reply: oneshot::Sender<Result<(), StoreError>>,
+    /// The committing command's trace context: the batch's span links to it.
+    pub trace: Option<String>,
 }
 
 /// What every writer works with.
@@ -161,7 +163,11 @@ pub(super) async fn run(pool: AnyPool, cx: Context, mut rx: mpsc::Receiver<Job>)
         };
         let outcomes = match acquired {
             Ok(mut c) => {
-                let outcomes = commit_batch(&mut c, &cx, &batch).await;
+                let outcomes = tracing::Instrument::instrument(
+                    commit_batch(&mut c, &cx, &batch),
+                    batch_span(&batch),
+                )
+                .await;
                 if !outcomes.iter().any(connection_broken) {
                     conn = Some(c);
                 }
@@ -188,6 +194,25 @@ pub(super) async fn run(pool: AnyPool, cx: Context, mut rx: mpsc::Receiver<Job>)
             let _ = job.reply.send(outcome);
         }
     }
+}
+
+/// One span per batch that carries traced commits, linked to each of them (a batch serves many
+/// traces, so it is the root of its own).
+fn batch_span(batch: &[Job]) -> tracing::Span {
+    if batch.iter().all(|j| j.trace.is_none()) {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: "waimai::store",
+        parent: None,
+        "store.batch",
+        otel.name = "store batch",
+        batch.size = batch.len(),
+    );
+    for tp in batch.iter().filter_map(|j| j.trace.as_deref()) {
+        crate::telemetry::link_to(&span, tp);
+    }
+    span
 }
 
 /// Whether an outcome says the connection itself failed (rather than a change being refused),
@@ -669,8 +694,9 @@ async fn bulk_events(
         rest = later;
         let sql = multi_insert(
             cx.backend,
-            "outbox (aggregate_type, aggregate_id, event_type, payload, created_at, shard)",
-            6,
+            "outbox (aggregate_type, aggregate_id, event_type, payload, created_at, shard, \
+             traceparent)",
+            7,
             n,
         );
         let mut q = sqlx::query(&sql);
@@ -684,7 +710,8 @@ async fn bulk_events(
                 .bind(i64::from(crate::cluster::shard_of(
                     &ev.aggregate_id,
                     cx.shards,
-                )));
+                )))
+                .bind(&ev.traceparent);
         }
         q.execute(&mut *conn).await?;
     }

@@ -2,12 +2,15 @@
 //! Orders driven through a different node at every step; websockets on one node following
 //! changes made through others; no oversell across nodes; a node killed with `kill -9` under
 //! load; a paused node fenced out when it resumes; a node joining under load; nodes starting
-//! together on an empty database.
+//! together on an empty database; a trace that follows a command across nodes and through the
+//! events topic.
 //!
 //! The tests run one at a time (each starts its own broker and nodes; together they would
 //! only fight over two cores).
 
 mod harness;
+#[path = "../common/otlp.rs"]
+mod otlp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -884,11 +887,11 @@ async fn nodes_starting_together_on_an_empty_database_all_come_up() {
             .fetch_all(&mut db)
             .await
             .expect("schema versions");
-    assert_eq!(
-        versions,
-        vec![(1,), (2,), (3,)],
-        "each migration applied once"
-    );
+    let want: Vec<(i64,)> = waimai::store::schema_versions()
+        .into_iter()
+        .map(|v| (v,))
+        .collect();
+    assert_eq!(versions, want, "each migration applied once");
     let view = c.view_any().await.expect("view");
     assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");
 }
@@ -998,4 +1001,135 @@ async fn the_events_topic_carries_every_change_once_on_its_shard() {
         seen.len() >= 30 * 4,
         "orders, payments, rejections and refunds were shipped"
     );
+}
+
+/// A command sent to a node that does not own the order is one trace across nodes: the
+/// request, the forward, the owner's serving span, the actors, the store commit; its events
+/// carry the trace in their Kafka headers, and each node's delivery to its sockets joins it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_follows_a_command_across_nodes_and_through_the_events_topic() {
+    use otlp::{ancestry, hex, name, trace_of};
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers as _;
+    use rdkafka::Message;
+    let _one = SERIAL.lock().await;
+    let rx = otlp::receiver();
+    let endpoint = rx.base.clone();
+    let c = Cluster::start_with(2, |s| {
+        s.set("WAIMAI__TELEMETRY__OTLP_ENDPOINT", &endpoint);
+        s.set("WAIMAI__TELEMETRY__SAMPLE_RATIO", "1.0");
+        s.set("OTEL_BSP_SCHEDULE_DELAY", "100");
+    })
+    .await;
+    let (mid, _) = c.merchant(0, "tea", 100).await;
+    let owner = c.nodes[1].id.clone();
+    let key = keys_owned_by(&c, &owner, "tia", 1).await.remove(0);
+    let oid = order_id_for("tia", &key);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let tid = format!("{:032x}", nanos | (1 << 100));
+    let token = c.shared.token(Role::Customer, "tia");
+    let tp = format!("00-{tid}-00f067aa0ba902b7-01");
+    let r = c
+        .call(
+            0,
+            reqwest::Method::POST,
+            "/v1/orders",
+            &token,
+            &[("idempotency-key", &key), ("traceparent", &tp)],
+            Some(
+                json!({"merchant_id": mid, "items": [{"sku": "tea", "qty": 1}],
+                        "deliver_to": {"lat": 31.2, "lng": 121.5}}),
+            ),
+        )
+        .await
+        .expect("order");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["id"], oid.as_str());
+
+    let (trace, commit) = eventually(20, "the cross-node spans to arrive", || async {
+        let trace = trace_of(&rx, &tid);
+        let commit = trace.values().find(|s| name(s) == "store commit")?.clone();
+        let path = ancestry(&trace, &commit);
+        (path.last().map(String::as_str) == Some("POST /v1/orders")).then_some((trace, commit))
+    })
+    .await;
+    let path = ancestry(&trace, &commit);
+    let wanted = [
+        "store commit",
+        "ReserveAndPlace",
+        "PlaceOrder",
+        "serve PlaceOrder",
+        "forward PlaceOrder",
+        "POST /v1/orders",
+    ];
+    let mut rest = path.iter();
+    for w in wanted {
+        assert!(
+            rest.any(|p| p == w),
+            "{w} missing from the commit's parents, in order: {path:?}"
+        );
+    }
+
+    // The order's creation event on the topic carries the commit's trace context.
+    let topic = format!(
+        "{}.events",
+        c.shared
+            .env
+            .iter()
+            .find(|(k, _)| k == "WAIMAI__CLUSTER__TOPIC_PREFIX")
+            .map(|(_, v)| v.clone())
+            .expect("prefix")
+    );
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &c.broker.addr)
+        .set("group.id", format!("external-{}", unique()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let header = loop {
+        assert!(
+            Instant::now() < deadline,
+            "order_created of {oid} not on the topic"
+        );
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await else {
+            continue;
+        };
+        let record: Value = serde_json::from_slice(m.payload().expect("payload")).expect("json");
+        if record["aggregate_id"] == oid.as_str() && record["event_type"] == "order_created" {
+            break m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "traceparent")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+            });
+        }
+    };
+    let header = header.expect("a traceparent header on the event");
+    assert_eq!(
+        header.split('-').nth(1),
+        Some(tid.as_str()),
+        "the event carries the command's trace"
+    );
+    assert_eq!(
+        header.split('-').nth(2),
+        Some(hex(&commit.span_id).as_str()),
+        "and names the commit that wrote it"
+    );
+
+    // Every node reads the topic and delivers to its own sockets, inside the same trace.
+    eventually(20, "both nodes' deliveries to join the trace", || async {
+        let trace = trace_of(&rx, &tid);
+        let delivered = trace
+            .values()
+            .filter(|s| name(s) == "deliver event to sockets" && s.parent_span_id == commit.span_id)
+            .count();
+        (delivered >= 2).then_some(())
+    })
+    .await;
 }

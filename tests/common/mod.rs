@@ -5,6 +5,8 @@
 //! is skipped silently.
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::sync::Arc;
 
 use serde_json::{json, Value};

@@ -1,0 +1,295 @@
+//! Logs and traces: the `tracing` subscriber, W3C trace context, and the optional OTLP exporter.
+//!
+//! Every request gets a span (`http`) whose trace continues the caller's `traceparent` header
+//! or starts a new one; the response carries the node's own `traceparent`, and every log line
+//! written inside the request shows its `trace_id`. The trace follows the command: the router
+//! hands the span to the entity's actor (over the peer link too, as a `traceparent` in the call
+//! frame), the actor's store commit joins a group-commit batch that links back to it, the
+//! outbox rows keep the trace context and the relay puts it in the Kafka record's headers,
+//! where the events feed picks it up to publish to websockets under it.
+//!
+//! Trace ids always exist (they are what the logs and responses show); spans leave the node
+//! only when `telemetry.otlp_endpoint` is set, through a batch exporter speaking OTLP over
+//! HTTP/protobuf on its own thread.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use serde::Deserialize;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// The W3C header name.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Tracing settings (`telemetry:` in config.yaml).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector base URL (`http://collector:4318`); spans go to `{url}/v1/traces`.
+    /// Empty: no spans leave the node (trace ids are still made, logged and returned).
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces exported, 0..=1; a caller's sampled flag is followed.
+    pub sample_ratio: f64,
+    /// Log line format: `text` or `json`.
+    pub log_format: String,
+    /// Log filter when `RUST_LOG` is unset (`info`, `waimai=debug,info`, ...).
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            service_name: "waimai".into(),
+            sample_ratio: 1.0,
+            log_format: "text".into(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The exporter could not be built (bad endpoint).
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+    /// A bad setting.
+    #[error("telemetry config: {0}")]
+    Config(String),
+    /// A global subscriber was already installed.
+    #[error("a tracing subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// Keeps the exporter alive; `shutdown` (or drop) flushes the spans still buffered.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Exports what is buffered and stops the exporter.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+            tracing::debug!(error = %e, "tracer provider shutdown");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Installs the global subscriber: log lines to stdout (filtered by `RUST_LOG` or
+/// `log_level`), and trace context on waimai's own spans (exported when an endpoint is set).
+pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    let provider = provider(cfg)?;
+    let tracer = provider.tracer("waimai");
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.log_level.clone());
+    // The filter can be swapped later (a config reload changing `log_level`).
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(&spec)?);
+    let _ = LOG_FILTER.set(Box::new(move |spec: &str| {
+        let f = log_filter(spec)?;
+        handle
+            .reload(f)
+            .map_err(|e| TelemetryError::Config(format!("log filter: {e}")))
+    }));
+    let fmt = match cfg.log_format.as_str() {
+        "json" => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed(),
+        _ => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
+    };
+    // Only waimai's spans carry trace context (a dependency's spans and events stay out).
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_threads(false)
+        .with_location(false)
+        .with_tracked_inactivity(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            m.is_span() && m.target().starts_with("waimai")
+        }));
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    Ok(Telemetry { provider })
+}
+
+/// Swaps the installed subscriber's log filter; set once by `init`.
+type SetFilter = Box<dyn Fn(&str) -> Result<(), TelemetryError> + Send + Sync>;
+static LOG_FILTER: std::sync::OnceLock<SetFilter> = std::sync::OnceLock::new();
+
+/// The log filter for `spec` (`RUST_LOG` syntax). warp's request-span filter logs two lines
+/// per request (and a warning per 4xx): unless `spec` names warp, it is off, since the
+/// request span and the metrics say it better.
+fn log_filter(spec: &str) -> Result<EnvFilter, TelemetryError> {
+    let mut filter = EnvFilter::try_new(spec)
+        .map_err(|e| TelemetryError::Config(format!("log filter {spec:?}: {e}")))?;
+    if !spec.contains("warp") {
+        if let Ok(d) = "warp::filters::trace=off".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    Ok(filter)
+}
+
+/// Changes the log filter of the subscriber `init` installed (a config reload). Without one
+/// (a library user or a test with its own subscriber) the filter is only checked.
+pub fn set_log_level(spec: &str) -> Result<(), TelemetryError> {
+    match LOG_FILTER.get() {
+        Some(set) => set(spec),
+        None => log_filter(spec).map(|_| ()),
+    }
+}
+
+fn provider(cfg: &TelemetryConfig) -> Result<SdkTracerProvider, TelemetryError> {
+    if !(0.0..=1.0).contains(&cfg.sample_ratio) {
+        return Err(TelemetryError::Config(format!(
+            "sample_ratio must be within 0..=1, not {}",
+            cfg.sample_ratio
+        )));
+    }
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(cfg.service_name.clone())
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    if cfg.otlp_endpoint.is_empty() {
+        // Ids for logs and responses, nothing exported (a caller's sampled flag still travels
+        // on, so a downstream service that records keeps the trace).
+        return Ok(builder
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            .build());
+    }
+    let url = traces_url(&cfg.otlp_endpoint);
+    // The blocking HTTP client must not be built on an async runtime's thread.
+    let exporter = std::thread::spawn(move || {
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(url)
+            .with_timeout(Duration::from_secs(5))
+            .with_headers(HashMap::new())
+            .build()
+    })
+    .join()
+    .map_err(|_| TelemetryError::Exporter("exporter builder panicked".into()))?
+    .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    Ok(builder
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            cfg.sample_ratio,
+        ))))
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+/// `{base}/v1/traces`, unless the URL already names the traces path.
+fn traces_url(base: &str) -> String {
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{}/v1/traces", base.trim_end_matches('/'))
+    }
+}
+
+/// Makes `span` continue the trace in a W3C `traceparent` value (ignored when malformed, as
+/// the standard asks: the span then starts a new trace).
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(tp) = traceparent else {
+        return;
+    };
+    let mut carrier = HashMap::with_capacity(1);
+    carrier.insert(TRACEPARENT.to_string(), tp.to_string());
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The W3C `traceparent` of `span` (`None` for a span without trace context, such as a
+/// disabled one).
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if !sc.is_valid() {
+        return None;
+    }
+    Some(format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    ))
+}
+
+/// The `traceparent` of the current span.
+pub fn current_traceparent() -> Option<String> {
+    traceparent(&tracing::Span::current())
+}
+
+/// Renames `span` in its trace (a request span learns its route only once a handler runs; by
+/// then its trace context exists, and recording `otel.name` alone would no longer reach it).
+pub fn rename(span: &tracing::Span, name: &'static str) {
+    span.record("otel.name", name);
+    if span.is_none() {
+        return;
+    }
+    span.context().span().update_name(name);
+}
+
+/// The trace id (32 hex digits) inside a `traceparent` value.
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1).filter(|t| t.len() == 32)
+}
+
+/// Links `span` to the span a `traceparent` names (a batch serving many commands links to each).
+pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    let mut carrier = HashMap::with_capacity(1);
+    carrier.insert(TRACEPARENT.to_string(), traceparent.to_string());
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.add_link(sc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traces_url_appends_the_signal_path_once() {
+        assert_eq!(
+            traces_url("http://c:4318"),
+            "http://c:4318/v1/traces".to_string()
+        );
+        assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(
+            traces_url("http://c:4318/v1/traces"),
+            "http://c:4318/v1/traces"
+        );
+    }
+
+    #[test]
+    fn trace_id_is_read_from_a_traceparent() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id_of(tp), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace_id_of("garbage"), None);
+    }
+}
