@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use crate::dispatch::{CostModel, DispatchSettings, PolicyKind, Solver};
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,10 +164,63 @@ pub struct DispatchConfig {
     pub max_radius_m: f64,
     /// How often waiting orders are tried again, ms.
     pub retry_ms: u64,
+    /// Which policy makes the offers: `greedy` (a round on every event), `batch` or `stacked`
+    /// (a round every `batch_ms`). The same code the simulator runs (`crate::dispatch`).
+    pub policy: PolicyKind,
+    /// How often `batch` and `stacked` run a round, ms.
+    pub batch_ms: u64,
+    /// A round with at least this many orders plus riders is computed on a blocking thread,
+    /// not on the zone's actor (whose mailbox keeps being served meanwhile).
+    pub offload_at: usize,
+    /// Candidate riders per order (`batch`, `stacked`).
+    pub k_nearest: usize,
+    /// Most candidates per order when orders crowd one place.
+    pub max_candidates: usize,
+    /// Rider speed for ETAs, m/s.
+    pub speed_mps: f64,
+    /// Time spent at each stop, ms.
+    pub service_ms: i64,
+    /// What `batch` minimises: `pickup_eta` or `ready_lateness`.
+    pub cost: CostModel,
+    /// The exact assignment solver: `sparse` or `kuhn_munkres`.
+    pub solver: Solver,
+    /// `stacked`: a route may grow by at most this much for one more order, metres.
+    pub max_detour_m: f64,
+    /// `stacked`: most orders on one rider's route.
+    pub max_stack: usize,
+    /// `stacked`: every promise on the route must be kept with this much to spare, ms.
+    pub promise_margin_ms: i64,
+    /// Priority an order earns per ms waited (see `DispatchSettings::age_weight`).
+    pub age_weight: f64,
+    /// Expected food preparation after the merchant accepts, ms: an order's ready time.
+    pub prep_ms: i64,
+    /// Delivery is promised this long after the order was placed, ms.
+    pub promise_ms: i64,
     /// Dispatch zones, each with one dispatcher in the whole cluster. An order belongs to the
     /// first zone that contains its pickup point, a rider to the first that contains its
     /// position; a zone without `bounds` contains everything.
     pub zones: Vec<ZoneConfig>,
+}
+
+impl DispatchConfig {
+    /// The policy settings these keys make (checked by `DispatchSettings::validate` at start).
+    pub fn policy_settings(&self) -> DispatchSettings {
+        DispatchSettings {
+            policy: self.policy,
+            batch_ms: self.batch_ms,
+            max_radius_m: self.max_radius_m,
+            k_nearest: self.k_nearest,
+            max_candidates: self.max_candidates,
+            speed_mps: self.speed_mps,
+            service_ms: self.service_ms,
+            cost: self.cost,
+            solver: self.solver,
+            max_detour_m: self.max_detour_m,
+            max_stack: self.max_stack,
+            promise_margin_ms: self.promise_margin_ms,
+            age_weight: self.age_weight,
+        }
+    }
 }
 
 /// One dispatch zone.

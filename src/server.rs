@@ -88,6 +88,11 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, StartError> {
         let clustered = config.cluster.enabled;
         let count = config.shards.count.max(1);
+        config
+            .dispatch
+            .policy_settings()
+            .validate()
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let store = Store::connect(&config.store, count).await?;
         if clustered {
             check_cluster_config(&config, store.backend())?;
