@@ -282,9 +282,12 @@ async fn stacked_offers_a_second_order_to_a_carrying_rider_with_the_whole_route(
     assert_eq!(offer["route"].as_array().map(Vec::len), Some(2));
 }
 
-/// pay -> merchant accepts -> offer -> rider accepts -> pickup -> deliver, under `policy`.
-async fn lifecycle(policy: PolicyKind) {
-    let app = TestApp::spawn(policy_config(policy, 300).await).await;
+/// pay -> merchant accepts -> offer -> rider accepts -> pickup -> deliver, under `policy`,
+/// with rounds of `offload_at` or more orders plus riders computed off the zone's actor.
+async fn lifecycle(policy: PolicyKind, offload_at: usize) {
+    let mut cfg = policy_config(policy, 300).await;
+    cfg.dispatch.offload_at = offload_at;
+    let app = TestApp::spawn(cfg).await;
     let (mid, mt) = merchant_at(&app, 0.0, 0.0).await;
     let (rid, rt, mut feed) = rider(&app, 700.0, 0.0).await;
     let oid = app.accepted_order("c1", &mid, &mt, "bao").await;
@@ -309,15 +312,23 @@ async fn lifecycle(policy: PolicyKind) {
 
 #[actix_rt::test]
 async fn a_whole_lifecycle_works_under_greedy() {
-    lifecycle(PolicyKind::Greedy).await;
+    lifecycle(PolicyKind::Greedy, 256).await;
 }
 
 #[actix_rt::test]
-async fn a_whole_lifecycle_works_under_batch() {
-    lifecycle(PolicyKind::Batch).await;
+async fn a_whole_lifecycle_works_under_batch_with_rounds_off_the_actor() {
+    // Only this test offloads batch rounds, so the counter below is its own.
+    let offloaded = || {
+        waimai::metrics::DISPATCH_ROUND_SECONDS
+            .with_label_values(&["batch", "offloaded"])
+            .get_sample_count()
+    };
+    let before = offloaded();
+    lifecycle(PolicyKind::Batch, 0).await;
+    assert!(offloaded() > before, "the round ran on a blocking thread");
 }
 
 #[actix_rt::test]
 async fn a_whole_lifecycle_works_under_stacked() {
-    lifecycle(PolicyKind::Stacked).await;
+    lifecycle(PolicyKind::Stacked, 256).await;
 }
