@@ -110,12 +110,15 @@ impl RiderActor {
         self.state = Loaded::Loading;
         let store = self.deps.store.clone();
         let id = self.id.clone();
+        let stacking = self.deps.settings.dispatch_cfg.policy == PolicyKind::Stacked;
         ctx.wait(
             async move {
                 let rider = store.load_rider(&id).await?;
-                // Orders stacked after the current one name this rider in their rows.
+                // Orders stacked after the current one name this rider in their rows (a scan
+                // of the orders with riders, so only where stacking is on).
                 let mut stacked = Vec::new();
-                if let Some(current) = rider.as_ref().and_then(|r| r.current_order.clone()) {
+                let current = rider.as_ref().and_then(|r| r.current_order.clone());
+                if let Some(current) = current.filter(|_| stacking) {
                     let with_riders = [OrderStatus::RiderAssigned, OrderStatus::PickedUp];
                     for o in store.orders_in(&with_riders, None).await? {
                         if o.rider_id.as_deref() == Some(id.as_str()) && o.id != current {

@@ -343,7 +343,10 @@ impl ZoneActor {
         });
         let settings = self.settings.clone();
         ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
-            act.running = false;
+            // A result from before a restart does not end the round running now.
+            if round == act.round {
+                act.running = false;
+            }
             match res {
                 Ok((policy, offers, took)) => {
                     metrics::DISPATCH_ROUND_SECONDS
