@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::dispatch::{CostModel, DispatchSettings, PolicyKind, Solver};
+use crate::dispatch::DispatchSettings;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -152,46 +152,19 @@ pub struct RealtimeConfig {
     pub location_interval_ms: u64,
 }
 
-/// Automatic dispatch settings.
+/// Automatic dispatch settings. serde cannot deny unknown fields beside `flatten`, so the keys
+/// nothing took land in `unknown` and `Config::load` refuses them.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DispatchConfig {
     /// Whether accepted orders are offered to riders automatically.
     pub enabled: bool,
     /// How long a rider has to answer an offer, ms.
     pub offer_ttl_ms: u64,
-    /// Riders farther than this from the merchant are not asked, metres.
-    pub max_radius_m: f64,
-    /// How often waiting orders are tried again, ms.
+    /// How often `greedy` runs a round anyway (waiting orders are retried), ms.
     pub retry_ms: u64,
-    /// Which policy makes the offers: `greedy` (a round on every event), `batch` or `stacked`
-    /// (a round every `batch_ms`). The same code the simulator runs (`crate::dispatch`).
-    pub policy: PolicyKind,
-    /// How often `batch` and `stacked` run a round, ms.
-    pub batch_ms: u64,
     /// A round with at least this many orders plus riders is computed on a blocking thread,
     /// not on the zone's actor (whose mailbox keeps being served meanwhile).
     pub offload_at: usize,
-    /// Candidate riders per order (`batch`, `stacked`).
-    pub k_nearest: usize,
-    /// Most candidates per order when orders crowd one place.
-    pub max_candidates: usize,
-    /// Rider speed for ETAs, m/s.
-    pub speed_mps: f64,
-    /// Time spent at each stop, ms.
-    pub service_ms: i64,
-    /// What `batch` minimises: `pickup_eta` or `ready_lateness`.
-    pub cost: CostModel,
-    /// The exact assignment solver: `sparse` or `kuhn_munkres`.
-    pub solver: Solver,
-    /// `stacked`: a route may grow by at most this much for one more order, metres.
-    pub max_detour_m: f64,
-    /// `stacked`: most orders on one rider's route.
-    pub max_stack: usize,
-    /// `stacked`: every promise on the route must be kept with this much to spare, ms.
-    pub promise_margin_ms: i64,
-    /// Priority an order earns per ms waited (see `DispatchSettings::age_weight`).
-    pub age_weight: f64,
     /// Expected food preparation after the merchant accepts, ms: an order's ready time.
     pub prep_ms: i64,
     /// Delivery is promised this long after the order was placed, ms.
@@ -200,27 +173,14 @@ pub struct DispatchConfig {
     /// first zone that contains its pickup point, a rider to the first that contains its
     /// position; a zone without `bounds` contains everything.
     pub zones: Vec<ZoneConfig>,
-}
-
-impl DispatchConfig {
-    /// The policy settings these keys make (checked by `DispatchSettings::validate` at start).
-    pub fn policy_settings(&self) -> DispatchSettings {
-        DispatchSettings {
-            policy: self.policy,
-            batch_ms: self.batch_ms,
-            max_radius_m: self.max_radius_m,
-            k_nearest: self.k_nearest,
-            max_candidates: self.max_candidates,
-            speed_mps: self.speed_mps,
-            service_ms: self.service_ms,
-            cost: self.cost,
-            solver: self.solver,
-            max_detour_m: self.max_detour_m,
-            max_stack: self.max_stack,
-            promise_margin_ms: self.promise_margin_ms,
-            age_weight: self.age_weight,
-        }
-    }
+    /// The policy and its settings, the keys of `DispatchSettings` at this level (`policy`,
+    /// `batch_ms`, `max_radius_m`, `k_nearest`, ..., `max_stack`): the very settings the
+    /// simulator takes. Checked by `DispatchSettings::validate` when the node starts.
+    #[serde(flatten)]
+    pub settings: DispatchSettings,
+    /// Keys neither this struct nor `settings` took (refused by `Config::load`).
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 /// One dispatch zone.
@@ -323,6 +283,9 @@ pub enum ConfigError {
     /// The file or an override could not be read or parsed.
     #[error("config: {0}")]
     Load(#[from] config::ConfigError),
+    /// A key no setting has.
+    #[error("config: unknown key {0}")]
+    UnknownKey(String),
 }
 
 impl Config {
@@ -341,7 +304,11 @@ impl Config {
                 .separator("__")
                 .try_parsing(true),
         );
-        Ok(b.build()?.try_deserialize()?)
+        let cfg: Config = b.build()?.try_deserialize()?;
+        if let Some(key) = cfg.dispatch.unknown.keys().next() {
+            return Err(ConfigError::UnknownKey(format!("dispatch.{key}")));
+        }
+        Ok(cfg)
     }
 
     /// Embedded defaults only (tests start from this and adjust).
@@ -351,5 +318,50 @@ impl Config {
             config::FileFormat::Yaml,
         ));
         Ok(b.build()?.try_deserialize()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::{PolicyKind, Solver};
+
+    fn load_yaml(name: &str, yaml: &str) -> Result<Config, ConfigError> {
+        let path = std::env::temp_dir().join(format!("waimai-{name}-{}.yaml", std::process::id()));
+        std::fs::write(&path, yaml).expect("write temp config");
+        let cfg = Config::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        cfg
+    }
+
+    #[test]
+    fn dispatch_policy_keys_sit_beside_the_others_and_unknown_ones_are_refused() {
+        let cfg = Config::defaults().expect("defaults");
+        assert_eq!(cfg.dispatch.settings.policy, PolicyKind::Greedy);
+        assert_eq!(cfg.dispatch.settings, DispatchSettings::default());
+        cfg.dispatch
+            .settings
+            .validate()
+            .expect("shipped settings are valid");
+
+        let cfg = load_yaml(
+            "dispatch-ok",
+            "dispatch:\n  policy: stacked\n  batch_ms: 150\n  max_detour_m: 900\n  solver: kuhn_munkres\n  offer_ttl_ms: 5000\n",
+        )
+        .expect("valid file");
+        let s = &cfg.dispatch.settings;
+        assert_eq!(s.policy, PolicyKind::Stacked);
+        assert_eq!(
+            (s.batch_ms, s.max_detour_m, s.solver),
+            (150, 900.0, Solver::KuhnMunkres)
+        );
+        assert_eq!(s.max_stack, 3, "keys not given keep the shipped value");
+        assert_eq!(cfg.dispatch.offer_ttl_ms, 5000);
+
+        let bad = load_yaml("dispatch-bad", "dispatch:\n  max_stak: 2\n");
+        assert!(
+            matches!(&bad, Err(ConfigError::UnknownKey(k)) if k == "dispatch.max_stak"),
+            "a misspelt key is refused: {bad:?}"
+        );
     }
 }

@@ -90,7 +90,7 @@ impl Node {
         let count = config.shards.count.max(1);
         config
             .dispatch
-            .policy_settings()
+            .settings
             .validate()
             .map_err(|e| StartError::Config(e.to_string()))?;
         let store = Store::connect(&config.store, count).await?;

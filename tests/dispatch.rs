@@ -18,7 +18,7 @@ async fn dispatch_config(offer_ttl_ms: u64) -> Config {
     let mut cfg = config(&url, LockBackendKind::Local);
     cfg.dispatch.offer_ttl_ms = offer_ttl_ms;
     cfg.dispatch.retry_ms = 100;
-    cfg.dispatch.max_radius_m = 5_000.0;
+    cfg.dispatch.settings.max_radius_m = 5_000.0;
     cfg
 }
 

@@ -22,11 +22,11 @@ const M_PER_DEG: f64 = 111_320.0;
 async fn policy_config(policy: PolicyKind, batch_ms: u64) -> Config {
     let url = fresh_db(Db::Sqlite).await;
     let mut cfg = config(&url, LockBackendKind::Local);
-    cfg.dispatch.policy = policy;
-    cfg.dispatch.batch_ms = batch_ms;
+    cfg.dispatch.settings.policy = policy;
+    cfg.dispatch.settings.batch_ms = batch_ms;
     cfg.dispatch.offer_ttl_ms = 30_000;
     cfg.dispatch.retry_ms = 100;
-    cfg.dispatch.max_radius_m = 5_000.0;
+    cfg.dispatch.settings.max_radius_m = 5_000.0;
     cfg.dispatch.prep_ms = 0;
     cfg
 }

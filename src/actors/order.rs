@@ -487,7 +487,7 @@ fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
     // A `stacked` zone also follows pickups (they shorten the routes it stacks onto).
     let picked_up = after.status == OrderStatus::PickedUp
         && from != Some(OrderStatus::PickedUp)
-        && deps.settings.dispatch_cfg.policy == crate::dispatch::PolicyKind::Stacked;
+        && deps.settings.dispatch_cfg.settings.policy == crate::dispatch::PolicyKind::Stacked;
     if deps.settings.dispatch
         && (after.status == OrderStatus::Accepted
             || from == Some(OrderStatus::Accepted)

@@ -110,7 +110,7 @@ impl RiderActor {
         self.state = Loaded::Loading;
         let store = self.deps.store.clone();
         let id = self.id.clone();
-        let stacking = self.deps.settings.dispatch_cfg.policy == PolicyKind::Stacked;
+        let stacking = self.deps.settings.dispatch_cfg.settings.policy == PolicyKind::Stacked;
         ctx.wait(
             async move {
                 let rider = store.load_rider(&id).await?;
@@ -426,7 +426,7 @@ impl Handler<ClaimRider> for RiderActor {
                 return ready(Ok(r.clone()));
             }
             // Under `stacked`, a rider carrying orders may take one more, up to `max_stack`.
-            let cfg = &self.deps.settings.dispatch_cfg;
+            let cfg = &self.deps.settings.dispatch_cfg.settings;
             let load = 1 + self.stacked.len();
             if r.current_order.is_some()
                 && r.online

@@ -151,7 +151,7 @@ impl Entity for ZoneActor {
 
     fn fresh(id: String, deps: Deps, _fence: Option<ShardEpoch>) -> Self {
         let cfg = deps.settings.dispatch_cfg.clone();
-        let settings = cfg.policy_settings();
+        let settings = cfg.settings.clone();
         ZoneActor {
             id,
             deps,
@@ -526,7 +526,7 @@ impl Actor for ZoneActor {
         ctx.set_mailbox_capacity(usize::MAX >> 4);
         let every = match self.settings.policy {
             PolicyKind::Greedy => self.cfg.retry_ms,
-            PolicyKind::Batch | PolicyKind::Stacked => self.cfg.batch_ms,
+            PolicyKind::Batch | PolicyKind::Stacked => self.settings.batch_ms,
         };
         ctx.run_interval(Duration::from_millis(every.max(10)), |act, ctx| {
             act.run_round(ctx)
