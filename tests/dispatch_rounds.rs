@@ -59,24 +59,8 @@ async fn merchant_at(app: &TestApp, metres_north: f64, lng_offset: f64) -> (Stri
 /// A rider online `metres_north` of the first merchant's spot (and `lng_offset` degrees east),
 /// with its feed open from before it went online.
 async fn rider(app: &TestApp, metres_north: f64, lng_offset: f64) -> (String, String, Socket) {
-    let r = app
-        .post("/v1/riders", &app.admin, Some(json!({"name": "R"})))
-        .await;
-    assert_eq!(r.status, 201);
-    let rid = r.body["id"].as_str().expect("id").to_string();
-    let token = app.token(Role::Rider, &rid);
-    let mut feed = app
-        .ws(&format!("/v1/riders/{rid}/feed"), &token)
+    app.rider_with_feed(M_LAT + metres_north / M_PER_DEG, M_LNG + lng_offset)
         .await
-        .expect("rider feed");
-    assert_eq!(feed.json(5).await["type"], "snapshot");
-    let at =
-        json!({"location": {"lat": M_LAT + metres_north / M_PER_DEG, "lng": M_LNG + lng_offset}});
-    let r = app
-        .post(&format!("/v1/riders/{rid}/online"), &token, Some(at))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (rid, token, feed)
 }
 
 /// Moves rider `rid` to `metres_north` of the first merchant's spot.

@@ -335,6 +335,34 @@ impl TestApp {
         (rid, token)
     }
 
+    /// Creates a rider, opens its feed (whose snapshot shows no offer) and only then puts it
+    /// online at (`lat`, `lng`), so no offer can slip past the feed; returns (rider id, rider
+    /// token, feed).
+    pub async fn rider_with_feed(&self, lat: f64, lng: f64) -> (String, String, Socket) {
+        let r = self
+            .post("/v1/riders", &self.admin, Some(json!({"name": "R"})))
+            .await;
+        assert_eq!(r.status, 201, "create rider: {}", r.body);
+        let rid = r.body["id"].as_str().expect("rider id").to_string();
+        let token = self.token(Role::Rider, &rid);
+        let mut feed = self
+            .ws(&format!("/v1/riders/{rid}/feed"), &token)
+            .await
+            .expect("rider feed");
+        let snap = feed.json(5).await;
+        assert_eq!(snap["type"], "snapshot");
+        assert!(snap["offer"].is_null());
+        let r = self
+            .post(
+                &format!("/v1/riders/{rid}/online"),
+                &token,
+                Some(json!({"location": {"lat": lat, "lng": lng}})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "rider online: {}", r.body);
+        (rid, token, feed)
+    }
+
     /// Places and pays an order of one `sku` as `customer`, then lets merchant `mtoken`
     /// accept it; returns the order id.
     pub async fn accepted_order(
