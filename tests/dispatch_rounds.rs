@@ -10,7 +10,6 @@ use common::{config, fresh_db, Db, Frame, Socket, TestApp};
 use serde_json::{json, Value};
 use waimai::config::LockBackendKind;
 use waimai::dispatch::PolicyKind;
-use waimai::domain::Role;
 use waimai::Config;
 
 /// Where the first merchant stands; everything else is placed relative to it.
@@ -34,26 +33,8 @@ async fn policy_config(policy: PolicyKind, batch_ms: u64) -> Config {
 /// An open merchant `metres_north` of the first merchant's spot (and `lng_offset` degrees
 /// east), with 100 units of `bao`; returns (merchant id, token).
 async fn merchant_at(app: &TestApp, metres_north: f64, lng_offset: f64) -> (String, String) {
-    let at = json!({"lat": M_LAT + metres_north / M_PER_DEG, "lng": M_LNG + lng_offset});
-    let r = app
-        .post(
-            "/v1/merchants",
-            &app.admin,
-            Some(json!({"name": "Kitchen", "location": at})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let mid = r.body["id"].as_str().expect("merchant id").to_string();
-    let token = app.token(Role::Merchant, &mid);
-    let r = app
-        .put(
-            &format!("/v1/merchants/{mid}/menu"),
-            &token,
-            json!({"items": [{"sku": "bao", "name": "Bao", "price_cents": 800, "stock": 100}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (mid, token)
+    let (lat, lng) = (M_LAT + metres_north / M_PER_DEG, M_LNG + lng_offset);
+    app.merchant_at("bao", 100, lat, lng).await
 }
 
 /// A rider online `metres_north` of the first merchant's spot (and `lng_offset` degrees east),
