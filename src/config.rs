@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dispatch::DispatchSettings;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -156,22 +158,35 @@ pub struct RealtimeConfig {
     pub location_interval_ms: u64,
 }
 
-/// Automatic dispatch settings.
+/// Automatic dispatch settings. serde cannot deny unknown fields beside `flatten`, so the keys
+/// nothing took land in `unknown` and `Config::load` refuses them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct DispatchConfig {
     /// Whether accepted orders are offered to riders automatically.
     pub enabled: bool,
     /// How long a rider has to answer an offer, ms.
     pub offer_ttl_ms: u64,
-    /// Riders farther than this from the merchant are not asked, metres.
-    pub max_radius_m: f64,
-    /// How often waiting orders are tried again, ms.
+    /// How often `greedy` runs a round anyway (waiting orders are retried), ms.
     pub retry_ms: u64,
+    /// A round with at least this many orders plus riders is computed on a blocking thread,
+    /// not on the zone's actor (whose mailbox keeps being served meanwhile).
+    pub offload_at: usize,
+    /// Expected food preparation after the merchant accepts, ms: an order's ready time.
+    pub prep_ms: i64,
+    /// Delivery is promised this long after the order was placed, ms.
+    pub promise_ms: i64,
     /// Dispatch zones, each with one dispatcher in the whole cluster. An order belongs to the
     /// first zone that contains its pickup point, a rider to the first that contains its
     /// position; a zone without `bounds` contains everything.
     pub zones: Vec<ZoneConfig>,
+    /// The policy and its settings, the keys of `DispatchSettings` at this level (`policy`,
+    /// `batch_ms`, `max_radius_m`, `k_nearest`, ..., `max_stack`): the very settings the
+    /// simulator takes. Checked by `DispatchSettings::validate` when the node starts.
+    #[serde(flatten)]
+    pub settings: DispatchSettings,
+    /// Keys neither this struct nor `settings` took (refused by `Config::load`).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 /// One dispatch zone.
@@ -274,6 +289,9 @@ pub enum ConfigError {
     /// The file or an override could not be read or parsed.
     #[error("config: {0}")]
     Load(#[from] config::ConfigError),
+    /// A key no setting has.
+    #[error("config: unknown key {0}")]
+    UnknownKey(String),
 }
 
 impl Config {
@@ -293,6 +311,9 @@ impl Config {
                 .try_parsing(true),
         );
         let mut cfg: Config = b.build()?.try_deserialize()?;
+        if let Some(key) = cfg.dispatch.unknown.keys().next() {
+            return Err(ConfigError::UnknownKey(format!("dispatch.{key}")));
+        }
         cfg.source = file.map(std::path::Path::to_path_buf);
         Ok(cfg)
     }
@@ -304,5 +325,50 @@ impl Config {
             config::FileFormat::Yaml,
         ));
         Ok(b.build()?.try_deserialize()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::{PolicyKind, Solver};
+
+    fn load_yaml(name: &str, yaml: &str) -> Result<Config, ConfigError> {
+        let path = std::env::temp_dir().join(format!("waimai-{name}-{}.yaml", std::process::id()));
+        std::fs::write(&path, yaml).expect("write temp config");
+        let cfg = Config::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        cfg
+    }
+
+    #[test]
+    fn dispatch_policy_keys_sit_beside_the_others_and_unknown_ones_are_refused() {
+        let cfg = Config::defaults().expect("defaults");
+        assert_eq!(cfg.dispatch.settings.policy, PolicyKind::Greedy);
+        assert_eq!(cfg.dispatch.settings, DispatchSettings::default());
+        cfg.dispatch
+            .settings
+            .validate()
+            .expect("shipped settings are valid");
+
+        let cfg = load_yaml(
+            "dispatch-ok",
+            "dispatch:\n  policy: stacked\n  batch_ms: 150\n  max_detour_m: 900\n  solver: kuhn_munkres\n  offer_ttl_ms: 5000\n",
+        )
+        .expect("valid file");
+        let s = &cfg.dispatch.settings;
+        assert_eq!(s.policy, PolicyKind::Stacked);
+        assert_eq!(
+            (s.batch_ms, s.max_detour_m, s.solver),
+            (150, 900.0, Solver::KuhnMunkres)
+        );
+        assert_eq!(s.max_stack, 3, "keys not given keep the shipped value");
+        assert_eq!(cfg.dispatch.offer_ttl_ms, 5000);
+
+        let bad = load_yaml("dispatch-bad", "dispatch:\n  max_stak: 2\n");
+        assert!(
+            matches!(&bad, Err(ConfigError::UnknownKey(k)) if k == "dispatch.max_stak"),
+            "a misspelt key is refused: {bad:?}"
+        );
     }
 }

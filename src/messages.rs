@@ -354,10 +354,13 @@ pub struct RiderState {
     pub busy: bool,
     /// Last known position.
     pub location: Option<Location>,
+    /// The orders the rider carries or is fetching (`stacked` may add to them).
+    #[serde(default)]
+    pub orders: Vec<String>,
 }
 
-/// An order entered or left `accepted` (from the order actor, after the commit, to the zone of
-/// its pickup point).
+/// An order entered or left `accepted`, or (under `stacked`) was picked up (from the order
+/// actor, after the commit, to the zone of its pickup point).
 #[derive(Message, Debug, Clone, Serialize, Deserialize)]
 #[rtype(result = "Result<()>")]
 pub struct OrderChanged {
@@ -407,4 +410,8 @@ pub struct Offer {
     pub expires_at: i64,
     /// Straight-line distance from the rider to the pickup when offered, metres.
     pub distance_m: f64,
+    /// The rider's whole route if they accept, stop by stop: the stops they already have (a
+    /// `stacked` offer to a rider carrying orders) plus this order's pickup and drop-off.
+    #[serde(default)]
+    pub route: Vec<crate::dispatch::Stop>,
 }

@@ -200,6 +200,33 @@ pub static DISPATCH_TIME_TO_ASSIGN: Lazy<Histogram> = Lazy::new(|| {
     )
 });
 
+/// Compute time of one dispatch round (the policy's `plan`), by policy and where it ran
+/// (`inline` on the zone's actor, `offloaded` on a blocking thread).
+pub static DISPATCH_ROUND_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
+    must(
+        register_histogram_vec!(
+            "waimai_dispatch_round_seconds",
+            "Compute time of one dispatch round",
+            &["policy", "where"],
+            vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+        ),
+        "dispatch_round",
+    )
+});
+
+/// Waiting orders a dispatch round considered, by policy.
+pub static DISPATCH_ROUND_ORDERS: Lazy<HistogramVec> = Lazy::new(|| {
+    must(
+        register_histogram_vec!(
+            "waimai_dispatch_round_orders",
+            "Waiting orders per dispatch round",
+            &["policy"],
+            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
+        ),
+        "dispatch_round_orders",
+    )
+});
+
 /// Durable timers fired, by kind (payment_timeout, accept_timeout, auto_complete) and outcome.
 pub static TIMERS_FIRED: Lazy<IntCounterVec> = Lazy::new(|| {
     must(
@@ -410,6 +437,8 @@ pub fn render() -> String {
     Lazy::force(&WS_EVENT_SECONDS);
     Lazy::force(&DISPATCH_OFFERS);
     Lazy::force(&DISPATCH_TIME_TO_ASSIGN);
+    Lazy::force(&DISPATCH_ROUND_SECONDS);
+    Lazy::force(&DISPATCH_ROUND_ORDERS);
     Lazy::force(&TIMERS_FIRED);
     Lazy::force(&STORE_QUEUE_DEPTH);
     Lazy::force(&ORDERS_OLDEST_IN_STATUS);

@@ -27,6 +27,26 @@ pub const LIVE_KEYS: &[&str] = &[
     "timers.auto_complete_ms",
     // how long `/pay` waits for the provider's callback (read per request)
     "payments.pay_wait_ms",
+    // the dispatcher (each zone takes them at its next round; `dispatch.zones` and
+    // `dispatch.enabled` are not live: they decide which actors exist)
+    "dispatch.policy",
+    "dispatch.batch_ms",
+    "dispatch.offer_ttl_ms",
+    "dispatch.retry_ms",
+    "dispatch.offload_at",
+    "dispatch.prep_ms",
+    "dispatch.promise_ms",
+    "dispatch.max_radius_m",
+    "dispatch.k_nearest",
+    "dispatch.max_candidates",
+    "dispatch.speed_mps",
+    "dispatch.cost",
+    "dispatch.solver",
+    "dispatch.age_weight",
+    "dispatch.service_ms",
+    "dispatch.max_detour_m",
+    "dispatch.max_stack",
+    "dispatch.promise_margin_ms",
 ];
 
 /// Whether `key` may change while the node runs.

@@ -90,6 +90,11 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, StartError> {
         let clustered = config.cluster.enabled;
         let count = config.shards.count.max(1);
+        config
+            .dispatch
+            .settings
+            .validate()
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let store = Store::connect(&config.store, count).await?;
         if clustered {
             check_cluster_config(&config, store.backend())?;
@@ -143,6 +148,7 @@ impl Node {
         }
         tasks.push(tokio::spawn(sim.clone().run()));
         let payments: crate::payments::Payments = sim.clone();
+        let live = Arc::new(crate::reload::Live::new(config.clone()));
         let deps: Deps = Arc::new(Services {
             store: store.clone(),
             router: router.clone(),
@@ -151,6 +157,7 @@ impl Node {
             timers: timers.clone(),
             payments: payments.clone(),
             settings: settings.clone(),
+            live: live.clone(),
         });
         let n_arbiters = match config.shards.arbiters {
             0 => std::thread::available_parallelism()
@@ -206,7 +213,6 @@ impl Node {
         if config.auth.jwt_secret == DEV_SECRET {
             tracing::warn!("auth.jwt_secret is the shipped dev secret: set WAIMAI__AUTH__JWT_SECRET before exposing this node");
         }
-        let live = Arc::new(crate::reload::Live::new(config.clone()));
         tasks.push(tokio::spawn(reconfigure(live.subscribe(), timers.clone())));
         Ok(Node {
             config,

@@ -18,37 +18,15 @@ async fn dispatch_config(offer_ttl_ms: u64) -> Config {
     let mut cfg = config(&url, LockBackendKind::Local);
     cfg.dispatch.offer_ttl_ms = offer_ttl_ms;
     cfg.dispatch.retry_ms = 100;
-    cfg.dispatch.max_radius_m = 5_000.0;
+    cfg.dispatch.settings.max_radius_m = 5_000.0;
     cfg
 }
 
 /// A rider `metres_north` of the merchant, online, with its feed open from before it went
 /// online (so no offer can slip past it).
 async fn rider(app: &TestApp, metres_north: f64) -> (String, String, Socket) {
-    let r = app
-        .post(
-            "/v1/riders",
-            &app.admin,
-            Some(serde_json::json!({"name": "R"})),
-        )
-        .await;
-    assert_eq!(r.status, 201);
-    let rid = r.body["id"].as_str().expect("id").to_string();
-    let token = app.token(Role::Rider, &rid);
-    let mut feed = app
-        .ws(&format!("/v1/riders/{rid}/feed"), &token)
+    app.rider_with_feed(M_LAT + metres_north / 111_320.0, M_LNG)
         .await
-        .expect("rider feed");
-    let snap = feed.json(5).await;
-    assert_eq!(snap["type"], "snapshot");
-    assert!(snap["offer"].is_null());
-    let at =
-        serde_json::json!({"location": {"lat": M_LAT + metres_north / 111_320.0, "lng": M_LNG}});
-    let r = app
-        .post(&format!("/v1/riders/{rid}/online"), &token, Some(at))
-        .await;
-    assert_eq!(r.status, 200);
-    (rid, token, feed)
 }
 
 /// True when `feed` receives nothing but pings for `ms`.

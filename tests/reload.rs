@@ -33,7 +33,7 @@ async fn a_reload_applies_live_keys_refuses_the_rest_and_survives_a_broken_file(
     write(&file, &yaml(&url, "127.0.0.1:8080", 600_000));
     let cfg = Config::load(Some(&file)).expect("config");
     let app = TestApp::spawn(cfg).await;
-    let (mid, _) = app.merchant_with_stock("noodles", 10).await;
+    let (mid, mtoken) = app.merchant_with_stock("noodles", 10).await;
 
     // Under the long deadline an unpaid order waits.
     let r = app.order("c-slow", &mid, "noodles", 1, None).await;
@@ -63,6 +63,51 @@ async fn a_reload_applies_live_keys_refuses_the_rest_and_survives_a_broken_file(
     app.wait_status(&fast, "cancelled", 15).await;
     assert_eq!(app.status_of(&slow).await, "pending_payment");
 
+    // The dispatcher takes a new policy at its next round and keeps offering under it.
+    write(
+        &file,
+        &format!(
+            "{}dispatch:\n  policy: batch\n  batch_ms: 50\n",
+            yaml(&url, "127.0.0.1:8080", 600_000)
+        ),
+    );
+    let r = app.post("/v1/admin/reload", &app.admin, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let applied: Vec<&str> = r.body["applied"]
+        .as_array()
+        .expect("applied")
+        .iter()
+        .filter_map(|c| c["key"].as_str())
+        .collect();
+    assert_eq!(
+        applied,
+        [
+            "dispatch.batch_ms",
+            "dispatch.policy",
+            "timers.payment_timeout_ms"
+        ],
+        "{}",
+        r.body
+    );
+    let (rid, rtoken) = app.online_rider().await;
+    let oid = app
+        .accepted_order("c-dispatch", &mid, &mtoken, "noodles")
+        .await;
+    app.wait_offer(&rid, &rtoken, &oid).await;
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("waimai_dispatch_round_seconds_count{policy=\"batch\""),
+        "the zone ran batch rounds after the reload"
+    );
+
     // A file that does not parse changes nothing and says why.
     write(&file, "timers: [not, a, map]\n");
     let r = app.post("/v1/admin/reload", &app.admin, None).await;
@@ -70,7 +115,7 @@ async fn a_reload_applies_live_keys_refuses_the_rest_and_survives_a_broken_file(
     assert!(r.body["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("config not reloaded")));
-    assert_eq!(app.node.live.current().timers.payment_timeout_ms, 300);
+    assert_eq!(app.node.live.current().timers.payment_timeout_ms, 600_000);
 
     // A log filter that does not parse is refused as a whole.
     write(
@@ -84,7 +129,7 @@ async fn a_reload_applies_live_keys_refuses_the_rest_and_survives_a_broken_file(
     assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(
         app.node.live.current().timers.payment_timeout_ms,
-        300,
+        600_000,
         "nothing of a refused reload is applied"
     );
     app.shutdown().await;

@@ -43,6 +43,8 @@ pub struct Services {
     pub payments: crate::payments::Payments,
     /// Lifecycle settings.
     pub settings: Arc<Settings>,
+    /// The configuration in effect: zones read their dispatch keys from it at each round.
+    pub live: Arc<crate::reload::Live>,
 }
 
 /// Actor lifecycle settings taken from the config.

@@ -494,8 +494,14 @@ fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
         since: after.updated_at,
     });
     let from = before.map(|b| b.status);
+    // A `stacked` zone also follows pickups (they shorten the routes it stacks onto).
+    let picked_up = after.status == OrderStatus::PickedUp
+        && from != Some(OrderStatus::PickedUp)
+        && deps.live.current().dispatch.settings.policy == crate::dispatch::PolicyKind::Stacked;
     if deps.settings.dispatch
-        && (after.status == OrderStatus::Accepted || from == Some(OrderStatus::Accepted))
+        && (after.status == OrderStatus::Accepted
+            || from == Some(OrderStatus::Accepted)
+            || picked_up)
     {
         let zones = &deps.settings.zones;
         let zone = after.pickup.map_or(zones.fallback(), |p| zones.of(p));

@@ -1,5 +1,8 @@
 //! The rider actor: online/offline, position and the order it carries. Position updates stay in
 //! memory (they arrive every few seconds); status changes are persisted with the latest position.
+//! Under the `stacked` dispatch policy a rider may carry up to `max_stack` orders: the first is
+//! the persisted `current_order`, the others are kept in memory (each order's row names its
+//! rider, so a rider actor that starts again reads them back) and move up as orders are done.
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler,
@@ -7,8 +10,10 @@ use actix::{
 };
 use tracing::Instrument as _;
 
+use super::order_machine::OrderStatus;
 use super::shard::{Shard, Slot};
 use super::{Deps, Entity, Idleness, Loaded, Stop};
+use crate::dispatch::PolicyKind;
 use crate::domain::{now_ms, Caller, Role};
 use crate::error::{Error, Result};
 use crate::messages::{
@@ -34,6 +39,8 @@ pub struct RiderActor {
     state: Loaded<Rider>,
     /// The dispatch zone last told about this rider (the one that may hold its offer).
     zone: Option<String>,
+    /// Orders stacked after `current_order` (`stacked` policy), oldest first.
+    stacked: Vec<String>,
     /// Passivation bookkeeping.
     idle: Idleness,
     /// When trackers last got this rider's position.
@@ -53,6 +60,7 @@ impl Entity for RiderActor {
             fence,
             state: Loaded::Loading,
             zone: None,
+            stacked: Vec::new(),
             idle: Idleness::new(),
             last_push: None,
             trailing: false,
@@ -103,18 +111,50 @@ impl RiderActor {
         self.state = Loaded::Loading;
         let store = self.deps.store.clone();
         let id = self.id.clone();
+        let stacking = self.deps.live.current().dispatch.settings.policy == PolicyKind::Stacked;
         ctx.wait(
-            async move { store.load_rider(&id).await }
-                .into_actor(self)
-                .map(|res, act, _| {
-                    act.state = match res {
-                        Ok(Some(r)) => Loaded::Present(r),
-                        Ok(None) => Loaded::Absent,
-                        Err(e) => Loaded::Failed(e.to_string()),
-                    };
-                    act.tell_dispatch();
-                }),
+            async move {
+                let rider = store.load_rider(&id).await?;
+                // Orders stacked after the current one name this rider in their rows (a scan
+                // of the orders with riders, so only where stacking is on).
+                let mut stacked = Vec::new();
+                let current = rider.as_ref().and_then(|r| r.current_order.clone());
+                if let Some(current) = current.filter(|_| stacking) {
+                    let with_riders = [OrderStatus::RiderAssigned, OrderStatus::PickedUp];
+                    for o in store.orders_in(&with_riders, None).await? {
+                        if o.rider_id.as_deref() == Some(id.as_str()) && o.id != current {
+                            stacked.push(o.id);
+                        }
+                    }
+                }
+                Ok::<_, StoreError>((rider, stacked))
+            }
+            .into_actor(self)
+            .map(|res, act, _| {
+                act.state = match res {
+                    Ok((Some(r), stacked)) => {
+                        act.stacked = stacked;
+                        Loaded::Present(r)
+                    }
+                    Ok((None, _)) => Loaded::Absent,
+                    Err(e) => Loaded::Failed(e.to_string()),
+                };
+                act.tell_dispatch();
+            }),
         );
+    }
+
+    /// Every order the rider carries or is fetching, the current one first.
+    fn orders(&self) -> Vec<String> {
+        match &self.state {
+            Loaded::Present(r) => r
+                .current_order
+                .iter()
+                .chain(&self.stacked)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Tells the rider's dispatch zone where it is and whether it can take work (and the zone
@@ -123,6 +163,7 @@ impl RiderActor {
         if !self.deps.settings.dispatch {
             return;
         }
+        let orders = self.orders();
         let Loaded::Present(r) = &self.state else {
             return;
         };
@@ -137,6 +178,7 @@ impl RiderActor {
                     online: false,
                     busy: r.current_order.is_some(),
                     location: r.location,
+                    orders: Vec::new(),
                 },
             );
         }
@@ -148,6 +190,7 @@ impl RiderActor {
                     online: r.online,
                     busy: r.current_order.is_some(),
                     location: r.location,
+                    orders,
                 },
             );
         }
@@ -160,7 +203,7 @@ impl RiderActor {
         let Loaded::Present(r) = &self.state else {
             return;
         };
-        let (Some(order), Some(loc)) = (&r.current_order, r.location) else {
+        let (Some(_), Some(loc)) = (&r.current_order, r.location) else {
             return;
         };
         let every = self.deps.settings.location_interval;
@@ -176,16 +219,18 @@ impl RiderActor {
             return;
         }
         self.last_push = Some(std::time::Instant::now());
-        self.deps.events.live(
-            Topic::Order(order.clone()),
-            "rider_location",
-            Some((order.as_str(), None, None)),
-            || {
-                serde_json::json!({
-                    "order_id": order, "rider_id": r.id, "lat": loc.lat, "lng": loc.lng,
-                })
-            },
-        );
+        for order in r.current_order.iter().chain(&self.stacked) {
+            self.deps.events.live(
+                Topic::Order(order.clone()),
+                "rider_location",
+                Some((order.as_str(), None, None)),
+                || {
+                    serde_json::json!({
+                        "order_id": order, "rider_id": r.id, "lat": loc.lat, "lng": loc.lng,
+                    })
+                },
+            );
+        }
     }
 
     fn current(&mut self, ctx: &mut Context<Self>) -> Result<Rider> {
@@ -378,8 +423,25 @@ impl Handler<ClaimRider> for RiderActor {
     fn handle(&mut self, msg: ClaimRider, ctx: &mut Context<Self>) -> Self::Result {
         self.idle.touch();
         if let Loaded::Present(r) = &self.state {
-            if r.current_order.as_deref() == Some(msg.order_id.as_str()) {
+            if r.current_order.as_deref() == Some(msg.order_id.as_str())
+                || self.stacked.contains(&msg.order_id)
+            {
                 return ready(Ok(r.clone()));
+            }
+            // Under `stacked`, a rider carrying orders may take one more, up to `max_stack`.
+            // (The policy and `max_stack` change live: read them from the config in effect.)
+            let live = self.deps.live.current();
+            let cfg = &live.dispatch.settings;
+            let load = 1 + self.stacked.len();
+            if r.current_order.is_some()
+                && r.online
+                && cfg.policy == PolicyKind::Stacked
+                && load < cfg.max_stack
+            {
+                let r = r.clone();
+                self.stacked.push(msg.order_id);
+                self.tell_dispatch();
+                return ready(Ok(r));
             }
         }
         AtomicResponse::new(self.change(ctx, None, "rider_assigned", |r| {
@@ -400,13 +462,29 @@ impl Handler<FreeRider> for RiderActor {
 
     fn handle(&mut self, msg: FreeRider, ctx: &mut Context<Self>) -> Self::Result {
         self.idle.touch();
+        if let Some(i) = self.stacked.iter().position(|o| *o == msg.order_id) {
+            self.stacked.remove(i);
+            self.tell_dispatch();
+            return ready(Ok(()));
+        }
         let carrying = matches!(&self.state, Loaded::Present(r) if r.current_order.as_deref() == Some(msg.order_id.as_str()));
         if !carrying {
             return ready(Ok(()));
         }
+        // The next stacked order, if any, becomes the current one (once persisted).
+        let next = self.stacked.first().cloned();
         let fut = self.change(ctx, None, "rider_freed", |r| {
-            r.current_order = None;
+            r.current_order = next;
             Ok(())
+        });
+        let fut = fut.map(|res, act: &mut Self, _| {
+            if let Ok(r) = &res {
+                if let Some(current) = &r.current_order {
+                    act.stacked.retain(|o| o != current);
+                    act.tell_dispatch();
+                }
+            }
+            res
         });
         AtomicResponse::new(Box::pin(fut.map(|r, _, _| r.map(|_| ()))))
     }

@@ -1,33 +1,46 @@
 //! A dispatch zone: matches the zone's accepted orders with its riders. A zone is an entity like
 //! an order or a rider, owned by the shard of its id, so exactly one runs in the whole cluster;
-//! orders reach it by their pickup point, riders by their position (`Zones::of`). Riders that
-//! are online, idle and not holding an offer live in an R-tree (`rstar`) keyed by their
-//! position, so finding the nearest one is a tree walk, not a scan. A zone keeps its state in
-//! memory only: when it starts (or moves to another node) it rebuilds it, asking the online
-//! riders to report in and re-queueing the accepted orders that have no rider.
+//! orders reach it by their pickup point, riders by their position (`Zones::of`). A zone keeps
+//! its state in memory only: when it starts (or moves to another node) it rebuilds it, asking
+//! the online riders to report in and re-queueing the accepted orders that have no rider.
+//!
+//! The choice of who gets which order is the configured policy's (`dispatch.policy`), the very
+//! code the simulator runs (`crate::dispatch`). The zone runs *rounds*: it turns its waiting
+//! orders (those with no offer out) and its available riders (online, located, holding no
+//! offer; idle, or for `stacked` carrying fewer than `max_stack` orders whose route it knows)
+//! into the policy's input, calls `Policy::plan`, and makes the offers it gets back. `greedy`
+//! runs a round on every event that may allow an offer (an order waiting, a rider freed, a
+//! decline or expiry; events arriving together share one round) and every `retry_ms`; `batch`
+//! and `stacked` run one every `batch_ms`. A round with `offload_at` or more orders plus riders
+//! is computed on a blocking thread: the zone's mailbox keeps being served, the result comes
+//! back to the actor tagged with its round id (a result from before a restart is dropped), and
+//! each offer is checked again against the zone's state before it is made.
 //!
 //! An order waits in `pending` from the moment its merchant accepts it until a rider accepts its
 //! offer. Each order has at most one offer out and each rider at most one offer, so two orders
-//! never hold the same rider; an offer expires after `offer_ttl` and moves to the next nearest
-//! rider; a rider who declined or let an offer expire is not asked again for that order. Orders
-//! with no rider in range wait and are retried when a rider frees up or every `retry_ms`.
-//! Assignment itself is an ordinary `AssignRider` change on the order actor, which claims the
-//! rider actor first; the dispatcher's view is advisory and the actors have the last word.
+//! never hold the same rider; an offer expires after `offer_ttl`; a rider who declined or let an
+//! offer expire is never offered that order again. Assignment itself is an ordinary
+//! `AssignRider` change on the order actor, which claims the rider actor first; the
+//! dispatcher's view is advisory and the actors have the last word. Under `stacked` the zone
+//! remembers the route of each rider it stacked (the accepted offer's stops, less pickups done
+//! and orders the rider no longer carries); the offer a rider sees carries that whole route.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, ResponseActFuture,
     Supervised, WrapFuture,
 };
-use rstar::primitives::GeomWithData;
-use rstar::RTree;
 
 use super::order_machine::{OrderEvent, OrderStatus};
 use super::shard::{Shard, Slot};
 use super::{Deps, Entity, Stop};
 use crate::config::DispatchConfig;
+use crate::dispatch::{
+    self, AvailableRider, DispatchSettings, Haversine, Policy, PolicyKind, StopKind, WaitingOrder,
+};
 use crate::domain::{now_ms, Caller, Location, Role};
 use crate::error::{Error, Result};
 use crate::messages::{
@@ -41,43 +54,27 @@ use crate::store::ShardEpoch;
 
 // ---- actor ----
 
-type Xyz = [f64; 3];
-type Point = GeomWithData<Xyz, String>;
-
-/// A position on the Earth's surface in metres from its centre: straight-line (chord) distance
-/// between two such points ranks riders exactly like distance along the surface, anywhere.
-fn project(l: Location) -> Xyz {
-    const EARTH_RADIUS_M: f64 = 6_371_000.0;
-    let (lat, lng) = (l.lat.to_radians(), l.lng.to_radians());
-    [
-        EARTH_RADIUS_M * lat.cos() * lng.cos(),
-        EARTH_RADIUS_M * lat.cos() * lng.sin(),
-        EARTH_RADIUS_M * lat.sin(),
-    ]
-}
-
-fn distance_m(a: Xyz, b: Xyz) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt()
-}
-
 #[derive(Debug, Default)]
 struct RiderEntry {
     online: bool,
+    /// Carrying at least one order.
     busy: bool,
     location: Option<Location>,
+    /// The orders the rider carries (as its actor last said).
+    orders: Vec<String>,
     /// The order offered to this rider, if any.
     offer: Option<String>,
-    /// The point this rider has in the tree, if indexed.
-    indexed: Option<Xyz>,
 }
 
 impl RiderEntry {
-    fn available(&self) -> bool {
-        self.online && !self.busy && self.offer.is_none() && self.location.is_some()
+    /// Online, located and holding no offer.
+    fn free(&self) -> bool {
+        self.online && self.offer.is_none() && self.location.is_some()
+    }
+
+    /// Free and carrying nothing.
+    fn idle(&self) -> bool {
+        self.free() && !self.busy
     }
 }
 
@@ -98,6 +95,12 @@ struct Waiting {
     asked: HashSet<String>,
     offer: Option<OutOffer>,
     since: Instant,
+    /// `since` in ms since the epoch (the policy's `waiting_since_ms`).
+    since_ms: i64,
+    /// When the food should be ready, ms since the epoch.
+    ready_at_ms: i64,
+    /// When delivery was promised, ms since the epoch.
+    promised_at_ms: i64,
 }
 
 /// One zone's dispatcher.
@@ -108,12 +111,43 @@ pub struct ZoneActor {
     deps: Deps,
     cfg: DispatchConfig,
     riders: HashMap<String, RiderEntry>,
-    tree: RTree<Point>,
     pending: HashMap<String, Waiting>,
     /// Orders in arrival order (may hold ids that left `pending`; skipped lazily).
     queue: VecDeque<String>,
     merchants: HashMap<String, Location>,
     serial: u64,
+    /// The policy's settings (from `cfg`).
+    settings: DispatchSettings,
+    /// The policy; `None` while a round computes it off the actor.
+    policy: Option<Box<dyn Policy>>,
+    /// The id of the last round started; a result with another id is stale.
+    round: u64,
+    /// A round is computing off the actor.
+    running: bool,
+    /// Something happened while a round ran: run another when it is applied (greedy).
+    again: bool,
+    /// A round is scheduled to run on this actor's next turn (greedy).
+    scheduled: bool,
+    /// The configuration the zone last took its dispatch keys from (a reload replaces it).
+    seen: Arc<crate::config::Config>,
+    /// The round timer (rescheduled when a reload changes its period).
+    tick: Option<actix::SpawnHandle>,
+    /// `stacked`: the stops still ahead of riders this zone stacked orders on.
+    routes: HashMap<String, Vec<dispatch::Stop>>,
+}
+
+/// The policy `settings` names. The settings were validated when the node started, so this
+/// only fails if they were changed unchecked; the zone then makes no offers and says why.
+fn build_policy(settings: &DispatchSettings) -> Option<Box<dyn Policy>> {
+    let built =
+        Haversine::new(settings.speed_mps).and_then(|eta| dispatch::build(settings, Arc::new(eta)));
+    match built {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(error = %e, "dispatch settings refused; this zone makes no offers");
+            None
+        }
+    }
 }
 
 impl Entity for ZoneActor {
@@ -121,16 +155,26 @@ impl Entity for ZoneActor {
 
     fn fresh(id: String, deps: Deps, _fence: Option<ShardEpoch>) -> Self {
         let cfg = deps.settings.dispatch_cfg.clone();
+        let settings = cfg.settings.clone();
+        let seen = deps.live.current();
         ZoneActor {
+            seen,
+            tick: None,
             id,
             deps,
+            policy: build_policy(&settings),
+            settings,
             cfg,
             riders: HashMap::new(),
-            tree: RTree::new(),
             pending: HashMap::new(),
             queue: VecDeque::new(),
             merchants: HashMap::new(),
             serial: 0,
+            round: 0,
+            running: false,
+            again: false,
+            scheduled: false,
+            routes: HashMap::new(),
         }
     }
 
@@ -181,88 +225,280 @@ impl ZoneActor {
         );
     }
 
-    /// Puts a rider in or out of the tree to match its state.
-    fn reindex(&mut self, rider_id: &str) {
-        let Some(r) = self.riders.get_mut(rider_id) else {
-            return;
-        };
-        let want = if r.available() {
-            r.location.map(project)
-        } else {
-            None
-        };
-        if r.indexed == want {
+    /// Something happened that may allow an offer: `greedy` runs a round (once for all the
+    /// events of this turn); `batch` and `stacked` wait for their next round.
+    fn kick(&mut self, ctx: &mut Context<Self>) {
+        if self.settings.policy != PolicyKind::Greedy {
             return;
         }
-        if let Some(p) = r.indexed.take() {
-            self.tree.remove(&Point::new(p, rider_id.to_string()));
+        if self.running {
+            self.again = true;
+            return;
         }
-        if let Some(p) = want {
-            self.tree.insert(Point::new(p, rider_id.to_string()));
-            r.indexed = Some(p);
+        if !self.scheduled {
+            self.scheduled = true;
+            ctx.run_later(Duration::ZERO, |act, ctx| {
+                act.scheduled = false;
+                act.run_round(ctx);
+            });
         }
     }
 
-    /// Offers `order_id` to the nearest available rider it has not asked yet.
-    fn try_offer(&mut self, order_id: &str, ctx: &mut Context<Self>) -> bool {
-        let Some(w) = self.pending.get(order_id) else {
-            return false;
-        };
-        if w.offer.is_some() {
-            return true;
+    /// The policy's view of the orders waiting without an offer, oldest first.
+    fn round_orders(&mut self) -> Vec<WaitingOrder> {
+        self.queue.retain(|id| self.pending.contains_key(id));
+        self.queue
+            .iter()
+            .filter_map(|id| {
+                let w = self.pending.get(id).filter(|w| w.offer.is_none())?;
+                Some(WaitingOrder {
+                    id: id.clone(),
+                    pickup: w.pickup,
+                    dropoff: w.dropoff,
+                    waiting_since_ms: w.since_ms,
+                    ready_at_ms: w.ready_at_ms,
+                    promised_at_ms: w.promised_at_ms,
+                    declined: w.asked.iter().cloned().collect::<BTreeSet<_>>(),
+                })
+            })
+            .collect()
+    }
+
+    /// The route the zone knows for a rider carrying orders (`stacked` only): the stops of the
+    /// accepted offer still ahead, if it covers every order the rider carries.
+    fn known_route(&self, rider: &str, e: &RiderEntry) -> Option<Vec<dispatch::Stop>> {
+        let route = self.routes.get(rider)?;
+        let covered = e
+            .orders
+            .iter()
+            .all(|o| route.iter().any(|s| &s.order_id == o));
+        covered.then(|| route.clone())
+    }
+
+    /// The policy's view of the riders who may get an offer: idle ones, and under `stacked`
+    /// riders with fewer than `max_stack` orders whose route the zone knows.
+    fn round_riders(&self) -> Vec<AvailableRider> {
+        let stacking = self.settings.policy == PolicyKind::Stacked;
+        let mut out: Vec<AvailableRider> = self
+            .riders
+            .iter()
+            .filter(|(_, e)| e.free())
+            .filter_map(|(id, e)| {
+                let position = e.location?;
+                if !e.busy {
+                    return Some(AvailableRider {
+                        id: id.clone(),
+                        position,
+                        route: Vec::new(),
+                    });
+                }
+                if !stacking || e.orders.len() >= self.settings.max_stack {
+                    return None;
+                }
+                Some(AvailableRider {
+                    id: id.clone(),
+                    position,
+                    route: self.known_route(id, e)?,
+                })
+            })
+            .collect();
+        // Deterministic input (the map's order is not): ties then break the same way each run.
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Takes the dispatch keys of a reloaded configuration: a new policy or settings rebuild
+    /// the policy (a round computing elsewhere keeps the old one, and its result still
+    /// applies); a new period restarts the round timer. Refused settings change nothing.
+    fn refresh(&mut self, ctx: &mut Context<Self>) {
+        let now = self.deps.live.current();
+        if Arc::ptr_eq(&now, &self.seen) {
+            return;
         }
-        let origin = project(w.pickup);
-        let max = self.cfg.max_radius_m;
-        let pick = self
-            .tree
-            .nearest_neighbor_iter(&origin)
-            .take_while(|p| distance_m(*p.geom(), origin) <= max)
-            .find(|p| !w.asked.contains(&p.data))
-            .map(|p| (p.data.clone(), distance_m(*p.geom(), origin)));
-        let Some((rider, dist)) = pick else {
-            return false;
+        self.seen = now.clone();
+        let next = now.dispatch.clone();
+        if let Err(e) = next.settings.validate() {
+            tracing::error!(zone = %self.id, error = %e, "reloaded dispatch settings refused; keeping the old ones");
+            return;
+        }
+        let old_period = self.period();
+        if next.settings != self.settings {
+            self.settings = next.settings.clone();
+            if let Some(p) = build_policy(&self.settings) {
+                self.policy = Some(p);
+            }
+        }
+        self.cfg = next;
+        if self.period() != old_period {
+            self.schedule(ctx);
+        }
+        tracing::info!(zone = %self.id, policy = self.settings.policy.name(), "dispatch settings reloaded");
+    }
+
+    /// How often rounds run.
+    fn period(&self) -> Duration {
+        let every = match self.settings.policy {
+            PolicyKind::Greedy => self.cfg.retry_ms,
+            PolicyKind::Batch | PolicyKind::Stacked => self.settings.batch_ms,
+        };
+        Duration::from_millis(every.max(10))
+    }
+
+    /// (Re)starts the round timer.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.tick.take() {
+            ctx.cancel_future(h);
+        }
+        self.tick = Some(ctx.run_interval(self.period(), |act, ctx| act.run_round(ctx)));
+    }
+
+    /// One round: the policy's offers for the waiting orders and available riders, computed
+    /// here when small and on a blocking thread when large.
+    fn run_round(&mut self, ctx: &mut Context<Self>) {
+        self.refresh(ctx);
+        if self.running {
+            self.again = true;
+            return;
+        }
+        let orders = self.round_orders();
+        if orders.is_empty() {
+            return;
+        }
+        let riders = self.round_riders();
+        if riders.is_empty() {
+            return;
+        }
+        let Some(mut policy) = self.policy.take() else {
+            return;
+        };
+        self.round += 1;
+        let round = self.round;
+        let name = self.settings.policy.name();
+        metrics::DISPATCH_ROUND_ORDERS
+            .with_label_values(&[name])
+            .observe(orders.len() as f64);
+        let now = now_ms();
+        if orders.len() + riders.len() < self.cfg.offload_at {
+            let t = Instant::now();
+            let offers = policy.plan(now, &orders, &riders);
+            metrics::DISPATCH_ROUND_SECONDS
+                .with_label_values(&[name, "inline"])
+                .observe(t.elapsed().as_secs_f64());
+            self.policy = Some(policy);
+            self.apply(round, offers, ctx);
+            return;
+        }
+        self.running = true;
+        let work = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let offers = policy.plan(now, &orders, &riders);
+            (policy, offers, t.elapsed())
+        });
+        let settings = self.settings.clone();
+        ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
+            // A result from before a restart does not end the round running now.
+            if round == act.round {
+                act.running = false;
+            }
+            match res {
+                Ok((policy, offers, took)) => {
+                    metrics::DISPATCH_ROUND_SECONDS
+                        .with_label_values(&[name, "offloaded"])
+                        .observe(took.as_secs_f64());
+                    if act.policy.is_none() {
+                        act.policy = Some(policy);
+                    }
+                    act.apply(round, offers, ctx);
+                }
+                Err(e) => {
+                    tracing::error!(zone = %act.id, error = %e, "dispatch round failed; rebuilding the policy");
+                    if act.policy.is_none() {
+                        act.policy = build_policy(&settings);
+                    }
+                }
+            }
+            if std::mem::take(&mut act.again) {
+                act.kick(ctx);
+            }
+        }));
+    }
+
+    /// Makes a round's offers that still hold: the order still waits with no offer out and
+    /// was not declined by the rider, and the rider is still as the round saw it (free; idle,
+    /// or for a stacked offer carrying exactly the orders of the route it was given).
+    fn apply(&mut self, round: u64, offers: Vec<dispatch::Offer>, ctx: &mut Context<Self>) {
+        if round != self.round {
+            tracing::debug!(zone = %self.id, round, "stale dispatch round dropped");
+            return;
+        }
+        for o in offers {
+            let order_ok = self
+                .pending
+                .get(&o.order_id)
+                .is_some_and(|w| w.offer.is_none() && !w.asked.contains(&o.rider_id));
+            let rider_ok = self.riders.get(&o.rider_id).is_some_and(|e| {
+                if !e.free() {
+                    return false;
+                }
+                let others: BTreeSet<&str> = o
+                    .route
+                    .iter()
+                    .map(|s| s.order_id.as_str())
+                    .filter(|id| *id != o.order_id)
+                    .collect();
+                let carried: BTreeSet<&str> = e.orders.iter().map(String::as_str).collect();
+                others == carried && (others.is_empty() || e.orders.len() < self.settings.max_stack)
+            });
+            if order_ok && rider_ok {
+                self.make_offer(o, ctx);
+            }
+        }
+    }
+
+    /// Offers `o.order_id` to `o.rider_id` and tells the rider.
+    fn make_offer(&mut self, o: dispatch::Offer, ctx: &mut Context<Self>) {
+        let Some(w) = self.pending.get_mut(&o.order_id) else {
+            return;
         };
         self.serial += 1;
         let serial = self.serial;
         let ttl = Duration::from_millis(self.cfg.offer_ttl_ms);
+        let rider = o.rider_id;
         let offer = Offer {
-            order_id: order_id.to_string(),
+            order_id: o.order_id.clone(),
             pickup: w.pickup,
             dropoff: w.dropoff,
             expires_at: now_ms() + self.cfg.offer_ttl_ms as i64,
-            distance_m: dist.round(),
+            distance_m: o.distance_m.round(),
+            route: o.route,
         };
-        if let Some(w) = self.pending.get_mut(order_id) {
-            w.asked.insert(rider.clone());
-            w.offer = Some(OutOffer {
-                rider: rider.clone(),
-                serial,
-                offer: offer.clone(),
-                accepting: false,
-            });
-        }
+        w.asked.insert(rider.clone());
+        w.offer = Some(OutOffer {
+            rider: rider.clone(),
+            serial,
+            offer: offer.clone(),
+            accepting: false,
+        });
         if let Some(r) = self.riders.get_mut(&rider) {
-            r.offer = Some(order_id.to_string());
+            r.offer = Some(offer.order_id.clone());
         }
-        self.reindex(&rider);
         self.deps.events.live(
             Topic::Rider(rider.clone()),
             "offer",
-            Some((order_id, None, None)),
+            Some((offer.order_id.as_str(), None, None)),
             || {
                 serde_json::json!({
                     "rider_id": rider, "order_id": offer.order_id, "pickup": offer.pickup,
                     "dropoff": offer.dropoff, "expires_at": offer.expires_at,
-                    "distance_m": offer.distance_m,
+                    "distance_m": offer.distance_m, "route": offer.route,
                 })
             },
         );
         metrics::DISPATCH_OFFERS
             .with_label_values(&["offered"])
             .inc();
-        let order = order_id.to_string();
+        let order = o.order_id;
         ctx.run_later(ttl, move |act, ctx| act.expire(&order, serial, ctx));
-        true
     }
 
     /// Withdraws the offer out for `order_id` (if any), freeing its rider, and tells the rider.
@@ -284,7 +520,6 @@ impl ZoneActor {
                 r.offer = None;
             }
         }
-        self.reindex(rider);
     }
 
     fn expire(&mut self, order_id: &str, serial: u64, ctx: &mut Context<Self>) {
@@ -299,33 +534,8 @@ impl ZoneActor {
         metrics::DISPATCH_OFFERS
             .with_label_values(&["expired"])
             .inc();
-        if let Some(rider) = self.withdraw(order_id, "expired") {
-            self.offer_waiting(Some(&rider), ctx);
-        }
-        self.try_offer(order_id, ctx);
-    }
-
-    /// Offers waiting orders, oldest first, while riders are available. With `freed`, only
-    /// runs when that rider is actually available now.
-    fn offer_waiting(&mut self, freed: Option<&str>, ctx: &mut Context<Self>) {
-        if let Some(r) = freed {
-            if !self.riders.get(r).is_some_and(RiderEntry::available) {
-                return;
-            }
-        }
-        self.queue.retain(|id| self.pending.contains_key(id));
-        let ids: Vec<String> = self
-            .queue
-            .iter()
-            .filter(|id| self.pending.get(*id).is_some_and(|w| w.offer.is_none()))
-            .cloned()
-            .collect();
-        for id in ids {
-            if self.tree.size() == 0 {
-                break;
-            }
-            self.try_offer(&id, ctx);
-        }
+        self.withdraw(order_id, "expired");
+        self.kick(ctx);
     }
 
     fn enqueue(
@@ -338,6 +548,7 @@ impl ZoneActor {
         if self.pending.contains_key(&order.id) {
             return;
         }
+        let since_ms = now_ms();
         self.pending.insert(
             order.id.clone(),
             Waiting {
@@ -346,10 +557,18 @@ impl ZoneActor {
                 asked,
                 offer: None,
                 since: Instant::now(),
+                since_ms,
+                ready_at_ms: since_ms + self.cfg.prep_ms,
+                promised_at_ms: order.created_at + self.cfg.promise_ms,
             },
         );
         self.queue.push_back(order.id.clone());
-        self.try_offer(&order.id, ctx);
+        self.kick(ctx);
+    }
+
+    /// Number of riders who could take an idle rider's offer now.
+    fn idle_riders(&self) -> usize {
+        self.riders.values().filter(|e| e.idle()).count()
     }
 }
 
@@ -358,8 +577,7 @@ impl Actor for ZoneActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(usize::MAX >> 4);
-        let every = Duration::from_millis(self.cfg.retry_ms.max(10));
-        ctx.run_interval(every, |act, ctx| act.offer_waiting(None, ctx));
+        self.schedule(ctx);
         self.rebuild(ctx);
     }
 }
@@ -370,9 +588,17 @@ impl Supervised for ZoneActor {
             .with_label_values(&[Self::KIND])
             .inc();
         self.riders.clear();
-        self.tree = RTree::new();
         self.pending.clear();
         self.queue.clear();
+        self.routes.clear();
+        // A round still computing belongs to the old state: its result is dropped.
+        self.round += 1;
+        self.running = false;
+        self.again = false;
+        self.scheduled = false;
+        if self.policy.is_none() {
+            self.policy = build_policy(&self.settings);
+        }
     }
 }
 
@@ -389,21 +615,33 @@ impl Handler<RiderState> for ZoneActor {
 
     fn handle(&mut self, msg: RiderState, ctx: &mut Context<Self>) -> Result<()> {
         let e = self.riders.entry(msg.rider_id.clone()).or_default();
-        let was = e.available();
+        let was = e.free();
+        let (had, was_busy) = (e.orders.len(), e.busy);
         e.online = msg.online;
-        e.busy = msg.busy;
+        e.busy = msg.busy || !msg.orders.is_empty();
+        e.orders = msg.orders;
         if msg.location.is_some() {
             e.location = msg.location;
         }
-        let now = e.available();
+        let now = e.free();
+        let (load, got_busy) = (e.orders.len(), e.busy && !was_busy);
         let offered = e.offer.clone();
-        if !msg.online && offered.is_none() && e.indexed.is_none() {
+        // The route keeps only the orders the rider still carries.
+        if load == 0 {
+            self.routes.remove(&msg.rider_id);
+        } else if let Some(route) = self.routes.get_mut(&msg.rider_id) {
+            let carried = &self.riders[&msg.rider_id].orders;
+            route.retain(|s| carried.contains(&s.order_id));
+        }
+        if !msg.online && offered.is_none() {
             self.riders.remove(&msg.rider_id);
+            self.routes.remove(&msg.rider_id);
             return Ok(());
         }
-        // A rider who went offline or got busy elsewhere cannot keep an offer.
+        // A rider who went offline or took an order elsewhere cannot keep an offer (a stacked
+        // offer was made for the route the rider had then).
         if let Some(order) = offered {
-            if !msg.online || msg.busy {
+            if !msg.online || load != had || got_busy {
                 let accepting = self
                     .pending
                     .get(&order)
@@ -411,13 +649,12 @@ impl Handler<RiderState> for ZoneActor {
                     .is_some_and(|o| o.accepting);
                 if !accepting {
                     self.withdraw(&order, "rider unavailable");
-                    self.try_offer(&order, ctx);
+                    self.kick(ctx);
                 }
             }
         }
-        self.reindex(&msg.rider_id);
-        if now && !was {
-            self.offer_waiting(Some(&msg.rider_id), ctx);
+        if (now && !was) || load < had {
+            self.kick(ctx);
         }
         Ok(())
     }
@@ -435,6 +672,13 @@ impl Handler<OrderChanged> for ZoneActor {
 impl ZoneActor {
     /// An order entered `accepted` (queue it) or left it (withdraw its offer).
     fn order_changed(&mut self, o: Order, previous_rider: Option<String>, ctx: &mut Context<Self>) {
+        if o.status == OrderStatus::PickedUp {
+            // A stacked rider's route loses the pickup it just made.
+            if let Some(route) = o.rider_id.as_ref().and_then(|r| self.routes.get_mut(r)) {
+                route.retain(|s| !(s.order_id == o.id && s.kind == StopKind::Pickup));
+            }
+            return;
+        }
         if o.status != OrderStatus::Accepted || o.rider_id.is_some() {
             if self.pending.contains_key(&o.id) {
                 let accepting = self.pending[&o.id]
@@ -513,8 +757,7 @@ impl ZoneActor {
                 .with_label_values(&["declined"])
                 .inc();
             self.withdraw(&msg.order_id, "declined");
-            self.try_offer(&msg.order_id, ctx);
-            self.offer_waiting(Some(&msg.rider_id), ctx);
+            self.kick(ctx);
             let router = self.deps.router.clone();
             let oid = msg.order_id.clone();
             return Box::pin(
@@ -562,6 +805,11 @@ impl ZoneActor {
                         metrics::DISPATCH_OFFERS.with_label_values(&["accepted"]).inc();
                         if let Some(w) = act.pending.remove(&oid) {
                             metrics::DISPATCH_TIME_TO_ASSIGN.observe(w.since.elapsed().as_secs_f64());
+                            // Under `stacked` the offer's route is the rider's from now on.
+                            let stacking = act.settings.policy == PolicyKind::Stacked;
+                            if let Some(out) = w.offer.filter(|_| stacking) {
+                                act.routes.insert(rid.clone(), out.offer.route);
+                            }
                         }
                         act.release_rider(&rid, &oid);
                     }
@@ -572,7 +820,7 @@ impl ZoneActor {
                             o.accepting = false;
                         }
                         act.withdraw(&oid, "assignment failed");
-                        act.try_offer(&oid, ctx);
+                        act.kick(ctx);
                     }
                 }
                 res
@@ -603,7 +851,7 @@ impl Handler<DispatchStats> for ZoneActor {
     fn handle(&mut self, _: DispatchStats, _ctx: &mut Context<Self>) -> Self::Result {
         Ok(ZoneStats {
             waiting: self.pending.len(),
-            available: self.tree.size(),
+            available: self.idle_riders(),
         })
     }
 }

@@ -5,7 +5,7 @@
 //! # Layout
 //! - [`types`]: the policy's input ([`WaitingOrder`], [`AvailableRider`] with its route of
 //!   [`Stop`]s) and output ([`Offer`]); all serde types.
-//! - [`settings`]: [`DispatchSettings`], the proposed `dispatch.*` configuration, with
+//! - [`settings`]: [`DispatchSettings`], the `dispatch.*` configuration, with
 //!   [`PolicyKind`], [`CostModel`] and [`Solver`].
 //! - [`policy`]: the [`Policy`] trait and [`build`], which turns settings into a policy.
 //! - [`eta`]: the [`Eta`] trait (travel time and distance between two points) and its

@@ -1,5 +1,6 @@
-//! The dispatch settings a policy is built from: the proposed `dispatch.*` configuration keys.
-//! This is a type of its own here; `config.rs` would embed it (or map its keys onto it).
+//! The dispatch settings a policy is built from: the `dispatch.*` configuration keys.
+//! `config.rs` embeds this type in `DispatchConfig` (flattened, so the keys sit directly under
+//! `dispatch:`); the simulator builds it from its flags.
 
 use serde::{Deserialize, Serialize};
 

@@ -278,11 +278,16 @@ impl TestApp {
     /// Creates an open merchant with one SKU `sku` of `stock` units at 1000 cents; returns
     /// (merchant id, merchant token).
     pub async fn merchant_with_stock(&self, sku: &str, stock: i64) -> (String, String) {
+        self.merchant_at(sku, stock, 31.23, 121.47).await
+    }
+
+    /// Like `merchant_with_stock`, standing at (`lat`, `lng`).
+    pub async fn merchant_at(&self, sku: &str, stock: i64, lat: f64, lng: f64) -> (String, String) {
         let r = self
             .post(
                 "/v1/merchants",
                 &self.admin,
-                Some(json!({"name": "Test Kitchen", "location": {"lat": 31.23, "lng": 121.47}})),
+                Some(json!({"name": "Test Kitchen", "location": {"lat": lat, "lng": lng}})),
             )
             .await;
         assert_eq!(r.status, 201, "create merchant: {}", r.body);
@@ -301,40 +306,53 @@ impl TestApp {
 
     /// Creates a rider and puts it online; returns (rider id, rider token).
     pub async fn online_rider(&self) -> (String, String) {
-        let r = self
-            .post("/v1/riders", &self.admin, Some(json!({"name": "Rider"})))
-            .await;
-        assert_eq!(r.status, 201, "create rider: {}", r.body);
-        let rid = r.body["id"].as_str().expect("rider id").to_string();
-        let token = self.token(Role::Rider, &rid);
-        let r = self
-            .post(
-                &format!("/v1/riders/{rid}/online"),
-                &token,
-                Some(json!({"location": {"lat": 31.22, "lng": 121.46}})),
-            )
-            .await;
-        assert_eq!(r.status, 200, "rider online: {}", r.body);
-        (rid, token)
+        self.rider_at(31.22, 121.46).await
     }
 
     /// Creates a rider and puts it online at (`lat`, `lng`); returns (rider id, rider token).
     pub async fn rider_at(&self, lat: f64, lng: f64) -> (String, String) {
+        let (rid, token) = self.new_rider().await;
+        self.go_online(&rid, &token, lat, lng).await;
+        (rid, token)
+    }
+
+    /// Creates a rider, opens its feed (whose snapshot shows no offer) and only then puts it
+    /// online at (`lat`, `lng`), so no offer can slip past the feed; returns (rider id, rider
+    /// token, feed).
+    pub async fn rider_with_feed(&self, lat: f64, lng: f64) -> (String, String, Socket) {
+        let (rid, token) = self.new_rider().await;
+        let mut feed = self
+            .ws(&format!("/v1/riders/{rid}/feed"), &token)
+            .await
+            .expect("rider feed");
+        let snap = feed.json(5).await;
+        assert_eq!(snap["type"], "snapshot");
+        assert!(snap["offer"].is_null());
+        self.go_online(&rid, &token, lat, lng).await;
+        (rid, token, feed)
+    }
+
+    /// Creates an offline rider; returns (rider id, rider token).
+    async fn new_rider(&self) -> (String, String) {
         let r = self
             .post("/v1/riders", &self.admin, Some(json!({"name": "Rider"})))
             .await;
         assert_eq!(r.status, 201, "create rider: {}", r.body);
         let rid = r.body["id"].as_str().expect("rider id").to_string();
         let token = self.token(Role::Rider, &rid);
+        (rid, token)
+    }
+
+    /// Puts rider `rid` online at (`lat`, `lng`).
+    async fn go_online(&self, rid: &str, token: &str, lat: f64, lng: f64) {
         let r = self
             .post(
                 &format!("/v1/riders/{rid}/online"),
-                &token,
+                token,
                 Some(json!({"location": {"lat": lat, "lng": lng}})),
             )
             .await;
         assert_eq!(r.status, 200, "rider online: {}", r.body);
-        (rid, token)
     }
 
     /// Places and pays an order of one `sku` as `customer`, then lets merchant `mtoken`
