@@ -260,7 +260,10 @@ impl State {
             .collect();
         let text = json!({
             "type": "snapshot", "v": self.version, "ts": now,
-            "legend": { "rider": RIDER_STATES, "order": ORDER_STATES },
+            "legend": {
+                "rider": RIDER_STATES, "order": ORDER_STATES,
+                "status": ALL_STATUSES.map(OrderStatus::as_str),
+            },
             "riders": riders, "orders": orders, "stats": self.stats(now),
         })
         .to_string();
@@ -616,6 +619,41 @@ mod tests {
         assert_eq!(d["stats"]["status"]["completed"], 1);
         assert_eq!(d["stats"]["status"]["picked_up"], 0);
         assert_eq!(d["stats"]["status"]["accepted"], 0);
+        drop(w);
+    }
+
+    #[tokio::test]
+    async fn at_ten_thousand_riders_a_delta_carries_only_what_moved() {
+        let view = OpsView::new();
+        let ids: Vec<String> = (0..10_000).map(|_| crate::domain::new_id()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            view.rider(RiderSeen {
+                rider_id: id.clone(),
+                location: Some(Location {
+                    lat: 31.1 + (i % 100) as f64 * 0.0031,
+                    lng: 121.3 + (i / 100) as f64 * 0.0047,
+                }),
+                online: true,
+                order_id: None,
+            });
+        }
+        let w = view.watch(Duration::from_secs(3600));
+        let full = w.snapshot.text.len();
+        assert_eq!(parse(&w.snapshot)["riders"].as_array().map(Vec::len), Some(10_000));
+        // A 250 ms tick when every rider reports about every 5 s: one in twenty moved.
+        for id in ids.iter().step_by(20) {
+            view.rider(RiderSeen {
+                location: Some(Location { lat: 31.2, lng: 121.4 }),
+                ..seen(id, 0.0, None)
+            });
+        }
+        let delta = view.lock().delta();
+        assert_eq!(parse(&delta)["riders"].as_array().map(Vec::len), Some(500));
+        println!(
+            "10,000 riders: snapshot {full} bytes, delta of 500 moves {} bytes",
+            delta.text.len()
+        );
+        assert!(delta.text.len() * 10 < full, "a delta is a fraction of a snapshot");
         drop(w);
     }
 
