@@ -101,10 +101,7 @@ async fn only_an_admin_may_open_the_ops_socket_and_the_page_is_served() {
             "a {who} token is refused at the upgrade"
         );
     }
-    assert_eq!(
-        app.ws("/v1/ops/live", "not-a-token").await.err(),
-        Some(401)
-    );
+    assert_eq!(app.ws("/v1/ops/live", "not-a-token").await.err(), Some(401));
     let admin = app.token(Role::Admin, "ops");
     let mut sock = app.ws("/v1/ops/live", &admin).await.expect("admin socket");
     let snap = sock.json(5).await;
@@ -124,8 +121,14 @@ async fn only_an_admin_may_open_the_ops_socket_and_the_page_is_served() {
         .to_string();
     assert!(ctype.starts_with("text/html"), "{ctype}");
     let html = page.text().await.expect("page body");
-    assert!(html.contains("/v1/ops/live"), "the page opens the ops socket");
-    assert!(!html.contains("http://") && !html.contains("https://"), "nothing from outside");
+    assert!(
+        html.contains("/v1/ops/live"),
+        "the page opens the ops socket"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing from outside"
+    );
 }
 
 #[actix_rt::test]
@@ -150,7 +153,11 @@ async fn snapshots_and_deltas_follow_riders_and_orders_as_they_move() {
     .await;
 
     let r = app
-        .post(&format!("/v1/riders/{rid}/offers/{oid}/accept"), &rtoken, None)
+        .post(
+            &format!("/v1/riders/{rid}/offers/{oid}/accept"),
+            &rtoken,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "accept offer: {}", r.body);
     map.until(&mut sock, "the rider carrying, the order assigned", |m| {
@@ -165,7 +172,11 @@ async fn snapshots_and_deltas_follow_riders_and_orders_as_they_move() {
     assert_eq!(map.stats["status"]["rider_assigned"], 1, "{}", map.stats);
 
     let r = app
-        .post(&format!("/v1/riders/{rid}/orders/{oid}/pickup"), &rtoken, None)
+        .post(
+            &format!("/v1/riders/{rid}/orders/{oid}/pickup"),
+            &rtoken,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "pickup: {}", r.body);
     let r = app
@@ -191,12 +202,18 @@ async fn snapshots_and_deltas_follow_riders_and_orders_as_they_move() {
     assert!(at(fresh.orders.get(&oid), 31.2101, 121.4802, 2), "{snap}");
 
     let r = app
-        .post(&format!("/v1/riders/{rid}/orders/{oid}/deliver"), &rtoken, None)
+        .post(
+            &format!("/v1/riders/{rid}/orders/{oid}/deliver"),
+            &rtoken,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "deliver: {}", r.body);
-    map.until(&mut sock, "the delivered order off the map, the rider idle", |m| {
-        !m.orders.contains_key(&oid) && at(m.riders.get(&rid), 31.2101, 121.4802, 0)
-    })
+    map.until(
+        &mut sock,
+        "the delivered order off the map, the rider idle",
+        |m| !m.orders.contains_key(&oid) && at(m.riders.get(&rid), 31.2101, 121.4802, 0),
+    )
     .await;
     assert_eq!(map.stats["status"]["delivered"], 1, "{}", map.stats);
 

@@ -80,7 +80,9 @@ async fn run(socket: WebSocket, st: Arc<ApiState>, mut watch: Watch) {
                 }
                 Ok(Err(_)) => false,
                 Err(_) => {
-                    metrics::WS_DROPS.with_label_values(&[KIND, "stalled"]).inc();
+                    metrics::WS_DROPS
+                        .with_label_values(&[KIND, "stalled"])
+                        .inc();
                     false
                 }
             }

@@ -285,7 +285,10 @@ impl State {
         let mut riders = Vec::with_capacity(c.riders.len());
         for id in &c.riders {
             match self.riders.get(id) {
-                Some(RiderDot { at: Some((lat, lng)), .. }) => {
+                Some(RiderDot {
+                    at: Some((lat, lng)),
+                    ..
+                }) => {
                     let state = self.riders[id].state();
                     riders.push((id.as_str(), *lat, *lng, state));
                 }
@@ -438,8 +441,7 @@ impl OpsView {
             OrderStatus::Accepted => Some(after.updated_at),
             _ => accepted_at,
         };
-        if after.status == OrderStatus::RiderAssigned && prev != Some(OrderStatus::RiderAssigned)
-        {
+        if after.status == OrderStatus::RiderAssigned && prev != Some(OrderStatus::RiderAssigned) {
             if let Some(t) = accepted_at {
                 st.assign.push_back((now, (after.updated_at - t).max(0)));
                 while st.assign.len() > ASSIGN_SAMPLES
@@ -544,8 +546,14 @@ mod tests {
             status,
             items: vec![],
             total_cents: 100,
-            deliver_to: Location { lat: 31.0, lng: 121.0 },
-            pickup: Some(Location { lat: 31.2, lng: 121.4 }),
+            deliver_to: Location {
+                lat: 31.0,
+                lng: 121.0,
+            },
+            pickup: Some(Location {
+                lat: 31.2,
+                lng: 121.4,
+            }),
             version,
             created_at: 1_000,
             updated_at: 1_000 + version * 100,
@@ -605,8 +613,15 @@ mod tests {
         );
         let d = parse(&view.lock().delta());
         assert_eq!(d["riders"], json!([["r1", 31.15, 121.5, 2]]));
-        assert_eq!(d["orders"], json!([["o1", 31.15, 121.5, 2]]), "carried: at its rider");
-        assert_eq!(d["stats"]["p99_assign_ms"], 100, "accepted at v3, assigned at v4");
+        assert_eq!(
+            d["orders"],
+            json!([["o1", 31.15, 121.5, 2]]),
+            "carried: at its rider"
+        );
+        assert_eq!(
+            d["stats"]["p99_assign_ms"], 100,
+            "accepted at v3, assigned at v4"
+        );
 
         // A stale event changes nothing; a terminal one takes the order off the map.
         view.order(None, &order("o1", OrderStatus::Accepted, 2, None));
@@ -639,11 +654,17 @@ mod tests {
         }
         let w = view.watch(Duration::from_secs(3600));
         let full = w.snapshot.text.len();
-        assert_eq!(parse(&w.snapshot)["riders"].as_array().map(Vec::len), Some(10_000));
+        assert_eq!(
+            parse(&w.snapshot)["riders"].as_array().map(Vec::len),
+            Some(10_000)
+        );
         // A 250 ms tick when every rider reports about every 5 s: one in twenty moved.
         for id in ids.iter().step_by(20) {
             view.rider(RiderSeen {
-                location: Some(Location { lat: 31.2, lng: 121.4 }),
+                location: Some(Location {
+                    lat: 31.2,
+                    lng: 121.4,
+                }),
                 ..seen(id, 0.0, None)
             });
         }
@@ -653,7 +674,10 @@ mod tests {
             "10,000 riders: snapshot {full} bytes, delta of 500 moves {} bytes",
             delta.text.len()
         );
-        assert!(delta.text.len() * 10 < full, "a delta is a fraction of a snapshot");
+        assert!(
+            delta.text.len() * 10 < full,
+            "a delta is a fraction of a snapshot"
+        );
         drop(w);
     }
 
@@ -674,8 +698,17 @@ mod tests {
         assert!(moved, "the rider's report reached a delta");
         drop(w);
         for _ in 0..200 {
-            if view.inner.ticker.lock().map(|t| t.is_none()).unwrap_or(false) {
-                assert!(view.lock().changes.is_none(), "nothing tracked while unwatched");
+            if view
+                .inner
+                .ticker
+                .lock()
+                .map(|t| t.is_none())
+                .unwrap_or(false)
+            {
+                assert!(
+                    view.lock().changes.is_none(),
+                    "nothing tracked while unwatched"
+                );
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
