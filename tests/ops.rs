@@ -227,3 +227,27 @@ async fn snapshots_and_deltas_follow_riders_and_orders_as_they_move() {
     .await;
     assert!(map.frames > 3, "deltas, not one snapshot: {}", map.frames);
 }
+
+#[actix_rt::test]
+async fn orders_opened_before_the_node_started_are_on_the_first_watchers_map() {
+    let url = fresh_db(Db::Sqlite).await;
+    let mut cfg = config(&url, LockBackendKind::Local);
+    cfg.realtime.ops_interval_ms = 50;
+    let app = TestApp::spawn(cfg.clone()).await;
+    let (mid, mtoken) = app.merchant_with_stock("dumpling", 5).await;
+    let oid = app.accepted_order("bob", &mid, &mtoken, "dumpling").await;
+    app.shutdown().await;
+
+    // A new node on the same store: nothing has happened to the order since it started.
+    let app = TestApp::spawn(cfg).await;
+    let admin = app.token(Role::Admin, "ops");
+    let mut sock = app.ws("/v1/ops/live", &admin).await.expect("ops socket");
+    let snap = sock.json(5).await;
+    let mut map = Map::default();
+    map.apply(&snap);
+    assert!(
+        at(map.orders.get(&oid), 31.23, 121.47, 0),
+        "the waiting order is on the map: {snap}"
+    );
+    assert_eq!(map.stats["status"]["accepted"], 1, "{}", map.stats);
+}

@@ -4,7 +4,8 @@
 //!
 //! The socket authenticates before the upgrade like the others (bearer header, or `?token=`
 //! since a browser cannot set headers on a websocket) and refuses anyone but an admin with a
-//! JSON error. Once open it only listens for the close; a client that falls more than a few
+//! JSON error. The node's first watcher also reads the open orders from the store, so orders
+//! opened before the node started are on the map before they next change. Once open it only listens for the close; a client that falls more than a few
 //! frames behind gets a fresh snapshot rather than the deltas it missed.
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use warp::Reply;
 
 use super::ws::bearer;
 use super::{ApiError, ApiState};
+use crate::actors::order_machine::OrderStatus;
 use crate::error::Error;
 use crate::metrics;
 use crate::realtime::ops::Watch;
@@ -56,6 +58,18 @@ pub(super) async fn live(
     let caller = st.auth.caller(bearer(auth, &query).as_deref())?;
     if !caller.is_admin() {
         return Err(Error::Forbidden("only an admin may watch operations".into()).into());
+    }
+    if st.hub.ops().needs_seed() {
+        let open = [
+            OrderStatus::Accepted,
+            OrderStatus::RiderAssigned,
+            OrderStatus::PickedUp,
+        ];
+        match st.store.orders_in(&open, None).await {
+            Ok(orders) => st.hub.ops().seed(orders),
+            // The map still fills in from live events; the next watcher tries again.
+            Err(e) => tracing::warn!(error = %e, "ops view: could not read the open orders"),
+        }
     }
     let interval = Duration::from_millis(st.realtime.ops_interval_ms);
     let watch = st.hub.ops().watch(interval);

@@ -147,6 +147,8 @@ struct State {
     version: u64,
     /// Some while a ticker runs.
     changes: Option<Changes>,
+    /// The store's open orders were read in (by the first watcher).
+    seeded: bool,
 }
 
 fn round(l: Location) -> (f64, f64) {
@@ -471,6 +473,35 @@ impl OpsView {
             },
         );
         st.order_changed(&after.id);
+    }
+
+    /// True until [`OpsView::seed`] ran: orders opened before this node started (or joined)
+    /// are known only once they change, so the first watcher reads them from the store.
+    pub fn needs_seed(&self) -> bool {
+        !self.lock().seeded
+    }
+
+    /// Adds open orders read from the store that the view has not seen (newer events win).
+    pub fn seed(&self, orders: Vec<Order>) {
+        let mut st = self.lock();
+        st.seeded = true;
+        for o in orders {
+            if o.status.is_terminal() || st.orders.contains_key(&o.id) {
+                continue;
+            }
+            st.counts[status_index(o.status)] += 1;
+            st.orders.insert(
+                o.id.clone(),
+                OrderDot {
+                    status: o.status,
+                    version: o.version,
+                    pickup: o.pickup.map(round),
+                    rider: o.rider_id.clone(),
+                    accepted_at: (o.status == OrderStatus::Accepted).then_some(o.updated_at),
+                },
+            );
+            st.order_changed(&o.id);
+        }
     }
 
     /// Starts watching: a snapshot now, and a delta every `interval` after it. The first watcher
