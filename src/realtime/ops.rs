@@ -713,6 +713,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn in_a_cluster_a_riders_report_reaches_the_view_of_the_hub_that_reads_it() {
+        // What a rider actor's node produces (`Fanout::rider_seen` through the live sink) and
+        // the events feed of every node reads back (`LiveEvent::publish`).
+        let report = seen("r1", 31.1, Some("o1"));
+        let event = crate::realtime::LiveEvent {
+            topic: crate::realtime::Topic::Rider("r1".into()),
+            kind: RIDER_KIND.into(),
+            order_id: None,
+            fields: serde_json::to_value(&report).unwrap_or_default(),
+        };
+        let wire = serde_json::to_string(&event).unwrap_or_default();
+        let read: crate::realtime::LiveEvent =
+            serde_json::from_str(&wire).expect("a live event reads back");
+        let hub = crate::realtime::Hub::new(8);
+        let mut feed = hub.subscribe(crate::realtime::Topic::Rider("r1".into()));
+        read.publish(&hub);
+        let snap = parse(&hub.ops().watch(Duration::from_secs(3600)).snapshot);
+        assert_eq!(snap["riders"], json!([["r1", 31.1, 121.5, 2]]));
+        assert!(
+            feed.rx.try_recv().is_err(),
+            "the rider's own feed does not get it"
+        );
+    }
+
+    #[tokio::test]
     async fn the_ticker_broadcasts_while_watched_and_stops_after() {
         let view = OpsView::new();
         let mut w = view.watch(Duration::from_millis(10));
