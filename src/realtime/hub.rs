@@ -1,5 +1,6 @@
 //! The hub: topic -> subscribers, each a bounded queue. Publishing never blocks: a subscriber
 //! whose queue is full is cut off and marked slow, and its socket closes with that reason.
+//! The hub also owns the node's operations view (`ops`), and hands it every offer it publishes.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

@@ -287,13 +287,12 @@ impl State {
         let mut riders = Vec::with_capacity(c.riders.len());
         for id in &c.riders {
             match self.riders.get(id) {
-                Some(RiderDot {
-                    at: Some((lat, lng)),
-                    ..
-                }) => {
-                    let state = self.riders[id].state();
-                    riders.push((id.as_str(), *lat, *lng, state));
-                }
+                Some(
+                    r @ RiderDot {
+                        at: Some((lat, lng)),
+                        ..
+                    },
+                ) => riders.push((id.as_str(), *lat, *lng, r.state())),
                 _ => riders_gone.push(id.as_str()),
             }
         }
