@@ -116,8 +116,8 @@ async fn run(socket: WebSocket, st: Arc<ApiState>, mut watch: Watch) {
                     shown = f.version;
                     open = send!(Message::text(f.text.clone()));
                 }
-                Err(RecvError::Lagged(_)) => {
-                    metrics::WS_DROPS.with_label_values(&[KIND, "resync"]).inc();
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::info!(missed, "ops socket fell behind; sending a fresh snapshot");
                     let snap = watch.resync();
                     shown = snap.version;
                     open = send!(Message::text(snap.text));
