@@ -737,6 +737,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_watcher_that_falls_behind_gets_a_snapshot_and_the_deltas_after_it() {
+        let view = OpsView::new();
+        let mut w = view.watch(Duration::from_millis(5));
+        view.rider(seen("r1", 31.1, None));
+        // Read nothing while more than the backlog of ticks go by.
+        let lagged = loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if view.lock().version > BACKLOG as u64 + 2 {
+                break w.frames.recv().await;
+            }
+        };
+        assert!(
+            matches!(lagged, Err(broadcast::error::RecvError::Lagged(_))),
+            "{lagged:?}"
+        );
+        let snap = w.resync();
+        assert_eq!(parse(&snap)["riders"], json!([["r1", 31.1, 121.5, 0]]));
+        let next = w.frames.recv().await.expect("a delta after the snapshot");
+        assert!(
+            next.version > snap.version,
+            "{} after {}",
+            next.version,
+            snap.version
+        );
+    }
+
+    #[tokio::test]
     async fn the_ticker_broadcasts_while_watched_and_stops_after() {
         let view = OpsView::new();
         let mut w = view.watch(Duration::from_millis(10));
