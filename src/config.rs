@@ -156,6 +156,8 @@ pub struct RealtimeConfig {
     pub send_timeout_ms: u64,
     /// At most one `rider_location` per order per this many ms.
     pub location_interval_ms: u64,
+    /// The live dispatch map's socket (`/v1/ops/live`) sends a delta this often, ms.
+    pub ops_interval_ms: u64,
 }
 
 /// Automatic dispatch settings. serde cannot deny unknown fields beside `flatten`, so the keys

@@ -227,6 +227,19 @@ pub static DISPATCH_ROUND_ORDERS: Lazy<HistogramVec> = Lazy::new(|| {
     )
 });
 
+/// Size of the frames the live dispatch map's socket sends, by kind (snapshot, delta).
+pub static OPS_FRAME_BYTES: Lazy<HistogramVec> = Lazy::new(|| {
+    must(
+        register_histogram_vec!(
+            "waimai_ops_frame_bytes",
+            "Bytes per live dispatch map frame, by kind",
+            &["kind"],
+            vec![256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0]
+        ),
+        "ops_frame_bytes",
+    )
+});
+
 /// Durable timers fired, by kind (payment_timeout, accept_timeout, auto_complete) and outcome.
 pub static TIMERS_FIRED: Lazy<IntCounterVec> = Lazy::new(|| {
     must(
@@ -439,6 +452,7 @@ pub fn render() -> String {
     Lazy::force(&DISPATCH_TIME_TO_ASSIGN);
     Lazy::force(&DISPATCH_ROUND_SECONDS);
     Lazy::force(&DISPATCH_ROUND_ORDERS);
+    Lazy::force(&OPS_FRAME_BYTES);
     Lazy::force(&TIMERS_FIRED);
     Lazy::force(&STORE_QUEUE_DEPTH);
     Lazy::force(&ORDERS_OLDEST_IN_STATUS);

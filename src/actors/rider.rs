@@ -22,7 +22,7 @@ use crate::messages::{
 };
 use crate::metrics;
 use crate::model::{Order, OutboxEvent, Rider};
-use crate::realtime::Topic;
+use crate::realtime::{RiderSeen, Topic};
 use crate::store::{ShardEpoch, StoreError, Write};
 
 // ---- actor ----
@@ -48,6 +48,8 @@ pub struct RiderActor {
     /// A position arrived inside the throttle interval and a push of the latest one is
     /// scheduled for the interval's end (so the last position before a pause is not lost).
     trailing: bool,
+    /// What the operations view was last told: online, and the order carried.
+    shown: Option<(bool, Option<String>)>,
 }
 
 impl Entity for RiderActor {
@@ -64,6 +66,7 @@ impl Entity for RiderActor {
             idle: Idleness::new(),
             last_push: None,
             trailing: false,
+            shown: None,
         }
     }
 
@@ -158,8 +161,10 @@ impl RiderActor {
     }
 
     /// Tells the rider's dispatch zone where it is and whether it can take work (and the zone
-    /// it just left, that it is gone from there).
+    /// it just left, that it is gone from there), and the operations view when its state
+    /// changed (its moves go there with `push_location`).
     fn tell_dispatch(&mut self) {
+        self.show_state();
         if !self.deps.settings.dispatch {
             return;
         }
@@ -197,13 +202,36 @@ impl RiderActor {
         self.zone = zone;
     }
 
-    /// Sends the position to whoever tracks the order this rider carries, at most once per
-    /// configured interval.
+    /// Tells the operations view that the rider went online or offline, or took or left an
+    /// order (at once, unthrottled: these are rare).
+    fn show_state(&mut self) {
+        let Loaded::Present(r) = &self.state else {
+            return;
+        };
+        let now = (r.online, r.current_order.clone());
+        if self.shown.as_ref() == Some(&now) {
+            return;
+        }
+        if self.shown.as_ref().map(|s| &s.1) != Some(&now.1) {
+            // A new order's trackers get the first position at once, as if none went before.
+            self.last_push = None;
+        }
+        self.deps.events.rider_seen(RiderSeen {
+            rider_id: r.id.clone(),
+            location: r.location,
+            online: r.online,
+            order_id: r.current_order.clone(),
+        });
+        self.shown = Some(now);
+    }
+
+    /// Sends the position to the operations view and to whoever tracks the order this rider
+    /// carries, at most once per configured interval.
     fn push_location(&mut self, ctx: &mut Context<Self>) {
         let Loaded::Present(r) = &self.state else {
             return;
         };
-        let (Some(_), Some(loc)) = (&r.current_order, r.location) else {
+        let Some(loc) = r.location else {
             return;
         };
         let every = self.deps.settings.location_interval;
@@ -219,6 +247,14 @@ impl RiderActor {
             return;
         }
         self.last_push = Some(std::time::Instant::now());
+        if r.online {
+            self.deps.events.rider_seen(RiderSeen {
+                rider_id: r.id.clone(),
+                location: Some(loc),
+                online: true,
+                order_id: r.current_order.clone(),
+            });
+        }
         for order in r.current_order.iter().chain(&self.stacked) {
             self.deps.events.live(
                 Topic::Order(order.clone()),

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 mod handlers;
+mod ops;
 pub mod trace;
 mod ws;
 
@@ -289,6 +290,16 @@ pub fn routes(
         .and(bearer)
         .and(query)
         .then(|id, s, w, a, q| timed("GET /v1/riders/{id}/feed", ws::rider_feed(s, w, a, q, id)));
+    let ops_page = warp::path!("ops")
+        .and(warp::get())
+        .then(|| timed("GET /ops", async { Ok(ops::page()) }));
+    let ops_live = warp::path!("v1" / "ops" / "live")
+        .and(warp::get())
+        .and(st.clone())
+        .and(warp::ws())
+        .and(bearer)
+        .and(query)
+        .then(|s, w, a, q| timed("GET /v1/ops/live", ops::live(s, w, a, q)));
 
     let create_order = warp::path!("v1" / "orders")
         .and(warp::post())
@@ -337,6 +348,8 @@ pub fn routes(
         track.boxed(),
         merchant_feed.boxed(),
         rider_feed.boxed(),
+        ops_page.boxed(),
+        ops_live.boxed(),
         cluster.boxed(),
         reload.boxed(),
         link.boxed(),

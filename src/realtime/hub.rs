@@ -1,5 +1,6 @@
 //! The hub: topic -> subscribers, each a bounded queue. Publishing never blocks: a subscriber
 //! whose queue is full is cut off and marked slow, and its socket closes with that reason.
+//! The hub also owns the node's operations view (`ops`), and hands it every offer it publishes.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -55,6 +56,8 @@ struct Inner {
     seq: AtomicU64,
     next_sub: AtomicU64,
     buffer: usize,
+    /// The operations view, which sees every publication (watched or not).
+    ops: super::ops::OpsView,
 }
 
 /// The node's event hub. Cheap to clone.
@@ -95,6 +98,7 @@ impl Hub {
                 seq: AtomicU64::new(0),
                 next_sub: AtomicU64::new(1),
                 buffer: buffer.max(1),
+                ops: super::ops::OpsView::new(),
             }),
         }
     }
@@ -110,6 +114,11 @@ impl Hub {
     ) -> std::sync::MutexGuard<'a, HashMap<Topic, Vec<Sub>>> {
         // A panic while holding the lock cannot leave the map inconsistent (single operations).
         m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node-wide operations view (the live dispatch map's source).
+    pub fn ops(&self) -> &super::ops::OpsView {
+        &self.inner.ops
     }
 
     /// The number of the last event published.
@@ -164,6 +173,13 @@ impl Hub {
         order: Option<(&str, Option<i64>, Option<OrderStatus>)>,
         fields: impl FnOnce() -> Value,
     ) {
+        if let Topic::Rider(rider) = &topic {
+            match kind {
+                "offer" => self.inner.ops.offer(rider, order.map(|o| o.0)),
+                "offer_withdrawn" => self.inner.ops.offer(rider, None),
+                _ => {}
+            }
+        }
         let mut map = Self::lock(self.slot(&topic));
         let Some(subs) = map.get_mut(&topic) else {
             return;

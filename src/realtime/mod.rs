@@ -12,6 +12,7 @@
 //! persisted (offers, rider positions) are produced to the topic directly.
 
 pub mod hub;
+pub mod ops;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use hub::{Event, Hub, Subscription, Topic};
+pub use ops::{OpsView, RiderSeen};
 
 use crate::actors::order_machine::OrderStatus;
 use crate::model::Order;
@@ -40,6 +42,12 @@ pub struct LiveEvent {
 impl LiveEvent {
     /// Publishes it to `hub`.
     pub fn publish(self, hub: &Hub) {
+        if self.kind == ops::RIDER_KIND {
+            if let Ok(seen) = serde_json::from_value::<RiderSeen>(self.fields) {
+                hub.ops().rider(seen);
+            }
+            return;
+        }
         let order = self.order_id.as_deref().map(|o| (o, None, None));
         hub.publish(self.topic, &self.kind, order, || self.fields);
     }
@@ -86,6 +94,20 @@ impl Fanout {
         }
     }
 
+    /// A rider's report for the operations view: this node's on a single node, every node's
+    /// in a cluster (through the events topic).
+    pub fn rider_seen(&self, seen: RiderSeen) {
+        match self {
+            Fanout::Local(hub) => hub.ops().rider(seen),
+            Fanout::Cluster { live, .. } => live.send(LiveEvent {
+                topic: Topic::Rider(seen.rider_id.clone()),
+                kind: ops::RIDER_KIND.to_string(),
+                order_id: None,
+                fields: serde_json::to_value(&seen).unwrap_or_default(),
+            }),
+        }
+    }
+
     /// A live event of `kind` for `topic`. `fields` is only built when it can reach someone.
     pub fn live(
         &self,
@@ -115,6 +137,7 @@ pub fn publish_order(
     previous_rider: Option<&str>,
     after: &Order,
 ) {
+    hub.ops().order(from, after);
     let order_ref = Some((after.id.as_str(), Some(after.version), Some(after.status)));
     hub.publish(Topic::Order(after.id.clone()), "status", order_ref, || {
         serde_json::json!({
