@@ -64,6 +64,8 @@ pub struct Node {
     pub timers: Addr<TimerActor>,
     /// The payment provider.
     pub payments: crate::payments::Payments,
+    /// Rate limits, load shedding, the browse cache.
+    pub gateway: Arc<crate::gateway::Gateway>,
     /// The simulated provider, when it is the one in use (its callbacks need this node's address).
     sim: Option<Arc<crate::payments::sim::SimProvider>>,
     /// The node's part in a cluster, if it is in one.
@@ -201,6 +203,20 @@ impl Node {
                 refund_retry: Duration::from_millis(config.payments.refund_retry_ms),
             },
         )));
+        let gateway = Arc::new(build_gateway(&config, &router, &store).await?);
+        if let Some(limits) = &gateway.limits {
+            let gw = gateway.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    if let Some(l) = &gw.limits {
+                        l.retain_recent();
+                    }
+                }
+            }));
+            tracing::info!(cluster_wide = limits.cluster_wide(), "rate limits on");
+        }
         if config.auth.jwt_secret == DEV_SECRET {
             tracing::warn!("auth.jwt_secret is the shipped dev secret: set WAIMAI__AUTH__JWT_SECRET before exposing this node");
         }
@@ -213,6 +229,7 @@ impl Node {
             hub,
             timers,
             payments,
+            gateway,
             sim: Some(sim),
             cluster,
             tasks,
@@ -243,6 +260,7 @@ impl Node {
             node_id: self.node_id(),
             payments: self.payments.clone(),
             payments_cfg: self.config.payments.clone(),
+            gateway: self.gateway.clone(),
         });
         let routes = api::routes(state, self.config.server.body_limit_bytes);
         // Nagle off: websocket events and small responses go out at once instead of waiting
@@ -284,6 +302,49 @@ impl Node {
         }
         tracing::info!("node stopped");
     }
+}
+
+/// The gateway's defences from `gateway:` (cluster-wide rate limits through the lock service's
+/// Redis when it is configured and `gateway.limits.backend` is `auto`).
+async fn build_gateway(
+    config: &Config,
+    router: &Router,
+    store: &Store,
+) -> Result<crate::gateway::Gateway, StartError> {
+    let g = &config.gateway;
+    let limits = if g.limits.enabled {
+        let redis = match g.limits.backend.as_str() {
+            "auto" if config.lock.backend == LockBackendKind::Redis => {
+                Some(crate::gateway::RedisTarget {
+                    url: config.lock.redis_url.clone(),
+                    prefix: config.lock.key_prefix.clone(),
+                })
+            }
+            "auto" | "local" => None,
+            other => {
+                return Err(StartError::Config(format!(
+                    "gateway.limits.backend {other:?} is not known (auto, local)"
+                )))
+            }
+        };
+        let l = crate::gateway::Limits::new(
+            g.limits.write,
+            g.limits.read,
+            g.limits.ws,
+            redis,
+            crate::breaker::BreakerSettings::from_config(&g.breaker),
+        )
+        .await
+        .map_err(|e| StartError::Lock(LockError::Unavailable(e.to_string())))?;
+        Some(l)
+    } else {
+        None
+    };
+    Ok(crate::gateway::Gateway {
+        limits,
+        admission: crate::gateway::Admission::new(g.shed.clone(), router.clone(), store.clone()),
+        cache: crate::gateway::BrowseCache::new(g.cache.clone(), router.clone()),
+    })
 }
 
 /// Refuses cluster settings that cannot be safe.
