@@ -95,7 +95,17 @@ impl Node {
             check_cluster_config(&config, store.backend())?;
         }
         store.migrate().await?;
-        let backend = LockBackend::from_config(&config.lock).await?;
+        let breaker = crate::breaker::BreakerSettings::from_config(&config.gateway.breaker);
+        let backend = LockBackend::from_config_guarded(&config.lock, breaker).await?;
+        store.guard(crate::breaker::Breaker::new(
+            "store",
+            crate::breaker::BreakerSettings {
+                // A commit waits for its batch under load; the pool's acquire timeout bounds
+                // the wait for a connection.
+                timeout: None,
+                ..breaker
+            },
+        ));
         tracing::info!(
             store = store.backend().name(),
             lock = backend.name(),
@@ -142,7 +152,10 @@ impl Node {
             sim.set_callback_url(config.payments.callback_url.clone());
         }
         tasks.push(tokio::spawn(sim.clone().run()));
-        let payments: crate::payments::Payments = sim.clone();
+        let payments: crate::payments::Payments = Arc::new(crate::payments::guarded::Guarded::new(
+            sim.clone(),
+            crate::breaker::Breaker::new("payments", breaker),
+        ));
         let deps: Deps = Arc::new(Services {
             store: store.clone(),
             router: router.clone(),
@@ -262,7 +275,21 @@ impl Node {
             payments_cfg: self.config.payments.clone(),
             gateway: self.gateway.clone(),
         });
-        let routes = api::routes(state, self.config.server.body_limit_bytes);
+        // The access log (`RUST_LOG=waimai::access=debug`) has the path only, never the query:
+        // websocket URLs carry the bearer token as `?token=`.
+        let routes = warp::Filter::with(
+            api::routes(state, self.config.server.body_limit_bytes),
+            warp::log::custom(|info| {
+                tracing::debug!(
+                    target: "waimai::access",
+                    method = %info.method(),
+                    path = info.path(),
+                    status = info.status().as_u16(),
+                    micros = info.elapsed().as_micros() as u64,
+                    "request"
+                );
+            }),
+        );
         // Nagle off: websocket events and small responses go out at once instead of waiting
         // for the peer's delayed ACK (it cost ~40 ms on an event following another message).
         let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
@@ -509,14 +536,41 @@ async fn sample_order_ages(store: Store) {
     }
 }
 
+/// Refuses to listen beyond loopback with a secret shipped in `config.yaml`: anyone who reads
+/// the repository could mint admin tokens (`auth.jwt_secret`) or forge payment callbacks
+/// (`payments.hmac_secret`).
+pub fn check_secrets(config: &Config, addr: std::net::SocketAddr) -> Result<(), StartError> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let mut shipped = Vec::new();
+    if config.auth.jwt_secret == DEV_SECRET {
+        shipped.push("auth.jwt_secret (set WAIMAI__AUTH__JWT_SECRET)");
+    }
+    if config.payments.hmac_secret == crate::config::DEV_PAYMENTS_SECRET {
+        shipped.push("payments.hmac_secret (set WAIMAI__PAYMENTS__HMAC_SECRET)");
+    }
+    if shipped.is_empty() {
+        return Ok(());
+    }
+    Err(StartError::Config(format!(
+        "refusing to listen on {addr} (not loopback) with the development secret shipped in \
+         config.yaml for {}: set a long random value (e.g. `openssl rand -hex 32`) in the \
+         environment or a --config file, or listen on 127.0.0.1",
+        shipped.join(" and ")
+    )))
+}
+
 /// Starts a node, serves until `shutdown`, then shuts it down cleanly.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let addr = listener.local_addr()?;
+    check_secrets(&config, addr)?;
     let node = Node::start(config).await?;
-    tracing::info!(addr = %listener.local_addr()?, "waimai listening");
+    tracing::info!(%addr, "waimai listening");
     node.serve(listener, shutdown).await;
     node.shutdown().await;
     Ok(())
