@@ -66,12 +66,13 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
-    /// Requests per second one caller (the token's subject) may make, sustained.
-    pub customer_per_s: u32,
+    /// Requests per second one caller (the token's subject) may make, sustained (may be a
+    /// fraction: 0.5 is one every two seconds).
+    pub customer_per_s: f64,
     /// How many a caller may make at once.
     pub customer_burst: u32,
     /// Requests per second from one client IP, sustained.
-    pub ip_per_s: u32,
+    pub ip_per_s: f64,
     /// How many from one client IP at once.
     pub ip_burst: u32,
 }

@@ -82,14 +82,17 @@ struct Rule {
 }
 
 impl Rule {
-    fn new(per_s: u32, burst: u32) -> Option<Rule> {
-        let per_s = NonZeroU32::new(per_s)?;
+    fn new(per_s: f64, burst: u32) -> Option<Rule> {
+        if !per_s.is_finite() || per_s <= 0.0 {
+            return None;
+        }
+        let interval = Duration::from_secs_f64(1.0 / per_s).max(Duration::from_micros(1));
         let burst = NonZeroU32::new(burst.max(1))?;
-        let quota = Quota::per_second(per_s).allow_burst(burst);
+        let quota = Quota::with_period(interval)?.allow_burst(burst);
         Some(Rule {
             local: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
             burst: burst.get(),
-            interval_us: (1_000_000 / u64::from(per_s.get())).max(1),
+            interval_us: interval.as_micros().max(1) as u64,
         })
     }
 

@@ -199,6 +199,12 @@ async fn place(
             ctx.rec.op(CREATE_ORDER, it.intended, class);
             Placed::OutOfStock
         }
+        Ok(r) if r.shed() => {
+            // Refused before any work: the order does not exist.
+            ctx.rec
+                .op(CREATE_ORDER, it.intended, Class::Shed(kind.clone()));
+            Placed::Failed(kind)
+        }
         other => {
             // No answer or a server error: the order may exist. Resolved after the run.
             if other.as_ref().map_or(true, |r| r.status >= 500) {
