@@ -9,7 +9,6 @@ use std::time::Duration;
 use actix::{Actor, Addr, Arbiter};
 use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::actors::lock::LockActor;
 use crate::actors::order_machine::OrderStatus;
@@ -290,18 +289,42 @@ impl Node {
                 );
             }),
         );
+        // hyper directly rather than `warp::serve(..).serve_incoming(..)`: warp forgets the
+        // peer's address of connections it did not accept itself, and the rate limits key on
+        // it. Each request carries its connection's address as an `api::ClientAddr`.
+        let mut incoming = match warp::hyper::server::conn::AddrIncoming::from_listener(listener) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve on the listener");
+                return;
+            }
+        };
         // Nagle off: websocket events and small responses go out at once instead of waiting
         // for the peer's delayed ACK (it cost ~40 ms on an event following another message).
-        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-            conn.inspect(|stream| {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        incoming.set_nodelay(true);
+        let svc = warp::service(routes);
+        let make = warp::hyper::service::make_service_fn(
+            move |conn: &warp::hyper::server::conn::AddrStream| {
+                let addr = conn.remote_addr();
+                let svc = svc.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(warp::hyper::service::service_fn(
+                        move |mut req: warp::http::Request<warp::hyper::Body>| {
+                            req.extensions_mut().insert(api::ClientAddr(addr));
+                            let mut svc = svc.clone();
+                            warp::hyper::service::Service::call(&mut svc, req)
+                        },
+                    ))
                 }
-            })
-        });
-        warp::serve(routes)
-            .serve_incoming_with_graceful_shutdown(incoming, shutdown)
-            .await;
+            },
+        );
+        if let Err(e) = warp::hyper::Server::builder(incoming)
+            .serve(make)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "server error");
+        }
     }
 
     /// This node's id (in a cluster, as configured or derived from the listen address).

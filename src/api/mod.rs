@@ -50,6 +50,10 @@ pub struct ApiState {
     pub gateway: Arc<crate::gateway::Gateway>,
 }
 
+/// The address of the connection a request came on (set by the server for every request).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// The gateway's check before any route runs: rate limits by route class (per caller and per
 /// client IP) and, for writes, load shedding. Absent (a no-op filter) when both are off.
 fn gate(state: Arc<ApiState>) -> BoxedFilter<()> {
@@ -59,7 +63,7 @@ fn gate(state: Arc<ApiState>) -> BoxedFilter<()> {
     let st = warp::any().map(move || state.clone());
     warp::method()
         .and(warp::path::full())
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<ClientAddr>())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("upgrade"))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
@@ -72,7 +76,7 @@ fn gate(state: Arc<ApiState>) -> BoxedFilter<()> {
 async fn admit(
     method: warp::http::Method,
     path: warp::path::FullPath,
-    remote: Option<std::net::SocketAddr>,
+    remote: Option<ClientAddr>,
     auth: Option<String>,
     upgrade: Option<String>,
     query: String,
@@ -106,7 +110,7 @@ async fn admit(
     let key = caller.map(|c| format!("{:?}:{}", c.role, c.id));
     let entity = rest.split('/').nth(1).filter(|s| !s.is_empty());
     st.gateway
-        .admit(class, key.as_deref(), remote.map(|a| a.ip()), entity)
+        .admit(class, key.as_deref(), remote.map(|a| a.0.ip()), entity)
         .await
         .map_err(|r| warp::reject::custom(error::Gate(r)))
 }

@@ -211,16 +211,16 @@ impl Limits {
         &self,
         class: RouteClass,
         caller: Option<&str>,
-        ip: IpAddr,
+        ip: Option<IpAddr>,
     ) -> Result<(), Limited> {
         let rules = &self.classes[class.index()];
-        let ip_key = ip.to_string();
+        let ip_key = ip.map(|ip| ip.to_string());
         let mut keys: Vec<(&'static str, &str, &Rule)> = Vec::with_capacity(2);
         if let (Some(r), Some(c)) = (&rules.customer, caller) {
             keys.push(("customer", c, r));
         }
-        if let Some(r) = &rules.ip {
-            keys.push(("ip", &ip_key, r));
+        if let (Some(r), Some(ip)) = (&rules.ip, &ip_key) {
+            keys.push(("ip", ip, r));
         }
         if keys.is_empty() {
             return Ok(());

@@ -65,7 +65,7 @@ impl Gateway {
             }
         }
         // Shedding first: a request refused for the node's load is not charged to the caller.
-        if let (Some(l), Some(ip)) = (&self.limits, ip) {
+        if let Some(l) = &self.limits {
             l.check(class, caller, ip).await.map_err(Refusal::Limited)?;
         }
         Ok(())
