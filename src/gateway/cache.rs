@@ -184,3 +184,24 @@ fn encode(view: &MerchantView) -> Result<Bytes, Error> {
         .map(Bytes::from)
         .map_err(|e| Error::Unavailable(format!("encoding a merchant: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_are_jittered_downwards_within_the_share() {
+        let cfg = CacheConfig {
+            enabled: true,
+            capacity: 10,
+            ttl_ms: 1000,
+            jitter: 0.2,
+            negative_ttl_ms: 5000,
+        };
+        let cache = BrowseCache::new(cfg, Router::new(1));
+        let ttls: Vec<u128> = (0..200).map(|_| cache.ttl(1000).as_millis()).collect();
+        assert!(ttls.iter().all(|t| (800..=1000).contains(t)), "{ttls:?}");
+        let distinct: std::collections::HashSet<_> = ttls.iter().collect();
+        assert!(distinct.len() > 20, "TTLs are not spread: {distinct:?}");
+    }
+}
