@@ -219,7 +219,8 @@ pub struct ShardConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HS256 secret. The shipped default is a dev secret and `serve` warns about it.
+    /// HS256 secret. The shipped default is a dev secret: `serve` refuses a non-loopback address
+    /// while it is in use.
     pub jwt_secret: String,
     /// Lifetime of tokens minted by `waimai token`, seconds.
     pub token_ttl_secs: u64,
@@ -345,7 +346,8 @@ impl ClusterConfig {
     }
 }
 
-/// The secret shipped in `config.yaml`; `serve` warns when it is still in use.
+/// The secret shipped in `config.yaml`; `serve` refuses a non-loopback address while it is in
+/// use (see `server::check_secrets`).
 pub const DEV_SECRET: &str = "dev-secret-change-me";
 
 /// The embedded defaults (the repository's `config.yaml`).
