@@ -417,6 +417,7 @@ impl Report {
                 .get(super::scenarios::CREATE_ORDER)
                 .map(|s| s.ok)
                 .unwrap_or(0),
+            super::Scenario::Browse => 0,
             _ => g.orders_done,
         };
         let orders = OrdersReport {
@@ -474,6 +475,7 @@ impl Report {
     pub fn primary_rate(&self) -> f64 {
         let op = match self.scenario.as_str() {
             "lifecycle" | "track" => "whole_order",
+            "browse" => super::scenarios::BROWSE,
             _ => "create_order",
         };
         self.ops
