@@ -203,9 +203,15 @@ async fn place(
             Placed::OutOfStock
         }
         Ok(r) if r.shed() => {
-            // Refused before any work: the order does not exist.
+            // Refused before any work: the order does not exist. A well-behaved client waits
+            // as long as `Retry-After` says before its next request (this virtual user too).
             ctx.rec
                 .op(CREATE_ORDER, it.intended, Class::Shed(kind.clone()));
+            let wait = r.body["error"]["retry_after_s"]
+                .as_u64()
+                .unwrap_or(1)
+                .min(60);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
             Placed::Failed(kind)
         }
         other => {
