@@ -2,7 +2,10 @@
 # The waimai node image: a Rust build stage, then a small Debian runtime with the binary alone.
 #
 #   docker build -t waimai .
-#   docker run --rm -p 8080:8080 -e WAIMAI__AUTH__JWT_SECRET=change-me waimai
+#   docker run --rm -p 8080:8080 -e WAIMAI__AUTH__JWT_SECRET="$(openssl rand -hex 32)" \
+#     -e WAIMAI__PAYMENTS__HMAC_SECRET="$(openssl rand -hex 32)" waimai
+#
+# (a node refuses to listen on 0.0.0.0 with the development secrets shipped in config.yaml).
 #
 # The runtime listens on 0.0.0.0:8080 and, with no other store configured, keeps SQLite under
 # /var/lib/waimai/data (mount a volume there to keep it). Configure it like any node: a file given

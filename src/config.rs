@@ -35,6 +35,95 @@ pub struct Config {
     /// reads it again.
     #[serde(skip)]
     pub source: Option<std::path::PathBuf>,
+    /// The front door's defences: rate limits, load shedding, circuit breakers, browse cache.
+    pub gateway: GatewayConfig,
+}
+
+/// The front door's defences (`gateway:`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Per-customer and per-client-IP rate limits (429 past them).
+    pub limits: LimitsConfig,
+    /// Admission control: writes past these depths get a fast 503 `overloaded`.
+    pub shed: ShedConfig,
+    /// Circuit breakers around Redis, the store and the payment provider.
+    pub breaker: BreakerConfig,
+    /// The read cache of `GET /v1/merchants/{id}`.
+    pub cache: CacheConfig,
+}
+
+/// Rate limits (`gateway.limits`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Off: no request is ever limited (the embedded default).
+    pub enabled: bool,
+    /// `auto`: one cluster-wide limit through Redis when `lock.backend` is `redis`
+    /// (`lock.redis_url`); `local`: each node limits on its own (`governor`).
+    pub backend: String,
+    /// Quotas of writes (POST, PUT).
+    pub write: QuotaConfig,
+    /// Quotas of reads (GET).
+    pub read: QuotaConfig,
+    /// Quotas of websocket connects (`.../track`, `.../feed`).
+    pub ws: QuotaConfig,
+}
+
+/// One route class's quotas; a rate of 0 means no limit on that key.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Requests per second one caller (the token's subject) may make, sustained (may be a
+    /// fraction: 0.5 is one every two seconds).
+    pub customer_per_s: f64,
+    /// How many a caller may make at once.
+    pub customer_burst: u32,
+    /// Requests per second from one client IP, sustained.
+    pub ip_per_s: f64,
+    /// How many from one client IP at once.
+    pub ip_burst: u32,
+}
+
+/// Load shedding (`gateway.shed`); 0 turns a check off.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShedConfig {
+    /// A write whose shard already has this many requests in flight is shed.
+    pub shard_depth: i64,
+    /// A write is shed while this many changes wait for the store's writers.
+    pub store_depth: i64,
+    /// The `Retry-After` of a shed request, seconds.
+    pub retry_after_s: u64,
+}
+
+/// Circuit breakers (`gateway.breaker`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures (errors or timeouts) that open a breaker.
+    pub failures: u32,
+    /// How long an open breaker refuses calls before it lets one probe through, ms.
+    pub cooldown_ms: u64,
+    /// Longest a call to Redis or the payment provider may take, ms.
+    pub timeout_ms: u64,
+}
+
+/// The browse cache (`gateway.cache`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Off: every read goes to the merchant's actor.
+    pub enabled: bool,
+    /// Merchants kept.
+    pub capacity: u64,
+    /// How long a cached merchant is served, ms (the staleness bound for changes made through
+    /// other nodes and for stock counts).
+    pub ttl_ms: u64,
+    /// Each entry's TTL is shortened by a random share up to this (against avalanche).
+    pub jitter: f64,
+    /// How long an unknown id is remembered as unknown, ms.
+    pub negative_ttl_ms: u64,
 }
 
 /// Payment settings.
@@ -138,7 +227,8 @@ pub struct ShardConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HS256 secret. The shipped default is a dev secret and `serve` warns about it.
+    /// HS256 secret. The shipped default is a dev secret: `serve` refuses a non-loopback address
+    /// while it is in use.
     pub jwt_secret: String,
     /// Lifetime of tokens minted by `waimai token`, seconds.
     pub token_ttl_secs: u64,
@@ -279,7 +369,8 @@ impl ClusterConfig {
     }
 }
 
-/// The secret shipped in `config.yaml`; `serve` warns when it is still in use.
+/// The secret shipped in `config.yaml`; `serve` refuses a non-loopback address while it is in
+/// use (see `server::check_secrets`).
 pub const DEV_SECRET: &str = "dev-secret-change-me";
 
 /// The embedded defaults (the repository's `config.yaml`).

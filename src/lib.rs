@@ -14,6 +14,9 @@
 //! - [`lock`]: lease backends (Redis and in-process) behind the lock actor.
 //! - [`payments`]: the payment provider boundary (a simulated provider built in), signed
 //!   callbacks, the reconciler that finishes what lost callbacks leave undone.
+//! - [`gateway`]: the front door's defences: rate limits (per caller and client IP, GCRA in
+//!   the node or on Redis), load shedding, the merchant browse cache; [`breaker`]: circuit
+//!   breakers around Redis, the store and the payment provider.
 //! - [`api`]: the warp front door (REST, health, metrics) and its error mapping.
 //! - [`server`]: starting and stopping a node; [`config`]: typed configuration; [`reload`]: the
 //!   keys that change without a restart (SIGHUP, `POST /v1/admin/reload`).
@@ -28,12 +31,14 @@
 
 pub mod actors;
 pub mod api;
+pub mod breaker;
 pub mod bus;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod error;
+pub mod gateway;
 pub mod loadgen;
 pub mod lock;
 pub mod messages;

@@ -432,6 +432,77 @@ pub static PAYMENTS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Circuit breaker state by dependency: 0 closed, 1 open, 2 half-open.
+pub static BREAKER_STATE: Lazy<IntGaugeVec> = Lazy::new(|| {
+    must(
+        register_int_gauge_vec!(
+            "waimai_breaker_state",
+            "Circuit breaker state by dependency (0 closed, 1 open, 2 half-open)",
+            &["dependency"]
+        ),
+        "breaker_state",
+    )
+});
+
+/// Calls refused by an open breaker, by dependency.
+pub static BREAKER_REJECTED: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_breaker_rejected_total",
+            "Calls refused at once by an open circuit breaker, by dependency",
+            &["dependency"]
+        ),
+        "breaker_rejected",
+    )
+});
+
+/// Requests answered 429, by route class and the key that ran out (customer, ip).
+pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_rate_limited_total",
+            "Requests refused with 429 by route class and scope",
+            &["class", "scope"]
+        ),
+        "rate_limited",
+    )
+});
+
+/// Writes shed with 503 overloaded, by reason (shard, store).
+pub static SHED: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_shed_total",
+            "Writes refused by admission control, by reason",
+            &["reason"]
+        ),
+        "shed",
+    )
+});
+
+/// Browse cache lookups by outcome: hit, miss, negative_hit, invalid_id.
+pub static BROWSE_CACHE: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_browse_cache_total",
+            "Merchant browse cache lookups by outcome",
+            &["outcome"]
+        ),
+        "browse_cache",
+    )
+});
+
+/// Loads the browse cache made from the merchant actors (one per key under a stampede).
+pub static BROWSE_LOADS: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_browse_loads_total",
+            "Merchant reads the browse cache sent to the merchant actors"
+        ),
+        "browse_loads",
+    )
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     Lazy::force(&HTTP_SECONDS);
@@ -470,6 +541,12 @@ pub fn render() -> String {
     Lazy::force(&OUTBOX_SHIP_DELAY);
     Lazy::force(&EVENTS_FEED_DELAY);
     Lazy::force(&PAYMENTS);
+    Lazy::force(&BREAKER_STATE);
+    Lazy::force(&BREAKER_REJECTED);
+    Lazy::force(&RATE_LIMITED);
+    Lazy::force(&SHED);
+    Lazy::force(&BROWSE_CACHE);
+    Lazy::force(&BROWSE_LOADS);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

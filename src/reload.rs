@@ -19,6 +19,10 @@ use crate::config::{Config, ConfigError};
 /// The keys that change live, as dotted paths; a key ending in `.` names a whole section.
 /// Every one of them is honoured by something that reads it again (see ARCHITECTURE.md).
 pub const LIVE_KEYS: &[&str] = &[
+    // rate-limit quotas (`enabled` and `backend` are not live: they decide what is built)
+    "gateway.limits.write.",
+    "gateway.limits.read.",
+    "gateway.limits.ws.",
     // the log filter (the installed subscriber's filter is swapped)
     "telemetry.log_level",
     // deadlines armed from now on (the timer actor is told)

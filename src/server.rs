@@ -9,7 +9,6 @@ use std::time::Duration;
 use actix::{Actor, Addr, Arbiter};
 use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::actors::lock::LockActor;
 use crate::actors::order_machine::OrderStatus;
@@ -66,6 +65,8 @@ pub struct Node {
     pub timers: Addr<TimerActor>,
     /// The payment provider.
     pub payments: crate::payments::Payments,
+    /// Rate limits, load shedding, the browse cache.
+    pub gateway: Arc<crate::gateway::Gateway>,
     /// The simulated provider, when it is the one in use (its callbacks need this node's address).
     sim: Option<Arc<crate::payments::sim::SimProvider>>,
     /// The node's part in a cluster, if it is in one.
@@ -100,7 +101,17 @@ impl Node {
             check_cluster_config(&config, store.backend())?;
         }
         store.migrate().await?;
-        let backend = LockBackend::from_config(&config.lock).await?;
+        let breaker = crate::breaker::BreakerSettings::from_config(&config.gateway.breaker);
+        let backend = LockBackend::from_config_guarded(&config.lock, breaker).await?;
+        store.guard(crate::breaker::Breaker::new(
+            "store",
+            crate::breaker::BreakerSettings {
+                // A commit waits for its batch under load; the pool's acquire timeout bounds
+                // the wait for a connection.
+                timeout: None,
+                ..breaker
+            },
+        ));
         tracing::info!(
             store = store.backend().name(),
             lock = backend.name(),
@@ -147,7 +158,10 @@ impl Node {
             sim.set_callback_url(config.payments.callback_url.clone());
         }
         tasks.push(tokio::spawn(sim.clone().run()));
-        let payments: crate::payments::Payments = sim.clone();
+        let payments: crate::payments::Payments = Arc::new(crate::payments::guarded::Guarded::new(
+            sim.clone(),
+            crate::breaker::Breaker::new("payments", breaker),
+        ));
         let live = Arc::new(crate::reload::Live::new(config.clone()));
         let deps: Deps = Arc::new(Services {
             store: store.clone(),
@@ -210,10 +224,28 @@ impl Node {
                 refund_retry: Duration::from_millis(config.payments.refund_retry_ms),
             },
         )));
+        let gateway = Arc::new(build_gateway(&config, &router, &store).await?);
+        if let Some(limits) = &gateway.limits {
+            let gw = gateway.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    if let Some(l) = &gw.limits {
+                        l.retain_recent();
+                    }
+                }
+            }));
+            tracing::info!(cluster_wide = limits.cluster_wide(), "rate limits on");
+        }
         if config.auth.jwt_secret == DEV_SECRET {
             tracing::warn!("auth.jwt_secret is the shipped dev secret: set WAIMAI__AUTH__JWT_SECRET before exposing this node");
         }
-        tasks.push(tokio::spawn(reconfigure(live.subscribe(), timers.clone())));
+        tasks.push(tokio::spawn(reconfigure(
+            live.subscribe(),
+            timers.clone(),
+            gateway.clone(),
+        )));
         Ok(Node {
             config,
             live,
@@ -224,6 +256,7 @@ impl Node {
             hub,
             timers,
             payments,
+            gateway,
             sim: Some(sim),
             cluster,
             tasks,
@@ -254,6 +287,7 @@ impl Node {
             node_id: self.node_id(),
             payments: self.payments.clone(),
             payments_cfg: self.config.payments.clone(),
+            gateway: self.gateway.clone(),
             live: self.live.clone(),
         });
         // SIGHUP is taken before the node says it listens, so a reload asked for once it
@@ -266,23 +300,62 @@ impl Node {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(addr = %addr, "waimai listening");
         }
+        // The access log (`RUST_LOG=waimai::access=debug`) has the path only, never the query:
+        // websocket URLs carry the bearer token as `?token=`.
+        let routes = warp::Filter::with(
+            warp::Filter::map(
+                api::routes(state, self.config.server.body_limit_bytes),
+                api::trace::with_traceparent,
+            ),
+            warp::log::custom(|info| {
+                tracing::debug!(
+                    target: "waimai::access",
+                    method = %info.method(),
+                    path = info.path(),
+                    status = info.status().as_u16(),
+                    micros = info.elapsed().as_micros() as u64,
+                    "request"
+                );
+            }),
+        );
         // Every request runs in a span continuing the caller's trace; the answer names it.
-        use warp::Filter as _;
-        let routes = api::routes(state, self.config.server.body_limit_bytes)
-            .map(api::trace::with_traceparent)
-            .with(warp::trace(api::trace::request_span));
+        let routes = warp::Filter::with(routes, warp::trace(api::trace::request_span));
+        // hyper directly rather than `warp::serve(..).serve_incoming(..)`: warp forgets the
+        // peer's address of connections it did not accept itself, and the rate limits key on
+        // it. Each request carries its connection's address as an `api::ClientAddr`.
+        let mut incoming = match warp::hyper::server::conn::AddrIncoming::from_listener(listener) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve on the listener");
+                return;
+            }
+        };
         // Nagle off: websocket events and small responses go out at once instead of waiting
         // for the peer's delayed ACK (it cost ~40 ms on an event following another message).
-        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-            conn.inspect(|stream| {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        incoming.set_nodelay(true);
+        let svc = warp::service(routes);
+        let make = warp::hyper::service::make_service_fn(
+            move |conn: &warp::hyper::server::conn::AddrStream| {
+                let addr = conn.remote_addr();
+                let svc = svc.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(warp::hyper::service::service_fn(
+                        move |mut req: warp::http::Request<warp::hyper::Body>| {
+                            req.extensions_mut().insert(api::ClientAddr(addr));
+                            let mut svc = svc.clone();
+                            warp::hyper::service::Service::call(&mut svc, req)
+                        },
+                    ))
                 }
-            })
-        });
-        warp::serve(routes)
-            .serve_incoming_with_graceful_shutdown(incoming, shutdown)
-            .await;
+            },
+        );
+        if let Err(e) = warp::hyper::Server::builder(incoming)
+            .serve(make)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "server error");
+        }
         #[cfg(unix)]
         hangups.abort();
     }
@@ -312,6 +385,49 @@ impl Node {
         }
         tracing::info!("node stopped");
     }
+}
+
+/// The gateway's defences from `gateway:` (cluster-wide rate limits through the lock service's
+/// Redis when it is configured and `gateway.limits.backend` is `auto`).
+async fn build_gateway(
+    config: &Config,
+    router: &Router,
+    store: &Store,
+) -> Result<crate::gateway::Gateway, StartError> {
+    let g = &config.gateway;
+    let limits = if g.limits.enabled {
+        let redis = match g.limits.backend.as_str() {
+            "auto" if config.lock.backend == LockBackendKind::Redis => {
+                Some(crate::gateway::RedisTarget {
+                    url: config.lock.redis_url.clone(),
+                    prefix: config.lock.key_prefix.clone(),
+                })
+            }
+            "auto" | "local" => None,
+            other => {
+                return Err(StartError::Config(format!(
+                    "gateway.limits.backend {other:?} is not known (auto, local)"
+                )))
+            }
+        };
+        let l = crate::gateway::Limits::new(
+            g.limits.write,
+            g.limits.read,
+            g.limits.ws,
+            redis,
+            crate::breaker::BreakerSettings::from_config(&g.breaker),
+        )
+        .await
+        .map_err(|e| StartError::Lock(LockError::Unavailable(e.to_string())))?;
+        Some(l)
+    } else {
+        None
+    };
+    Ok(crate::gateway::Gateway {
+        limits,
+        admission: crate::gateway::Admission::new(g.shed.clone(), router.clone(), store.clone()),
+        cache: crate::gateway::BrowseCache::new(g.cache.clone(), router.clone()),
+    })
 }
 
 /// Refuses cluster settings that cannot be safe.
@@ -476,12 +592,39 @@ async fn sample_order_ages(store: Store) {
     }
 }
 
+/// Refuses to listen beyond loopback with a secret shipped in `config.yaml`: anyone who reads
+/// the repository could mint admin tokens (`auth.jwt_secret`) or forge payment callbacks
+/// (`payments.hmac_secret`).
+pub fn check_secrets(config: &Config, addr: std::net::SocketAddr) -> Result<(), StartError> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let mut shipped = Vec::new();
+    if config.auth.jwt_secret == DEV_SECRET {
+        shipped.push("auth.jwt_secret (set WAIMAI__AUTH__JWT_SECRET)");
+    }
+    if config.payments.hmac_secret == crate::config::DEV_PAYMENTS_SECRET {
+        shipped.push("payments.hmac_secret (set WAIMAI__PAYMENTS__HMAC_SECRET)");
+    }
+    if shipped.is_empty() {
+        return Ok(());
+    }
+    Err(StartError::Config(format!(
+        "refusing to listen on {addr} (not loopback) with the development secret shipped in \
+         config.yaml for {}: set a long random value (e.g. `openssl rand -hex 32`) in the \
+         environment or a --config file, or listen on 127.0.0.1",
+        shipped.join(" and ")
+    )))
+}
+
 /// Starts a node, serves until `shutdown`, then shuts it down cleanly.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let addr = listener.local_addr()?;
+    check_secrets(&config, addr)?;
     let node = Node::start(config).await?;
     node.serve(listener, shutdown).await;
     node.shutdown().await;
@@ -489,10 +632,18 @@ pub async fn serve(
 }
 
 /// Tells the components that honour live keys about each applied reload.
-async fn reconfigure(mut cfg: tokio::sync::watch::Receiver<Arc<Config>>, timers: Addr<TimerActor>) {
+async fn reconfigure(
+    mut cfg: tokio::sync::watch::Receiver<Arc<Config>>,
+    timers: Addr<TimerActor>,
+    gateway: Arc<crate::gateway::Gateway>,
+) {
     while cfg.changed().await.is_ok() {
         let now = cfg.borrow_and_update().clone();
         timers.do_send(crate::actors::timers::SetTimers(now.timers.clone()));
+        if let Some(l) = &gateway.limits {
+            let q = &now.gateway.limits;
+            l.set_quotas(q.write, q.read, q.ws);
+        }
     }
 }
 

@@ -187,3 +187,55 @@ fn sighup_reloads_the_file() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Rate-limit quotas change live: a reload tightens the read quota of a running node.
+#[actix_rt::test]
+async fn a_reload_changes_the_rate_limit_quotas() {
+    let url = fresh_db(Db::Sqlite).await;
+    let dir = std::env::temp_dir().join(format!("waimai-reload-rl-{}", common::unique()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("waimai.yaml");
+    let with_reads = |per_s: f64, burst: u32| {
+        format!(
+            "{}gateway:\n  limits:\n    enabled: true\n    backend: local\n    \
+             read: {{ customer_per_s: {per_s}, customer_burst: {burst}, ip_per_s: 0, ip_burst: 1 }}\n",
+            yaml(&url, "127.0.0.1:8080", 600_000)
+        )
+    };
+    write(&file, &with_reads(1000.0, 1000));
+    let app = TestApp::spawn(Config::load(Some(&file)).expect("config")).await;
+    let (mid, _) = app.merchant_with_stock("rice", 5).await;
+    let customer = app.token(Role::Customer, "reader");
+    for _ in 0..5 {
+        let r = app.get(&format!("/v1/merchants/{mid}"), &customer).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    write(&file, &with_reads(0.01, 2));
+    let r = app.post("/v1/admin/reload", &app.admin, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let keys: Vec<&str> = r.body["applied"]
+        .as_array()
+        .expect("applied")
+        .iter()
+        .filter_map(|c| c["key"].as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "gateway.limits.read.customer_burst",
+            "gateway.limits.read.customer_per_s"
+        ]
+    );
+    let path = format!("/v1/merchants/{mid}");
+    let statuses: Vec<u16> = futures::future::join_all((0..4).map(|_| app.get(&path, &customer)))
+        .await
+        .into_iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "the new burst of 2 holds: {statuses:?}"
+    );
+    app.shutdown().await;
+}

@@ -2,7 +2,7 @@
 //! the background at a third of its length, and tells the holder the moment a lease is lost.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture,
@@ -56,6 +56,10 @@ pub struct LockActor {
     /// Leases granted through this actor and not yet released, by key.
     /// The holder is weak so a lease never keeps a stopped holder's mailbox alive.
     held: HashMap<String, (Lease, WeakRecipient<LeaseLost>)>,
+    /// When each held lease was last granted or renewed (the time the request was sent): a
+    /// lease the backend could not renew for a whole TTL may be someone else's by now, so it
+    /// is given up even while the backend cannot say so.
+    confirmed: HashMap<String, Instant>,
 }
 
 impl LockActor {
@@ -65,6 +69,7 @@ impl LockActor {
             backend,
             ttl,
             held: HashMap::new(),
+            confirmed: HashMap::new(),
         }
     }
 
@@ -82,17 +87,25 @@ impl LockActor {
         let name = backend.name();
         let fut = async move {
             let mut lost = Vec::new();
+            let mut renewed = Vec::new();
+            let mut unconfirmed = Vec::new();
             for lease in leases {
+                let asked = Instant::now();
                 match backend.renew(&lease, ttl).await {
-                    Ok(()) => metrics::LOCK_OPS
-                        .with_label_values(&[name, "renew", "ok"])
-                        .inc(),
+                    Ok(()) => {
+                        metrics::LOCK_OPS
+                            .with_label_values(&[name, "renew", "ok"])
+                            .inc();
+                        renewed.push((lease, asked));
+                    }
                     Err(LockError::Unavailable(_)) => {
                         // Keep the lease for now: it stays valid until its TTL runs out, and the
-                        // next tick retries. If the TTL passes first, that renewal reports it lost.
+                        // next tick retries. Once a whole TTL has passed since the last
+                        // confirmation it is given up (below).
                         metrics::LOCK_OPS
                             .with_label_values(&[name, "renew", "error"])
                             .inc();
+                        unconfirmed.push(lease);
                     }
                     Err(_) => {
                         metrics::LOCK_OPS
@@ -102,12 +115,29 @@ impl LockActor {
                     }
                 }
             }
-            lost
+            (lost, renewed, unconfirmed)
         };
-        ctx.spawn(fut.into_actor(self).map(|lost, act, _| {
+        let ttl = self.ttl;
+        ctx.spawn(fut.into_actor(self).map(move |(mut lost, renewed, unconfirmed), act, _| {
+            for (lease, asked) in renewed {
+                if matches!(act.held.get(&lease.key), Some((l, _)) if l.token == lease.token) {
+                    act.confirmed.insert(lease.key, asked);
+                }
+            }
+            for lease in unconfirmed {
+                let expired = act
+                    .confirmed
+                    .get(&lease.key)
+                    .is_none_or(|t| t.elapsed() >= ttl);
+                if expired {
+                    tracing::warn!(key = %lease.key, "stock lease not renewable for a whole lease period; giving it up");
+                    lost.push(lease);
+                }
+            }
             for lease in lost {
                 if let Some((held, holder)) = act.held.remove(&lease.key) {
                     if held.token == lease.token {
+                        act.confirmed.remove(&lease.key);
                         tracing::warn!(key = %lease.key, "stock lease lost");
                         if let Some(holder) = holder.upgrade() {
                             holder.do_send(LeaseLost { lease });
@@ -139,6 +169,7 @@ impl Handler<AcquireLease> for LockActor {
         let ttl = self.ttl_ms();
         let key = msg.key.clone();
         let floor = msg.floor;
+        let asked = Instant::now();
         let fut = async move { backend.acquire(&key, ttl, floor).await };
         Box::pin(fut.into_actor(self).map(move |res, act, _| {
             let name = act.backend.name();
@@ -149,6 +180,7 @@ impl Handler<AcquireLease> for LockActor {
                         .inc();
                     act.held
                         .insert(lease.key.clone(), (lease.clone(), msg.holder.downgrade()));
+                    act.confirmed.insert(lease.key.clone(), asked);
                 }
                 Err(LockError::Held(_)) => metrics::LOCK_OPS
                     .with_label_values(&[name, "grant", "held"])
@@ -169,6 +201,7 @@ impl Handler<ReleaseLease> for LockActor {
         let lease = msg.0;
         if matches!(self.held.get(&lease.key), Some((l, _)) if l.token == lease.token) {
             self.held.remove(&lease.key);
+            self.confirmed.remove(&lease.key);
         }
         let backend = self.backend.clone();
         Box::pin(async move {

@@ -28,6 +28,21 @@ pub enum ApiError {
     /// A header is missing or malformed.
     #[error("{0}")]
     BadHeader(String),
+    /// A rate limit ran out (429).
+    #[error("too many {} requests for this {}: retry in {} s", .0.class.as_str(), .0.scope, .0.retry_after_s)]
+    RateLimited(crate::gateway::Limited),
+    /// Admission control shed the request (503).
+    #[error("the node is overloaded ({} depth {} >= {}): retry in {} s", .0.reason, .0.depth, .0.limit, .0.retry_after_s)]
+    Overloaded(crate::gateway::Overloaded),
+}
+
+impl From<crate::gateway::Refusal> for ApiError {
+    fn from(r: crate::gateway::Refusal) -> Self {
+        match r {
+            crate::gateway::Refusal::Limited(l) => ApiError::RateLimited(l),
+            crate::gateway::Refusal::Overloaded(o) => ApiError::Overloaded(o),
+        }
+    }
 }
 
 impl ApiError {
@@ -38,6 +53,17 @@ impl ApiError {
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", None),
             ApiError::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", None),
             ApiError::BadHeader(_) => (StatusCode::BAD_REQUEST, "bad_header", None),
+            ApiError::RateLimited(l) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some(json!({ "class": l.class.as_str(), "scope": l.scope,
+                             "retry_after_s": l.retry_after_s })),
+            ),
+            ApiError::Overloaded(o) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                Some(json!({ "reason": o.reason, "retry_after_s": o.retry_after_s })),
+            ),
             ApiError::Domain(e) => match e {
                 Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", None),
                 Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
@@ -81,10 +107,25 @@ impl ApiError {
     /// The HTTP response.
     pub fn into_response(self) -> Response {
         let (status, code, extra) = self.parts();
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, ApiError::Overloaded(_)) {
             tracing::warn!(code, error = %self, "request failed");
         }
-        error_response(status, code, &self.to_string(), extra)
+        let mut resp = error_response(status, code, &self.to_string(), extra);
+        let h = resp.headers_mut();
+        match &self {
+            ApiError::RateLimited(l) => {
+                // IETF draft-ietf-httpapi-ratelimit-headers (the three-field form).
+                h.insert("retry-after", l.retry_after_s.into());
+                h.insert("ratelimit-limit", l.limit.into());
+                h.insert("ratelimit-remaining", 0u32.into());
+                h.insert("ratelimit-reset", l.reset_s.into());
+            }
+            ApiError::Overloaded(o) => {
+                h.insert("retry-after", o.retry_after_s.into());
+            }
+            _ => {}
+        }
+        resp
     }
 }
 
@@ -114,8 +155,21 @@ pub struct TooLarge;
 
 impl warp::reject::Reject for TooLarge {}
 
+/// A request the gateway refused before any route ran (rate limit, load shedding).
+#[derive(Debug)]
+pub struct Gate(pub crate::gateway::Refusal);
+
+impl warp::reject::Reject for Gate {}
+
 /// Turns warp's own rejections (no route, wrong method, body too large, ...) into JSON errors.
 pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
+    if let Some(Gate(refusal)) = r.find::<Gate>() {
+        let resp = ApiError::from(refusal.clone()).into_response();
+        crate::metrics::HTTP_SECONDS
+            .with_label_values(&["gateway", resp.status().as_str()])
+            .observe(0.0);
+        return Ok(resp);
+    }
     let (status, code, message) = if r.is_not_found() {
         (
             StatusCode::NOT_FOUND,

@@ -233,13 +233,25 @@ pub(super) async fn create_merchant(
             },
         )
         .await?;
+    st.gateway.cache.invalidate(&id).await;
     Ok(json(StatusCode::CREATED, &view))
 }
 
 pub(super) async fn get_merchant(st: Arc<ApiState>, auth: Option<String>, id: String) -> Outcome {
-    caller(&st, &auth)?;
+    let caller = caller(&st, &auth)?;
     path_id("merchant", &id)?;
+    let cache = &st.gateway.cache;
+    if cache.serves(&caller, &id) {
+        let body = cache.get(&id).await?;
+        let mut resp = Response::new(body.into());
+        resp.headers_mut().insert(
+            "content-type",
+            warp::http::HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
+    }
     let view = st.router.send(&id, GetMerchant).await?;
+    cache.refresh(&id, &view).await;
     Ok(json(StatusCode::OK, &view))
 }
 
@@ -293,6 +305,7 @@ pub(super) async fn set_menu(
             },
         )
         .await?;
+    st.gateway.cache.refresh(&id, &view).await;
     Ok(json(StatusCode::OK, &view))
 }
 
@@ -310,6 +323,7 @@ pub(super) async fn open_close(
         _ => return Err(Error::not_found("route", action).into()),
     };
     let view = st.router.send(&id, SetOpen { caller, open }).await?;
+    st.gateway.cache.refresh(&id, &view).await;
     Ok(json(StatusCode::OK, &view))
 }
 
@@ -659,6 +673,11 @@ pub(super) async fn create_order(
         }
         None => new_id(),
     };
+    // Admission: the order's shard and the merchant's (which reserves and commits for it).
+    st.gateway
+        .admission
+        .check_shards(&[&id, &req.merchant_id])
+        .map_err(ApiError::Overloaded)?;
     let placed = st
         .router
         .send(

@@ -50,6 +50,73 @@ pub struct ApiState {
     pub payments_cfg: crate::config::PaymentsConfig,
     /// The configuration in effect (live keys change on reload).
     pub live: Arc<crate::reload::Live>,
+    /// Rate limits, load shedding and the browse cache.
+    pub gateway: Arc<crate::gateway::Gateway>,
+}
+
+/// The address of the connection a request came on (set by the server for every request).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// The gateway's check before any route runs: rate limits by route class (per caller and per
+/// client IP) and, for writes, load shedding. Absent (a no-op filter) when both are off.
+fn gate(state: Arc<ApiState>) -> BoxedFilter<()> {
+    if !state.gateway.active() {
+        return warp::any().boxed();
+    }
+    let st = warp::any().map(move || state.clone());
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::ext::optional::<ClientAddr>())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("upgrade"))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(st)
+        .and_then(admit)
+        .untuple_one()
+        .boxed()
+}
+
+async fn admit(
+    method: warp::http::Method,
+    path: warp::path::FullPath,
+    remote: Option<ClientAddr>,
+    auth: Option<String>,
+    upgrade: Option<String>,
+    query: String,
+    st: Arc<ApiState>,
+) -> Result<(), warp::Rejection> {
+    use crate::gateway::RouteClass;
+    use warp::http::Method;
+    // Health, metrics, peer links and the provider's callbacks are never limited.
+    let Some(rest) = path.as_str().strip_prefix("/v1/") else {
+        return Ok(());
+    };
+    if rest.starts_with("payments/") {
+        return Ok(());
+    }
+    let class = match method {
+        Method::GET if upgrade.is_some() => RouteClass::Ws,
+        Method::GET | Method::HEAD => RouteClass::Read,
+        _ => RouteClass::Write,
+    };
+    // A websocket may carry its token as `?token=` (browsers cannot set the header).
+    let header = auth.or_else(|| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(|t| format!("Bearer {t}"))
+    });
+    let caller = st.auth.caller(header.as_deref()).ok();
+    if caller.as_ref().is_some_and(|c| c.is_admin()) {
+        return Ok(()); // operators and the cluster's own nodes
+    }
+    let key = caller.map(|c| format!("{:?}:{}", c.role, c.id));
+    let entity = rest.split('/').nth(1).filter(|s| !s.is_empty());
+    st.gateway
+        .admit(class, key.as_deref(), remote.map(|a| a.0.ip()), entity)
+        .await
+        .map_err(|r| warp::reject::custom(error::Gate(r)))
 }
 
 /// Runs a handler, turning its error into a response and recording latency by route and status.
@@ -112,6 +179,7 @@ pub fn routes(
     state: Arc<ApiState>,
     body_limit: u64,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let gate = gate(state.clone());
     let st = warp::any().map(move || state.clone());
     let bearer = warp::header::optional::<String>("authorization");
     let body = limited_body(body_limit);
@@ -355,8 +423,8 @@ pub fn routes(
         link.boxed(),
         payment_callback.boxed(),
     ];
-    rest.into_iter()
-        .fold(healthz.boxed(), |acc, r| acc.or(r).unify().boxed())
-        .recover(error::recover)
-        .unify()
+    let routes = rest
+        .into_iter()
+        .fold(healthz.boxed(), |acc, r| acc.or(r).unify().boxed());
+    gate.and(routes).recover(error::recover).unify()
 }

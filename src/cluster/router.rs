@@ -8,6 +8,7 @@
 //! has passed. A message whose outcome is unknown (the owner went away after it was sent) is
 //! only sent again when delivering it twice is harmless (`Routed::RETRY_SAFE`).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ struct Inner {
     count: u32,
     /// Where shards are served, in a cluster; unset on a single node.
     directory: OnceLock<Arc<Directory>>,
+    /// Requests delivered to each local shard and not yet answered (admission control reads it).
+    depths: Vec<AtomicI64>,
 }
 
 impl Router {
@@ -46,6 +49,7 @@ impl Router {
                 shards: OnceLock::new(),
                 count: count.max(1),
                 directory: OnceLock::new(),
+                depths: (0..count.max(1)).map(|_| AtomicI64::new(0)).collect(),
             }),
         }
     }
@@ -73,6 +77,14 @@ impl Router {
     /// The shard of an entity id.
     pub fn shard_of(&self, id: &str) -> u32 {
         shard_of(id, self.inner.count)
+    }
+
+    /// Requests delivered to `shard` on this node and not yet answered.
+    pub fn depth(&self, shard: u32) -> i64 {
+        self.inner
+            .depths
+            .get(shard as usize)
+            .map_or(0, |d| d.load(Ordering::Relaxed))
     }
 
     /// The shard supervisors, once attached.
@@ -256,6 +268,8 @@ impl Router {
         let kind = <M::Actor as Entity>::KIND;
         let gauge = metrics::MAILBOX_DEPTH.with_label_values(&[kind]);
         gauge.inc();
+        // Counted down on drop, so a caller that gives up (a closed connection) still leaves.
+        let _depth = self.inner.depths.get(shard as usize).map(InFlight::enter);
         let out = addr
             .send(Envelope {
                 id: id.to_string(),
@@ -306,4 +320,20 @@ fn forward_span(msg: &'static str, peer: &str) -> tracing::Span {
         otel.kind = "client",
         peer.node = %peer,
     )
+}
+
+/// One request in a shard's depth count, for as long as it lives.
+struct InFlight<'a>(&'a AtomicI64);
+
+impl<'a> InFlight<'a> {
+    fn enter(d: &'a AtomicI64) -> Self {
+        d.fetch_add(1, Ordering::Relaxed);
+        InFlight(d)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }

@@ -38,6 +38,11 @@ impl Resp {
         }
     }
 
+    /// Refused by the node's gateway before any work (429 rate limited, 503 overloaded).
+    pub fn shed(&self) -> bool {
+        self.status == 429 || (self.status == 503 && self.code() == "overloaded")
+    }
+
     /// A string field of the body.
     pub fn str(&self, field: &str) -> Option<String> {
         self.body[field].as_str().map(str::to_string)

@@ -208,7 +208,7 @@ async fn fetch_statuses(ctx: &Ctx, orders: &[(String, Acked)]) -> HashMap<String
 /// The status every acknowledged order must end in.
 fn final_status(s: Scenario) -> &'static str {
     match s {
-        Scenario::Create | Scenario::HotSku => "pending_payment",
+        Scenario::Create | Scenario::HotSku | Scenario::Browse => "pending_payment",
         Scenario::Lifecycle | Scenario::Track => "completed",
     }
 }

@@ -50,6 +50,9 @@ pub enum Scenario {
     /// `--customers` customers race for one SKU holding `--stock` units, one unit each; exactly
     /// min(stock, attempts) must succeed and every other attempt must be 409 out_of_stock.
     HotSku,
+    /// Merchant browsing: every iteration is one `GET /v1/merchants/{id}` of a random merchant
+    /// by a random customer (the node's browse cache answers).
+    Browse,
 }
 
 impl Scenario {
@@ -60,6 +63,7 @@ impl Scenario {
             Scenario::Lifecycle => "lifecycle",
             Scenario::Track => "track",
             Scenario::HotSku => "hot-sku",
+            Scenario::Browse => "browse",
         }
     }
 }
@@ -278,6 +282,7 @@ impl Plan {
                 Scenario::Lifecycle => 32,
                 Scenario::Track => 16,
                 Scenario::HotSku => 500,
+                Scenario::Browse => 256,
             }),
         };
         let secs = |name: &str, v: f64| {

@@ -47,11 +47,19 @@ pub enum LockBackend {
 impl LockBackend {
     /// Builds the backend the config names (connecting to Redis if needed).
     pub async fn from_config(cfg: &LockConfig) -> Result<Self, LockError> {
+        Self::from_config_guarded(cfg, crate::breaker::BreakerSettings::default()).await
+    }
+
+    /// Like `from_config`, with these circuit breaker settings around Redis.
+    pub async fn from_config_guarded(
+        cfg: &LockConfig,
+        breaker: crate::breaker::BreakerSettings,
+    ) -> Result<Self, LockError> {
         Ok(match cfg.backend {
             LockBackendKind::Local => LockBackend::Local(LocalLocks::new()),
-            LockBackendKind::Redis => {
-                LockBackend::Redis(RedisLocks::connect(&cfg.redis_url, &cfg.key_prefix).await?)
-            }
+            LockBackendKind::Redis => LockBackend::Redis(
+                RedisLocks::connect_guarded(&cfg.redis_url, &cfg.key_prefix, breaker).await?,
+            ),
         })
     }
 

@@ -7,6 +7,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::LockError;
+use crate::breaker::{Breaker, BreakerError, BreakerSettings};
 
 const ACQUIRE: &str = r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -46,24 +47,37 @@ struct Inner {
     conn: ConnectionManager,
     /// Prefix for every key.
     prefix: String,
+    /// Every call goes through it: a timeout each, refused at once while Redis is failing.
+    breaker: Breaker,
     acquire: Script,
     renew: Script,
     release: Script,
 }
 
-fn unavailable(e: redis::RedisError) -> LockError {
+fn unavailable(e: BreakerError<redis::RedisError>) -> LockError {
     LockError::Unavailable(e.to_string())
 }
 
 impl RedisLocks {
     /// Connects to `url`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, LockError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let conn = ConnectionManager::new(client).await.map_err(unavailable)?;
+        Self::connect_guarded(url, prefix, BreakerSettings::default()).await
+    }
+
+    /// Connects to `url`, with a breaker of these settings around every call.
+    pub async fn connect_guarded(
+        url: &str,
+        prefix: &str,
+        breaker: BreakerSettings,
+    ) -> Result<Self, LockError> {
+        let down = |e: redis::RedisError| LockError::Unavailable(e.to_string());
+        let client = redis::Client::open(url).map_err(down)?;
+        let conn = ConnectionManager::new(client).await.map_err(down)?;
         Ok(RedisLocks {
             inner: Arc::new(Inner {
                 conn,
                 prefix: prefix.to_string(),
+                breaker: Breaker::new("redis", breaker),
                 acquire: Script::new(ACQUIRE),
                 renew: Script::new(RENEW),
                 release: Script::new(RELEASE),
@@ -88,14 +102,15 @@ impl RedisLocks {
         floor: i64,
     ) -> Result<Option<i64>, LockError> {
         let mut conn = self.inner.conn.clone();
-        self.inner
-            .acquire
-            .key(self.lock_key(key))
+        let mut inv = self.inner.acquire.prepare_invoke();
+        inv.key(self.lock_key(key))
             .key(self.fence_key(key))
             .arg(token)
             .arg(ttl_ms)
-            .arg(floor)
-            .invoke_async(&mut conn)
+            .arg(floor);
+        self.inner
+            .breaker
+            .call(inv.invoke_async(&mut conn), |_| true)
             .await
             .map_err(unavailable)
     }
@@ -103,13 +118,12 @@ impl RedisLocks {
     /// Extends if `token` holds the key.
     pub async fn renew(&self, key: &str, token: &str, ttl_ms: u64) -> Result<bool, LockError> {
         let mut conn = self.inner.conn.clone();
+        let mut inv = self.inner.renew.prepare_invoke();
+        inv.key(self.lock_key(key)).arg(token).arg(ttl_ms);
         let n: i64 = self
             .inner
-            .renew
-            .key(self.lock_key(key))
-            .arg(token)
-            .arg(ttl_ms)
-            .invoke_async(&mut conn)
+            .breaker
+            .call(inv.invoke_async(&mut conn), |_| true)
             .await
             .map_err(unavailable)?;
         Ok(n == 1)
@@ -118,12 +132,12 @@ impl RedisLocks {
     /// Deletes if `token` holds the key.
     pub async fn release(&self, key: &str, token: &str) -> Result<bool, LockError> {
         let mut conn = self.inner.conn.clone();
+        let mut inv = self.inner.release.prepare_invoke();
+        inv.key(self.lock_key(key)).arg(token);
         let n: i64 = self
             .inner
-            .release
-            .key(self.lock_key(key))
-            .arg(token)
-            .invoke_async(&mut conn)
+            .breaker
+            .call(inv.invoke_async(&mut conn), |_| true)
             .await
             .map_err(unavailable)?;
         Ok(n == 1)
@@ -132,8 +146,10 @@ impl RedisLocks {
     /// PING.
     pub async fn ping(&self) -> Result<(), LockError> {
         let mut conn = self.inner.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
+        let ping = redis::cmd("PING");
+        self.inner
+            .breaker
+            .call(ping.query_async::<String>(&mut conn), |_| true)
             .await
             .map(|_| ())
             .map_err(unavailable)

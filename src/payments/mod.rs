@@ -12,6 +12,8 @@
 //!   external provider's would, so a node that crashes finds it again.
 //! - [`signature`]: the callback signature: HMAC-SHA256 over `"{timestamp}.{raw body}"`, sent
 //!   as `Waimai-Signature: t=<unix s>,v1=<hex>`, like Stripe's webhooks.
+//! - [`guarded`]: a circuit breaker (with a timeout per call) around whichever provider is in
+//!   use.
 //! - [`reconcile`]: the loop that asks the provider about intents still open past a deadline
 //!   (a lost callback still completes or fails the payment) and re-sends refunds not yet
 //!   confirmed, with backoff.
@@ -19,6 +21,7 @@
 //! The saga itself (what happens at each step and how each is undone) lives with the order
 //! actor (`actors::order`) and is written down in ARCHITECTURE.md ("Payments and the saga").
 
+pub mod guarded;
 pub mod reconcile;
 pub mod signature;
 pub mod sim;

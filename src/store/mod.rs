@@ -157,6 +157,27 @@ pub enum StoreError {
     /// The database said no.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database is failing: its circuit breaker refused the call without trying it.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether this says the database is unreachable or failing (what trips its breaker), as
+    /// opposed to a refusal of the change itself.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
 }
 
 /// Why a change was refused, in a form that travels between nodes (a change committed for
@@ -270,6 +291,8 @@ struct Inner {
     outbox: Arc<tokio::sync::Notify>,
     /// Changes queued for the writers (for the queue-depth gauge and load shedding).
     queued: Arc<std::sync::atomic::AtomicI64>,
+    /// The circuit breaker around commits and entity loads, once the node installs one.
+    breaker: std::sync::OnceLock<crate::breaker::Breaker>,
 }
 
 impl Store {
@@ -381,6 +404,7 @@ impl Store {
                 shards,
                 outbox,
                 queued,
+                breaker: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -439,6 +463,29 @@ impl Store {
         self.commit_fenced(None, writes).await
     }
 
+    /// Puts `breaker` around commits and entity loads: after its run of outages (connection
+    /// failures, pool timeouts) they are refused at once with `Unavailable` until a probe
+    /// succeeds. Installed once, by the node.
+    pub fn guard(&self, breaker: crate::breaker::Breaker) {
+        let _ = self.inner.breaker.set(breaker);
+    }
+
+    /// Runs `call` through the breaker, if one is installed.
+    async fn guarded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(b) = self.inner.breaker.get() else {
+            return call.await;
+        };
+        b.call(call, StoreError::is_outage)
+            .await
+            .map_err(|e| match e {
+                crate::breaker::BreakerError::Inner(e) => e,
+                other => StoreError::Unavailable(other.to_string()),
+            })
+    }
+
     /// Like `commit`, but only while `fence`'s shard is still held under its epoch (a cluster
     /// node writes for the shards it owns this way; a stale owner gets `Fenced`).
     pub async fn commit_fenced(
@@ -469,6 +516,15 @@ impl Store {
     }
 
     async fn enqueue(
+        &self,
+        fence: Option<ShardEpoch>,
+        writes: Vec<Write>,
+        trace: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.guarded(self.commit_queued(fence, writes, trace)).await
+    }
+
+    async fn commit_queued(
         &self,
         fence: Option<ShardEpoch>,
         writes: Vec<Write>,
@@ -530,6 +586,10 @@ impl Store {
 
     /// Loads an order. Concurrent loads are answered together (see `loader.rs`).
     pub async fn load_order(&self, id: &str) -> Result<Option<Order>, StoreError> {
+        self.guarded(self.load_order_queued(id)).await
+    }
+
+    async fn load_order_queued(&self, id: &str) -> Result<Option<Order>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .loader
@@ -587,6 +647,13 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(Merchant, Vec<(MenuItem, i64)>)>, StoreError> {
+        self.guarded(self.load_merchant_now(id)).await
+    }
+
+    async fn load_merchant_now(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Merchant, Vec<(MenuItem, i64)>)>, StoreError> {
         let sql =
             self.sql("SELECT id, name, lat, lng, is_open, version FROM merchants WHERE id = ?");
         let Some(r) = sqlx::query(&sql)
@@ -630,6 +697,10 @@ impl Store {
 
     /// Loads a rider.
     pub async fn load_rider(&self, id: &str) -> Result<Option<Rider>, StoreError> {
+        self.guarded(self.load_rider_now(id)).await
+    }
+
+    async fn load_rider_now(&self, id: &str) -> Result<Option<Rider>, StoreError> {
         let sql = self.sql(
             "SELECT id, name, online, lat, lng, current_order, version FROM riders WHERE id = ?",
         );

@@ -294,10 +294,10 @@ async fn customer(sim: &Arc<Sim>, it: super::super::model::Iteration) {
 /// Records a REST operation; true when it was 2xx.
 fn record(ctx: &Ctx, op: &'static str, started: Instant, o: &super::super::http::Outcome) -> bool {
     let ok = matches!(o, Ok(r) if r.ok());
-    let class = if ok {
-        Class::Ok
-    } else {
-        Class::Error(super::super::http::kind(o))
+    let class = match o {
+        _ if ok => Class::Ok,
+        Ok(r) if r.shed() => Class::Shed(super::super::http::kind(o)),
+        _ => Class::Error(super::super::http::kind(o)),
     };
     ctx.rec.op(op, started, class);
     ok

@@ -1,6 +1,7 @@
 //! The scenarios and what they share: the progress bar, the measured window, and placing one
 //! order (with an idempotency key, so an unanswered request can be resolved afterwards).
 
+mod browse;
 mod create;
 mod hot_sku;
 mod lifecycle;
@@ -23,6 +24,7 @@ use super::{Ctx, Scenario};
 pub(crate) const CREATE_ORDER: &str = "create_order";
 /// The expected 409 out_of_stock answers among `create_order` (hot-sku), measured on their own.
 pub(crate) const CREATE_ORDER_SOLD_OUT: &str = "create_order:409";
+pub(crate) use browse::BROWSE;
 
 /// Runs the plan's scenario; returns the measured duration and the scenario's own verdicts.
 pub(crate) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
@@ -31,6 +33,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
         Scenario::HotSku => hot_sku::run(ctx).await,
         Scenario::Lifecycle => lifecycle::run(ctx, false).await,
         Scenario::Track => lifecycle::run(ctx, true).await,
+        Scenario::Browse => browse::run(ctx).await,
     }
 }
 
@@ -198,6 +201,18 @@ async fn place(
             };
             ctx.rec.op(CREATE_ORDER, it.intended, class);
             Placed::OutOfStock
+        }
+        Ok(r) if r.shed() => {
+            // Refused before any work: the order does not exist. A well-behaved client waits
+            // as long as `Retry-After` says before its next request (this virtual user too).
+            ctx.rec
+                .op(CREATE_ORDER, it.intended, Class::Shed(kind.clone()));
+            let wait = r.body["error"]["retry_after_s"]
+                .as_u64()
+                .unwrap_or(1)
+                .min(60);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            Placed::Failed(kind)
         }
         other => {
             // No answer or a server error: the order may exist. Resolved after the run.

@@ -1,0 +1,59 @@
+//! `browse`: every iteration is one `GET /v1/merchants/{id}` (random customer, random merchant),
+//! the most frequent read of a real platform, which the node answers from its browse cache.
+//! Nothing is written, so the order checks have nothing to find.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::Method;
+
+use super::super::invariants::Check;
+use super::super::model::drive;
+use super::super::report::Class;
+use super::super::Ctx;
+use super::{drained, iteration_rng, open_window, progress};
+
+/// `GET /v1/merchants/{id}`.
+pub(crate) const BROWSE: &str = "browse_merchant";
+
+/// Runs the scenario.
+pub(super) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
+    let (start, until) = open_window(&ctx);
+    let _bar = progress(&ctx, ctx.plan.warmup + ctx.plan.duration);
+    let c = ctx.clone();
+    let driven = drive(
+        ctx.plan.load,
+        start,
+        until,
+        None,
+        Duration::from_secs_f64(ctx.plan.args.drain),
+        move |it| {
+            let ctx = c.clone();
+            async move {
+                let mut rng = iteration_rng(&ctx, it.seq);
+                let merchants = &ctx.world.merchants;
+                let customers = &ctx.world.customers;
+                let (Some(m), Some(cu)) = (
+                    merchants.get(rng.gen_range(0..merchants.len().max(1))),
+                    customers.get((it.seq as usize) % customers.len().max(1)),
+                ) else {
+                    return;
+                };
+                let path = format!("/v1/merchants/{}", m.id);
+                let o = ctx
+                    .http
+                    .call(Method::GET, &path, &cu.token, None, None)
+                    .await;
+                let class = match &o {
+                    Ok(r) if r.ok() => Class::Ok,
+                    Ok(r) if r.shed() => Class::Shed(r.kind()),
+                    _ => Class::Error(super::super::http::kind(&o)),
+                };
+                ctx.rec.op(BROWSE, it.intended, class);
+            }
+        },
+    )
+    .await;
+    (ctx.plan.duration, vec![drained(&driven)])
+}
