@@ -3,12 +3,14 @@
 use serde::{Deserialize, Serialize};
 
 /// A point on the map, WGS84 degrees.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Location {
     /// Latitude, -90..=90.
+    #[schema(minimum = -90.0, maximum = 90.0)]
     pub lat: f64,
     /// Longitude, -180..=180.
+    #[schema(minimum = -180.0, maximum = 180.0)]
     pub lng: f64,
 }
 
@@ -28,7 +30,7 @@ impl Location {
 }
 
 /// The role a bearer token grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Places, pays, cancels and confirms its own orders.

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 mod handlers;
+pub mod openapi;
 mod ws;
 
 use std::convert::Infallible;
@@ -119,13 +120,25 @@ pub fn routes(
         .and(warp::get())
         .and(st.clone())
         .then(|s| timed("GET /readyz", handlers::readyz(s)));
-    let metrics = warp::path!("metrics").and(warp::get()).then(|| async {
-        warp::reply::with_header(
-            crate::metrics::render(),
-            "content-type",
-            "text/plain; version=0.0.4",
-        )
-        .into_response()
+    let metrics = warp::path!("metrics").and(warp::get()).then(|| {
+        timed("GET /metrics", async {
+            Ok(warp::reply::with_header(
+                crate::metrics::render(),
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response())
+        })
+    });
+    let openapi = warp::path!("openapi.json").and(warp::get()).then(|| {
+        timed("GET /openapi.json", async {
+            Ok(warp::reply::with_header(
+                openapi::document_text(),
+                "content-type",
+                "application/json",
+            )
+            .into_response())
+        })
     });
 
     let create_merchant = warp::path!("v1" / "merchants")
@@ -331,6 +344,7 @@ pub fn routes(
         cluster.boxed(),
         link.boxed(),
         payment_callback.boxed(),
+        openapi.boxed(),
     ];
     rest.into_iter()
         .fold(healthz.boxed(), |acc, r| acc.or(r).unify().boxed())
