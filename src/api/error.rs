@@ -182,16 +182,18 @@ pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
             "length_required",
             "a content-length header is required".to_string(),
         )
+    } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
+        // Checked before the method: a header is only looked at once a route's path and
+        // method matched (a plain GET on a websocket route lacks the upgrade headers).
+        (StatusCode::BAD_REQUEST, "bad_header", e.to_string())
+    } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
+        (StatusCode::BAD_REQUEST, "bad_header", e.to_string())
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "method not allowed on this route".to_string(),
         )
-    } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
-        (StatusCode::BAD_REQUEST, "bad_header", e.to_string())
-    } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
-        (StatusCode::BAD_REQUEST, "bad_header", e.to_string())
     } else {
         (StatusCode::BAD_REQUEST, "bad_request", format!("{r:?}"))
     };

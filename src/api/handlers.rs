@@ -121,9 +121,11 @@ pub(super) async fn readyz(st: Arc<ApiState>) -> Outcome {
     let body = Readiness {
         store: store.as_ref().err().cloned().unwrap_or("ok".into()),
         lock: lock.as_ref().err().cloned().unwrap_or("ok".into()),
-        cluster: cluster.as_ref().err().cloned().unwrap_or(
-            if st.cluster.is_some() { "ok" } else { "off" }.into(),
-        ),
+        cluster: cluster
+            .as_ref()
+            .err()
+            .cloned()
+            .unwrap_or(if st.cluster.is_some() { "ok" } else { "off" }.into()),
     };
     if store.is_ok() && lock.is_ok() && cluster.is_ok() {
         Ok(json(StatusCode::OK, &body))

@@ -174,8 +174,7 @@ fn build() -> Value {
                 continue;
             };
             for op in item.values_mut() {
-                let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut)
-                else {
+                let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
                     continue;
                 };
                 responses
@@ -199,10 +198,9 @@ pub fn ws_schemas() -> Vec<(String, Value)> {
         defs.insert(name, serde_json::to_value(schema).unwrap_or_default());
     }
     // OpenAPI's component references become the file's own definitions.
-    let defs = Value::Object(defs).to_string().replace(
-        "\"#/components/schemas/",
-        "\"#/$defs/",
-    );
+    let defs = Value::Object(defs)
+        .to_string()
+        .replace("\"#/components/schemas/", "\"#/$defs/");
     let defs: Value = serde_json::from_str(&defs).unwrap_or_default();
     MESSAGES
         .iter()
@@ -227,11 +225,33 @@ pub fn ws_schemas() -> Vec<(String, Value)> {
                 "$id": format!("https://waimai.invalid/ws/{}.{}.json", m.socket.as_str(), m.kind),
                 "title": format!("{} `{}`", m.socket.as_str(), m.kind),
                 "allOf": [ { "$ref": format!("#/$defs/{}", m.schema) }, envelope ],
-                "$defs": defs,
+                "$defs": reachable(&defs, m.schema),
             });
             (format!("{}.{}.json", m.socket.as_str(), m.kind), schema)
         })
         .collect()
+}
+
+/// The definitions in `defs` that `root` refers to, itself included, transitively.
+fn reachable(defs: &Value, root: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    let mut todo = vec![root.to_string()];
+    while let Some(name) = todo.pop() {
+        if out.contains_key(&name) {
+            continue;
+        }
+        let Some(def) = defs.get(&name) else {
+            continue;
+        };
+        let text = def.to_string();
+        for part in text.split("\"#/$defs/").skip(1) {
+            if let Some(r) = part.split('"').next() {
+                todo.push(r.to_string());
+            }
+        }
+        out.insert(name, def.clone());
+    }
+    Value::Object(out)
 }
 
 // ---- operations without a handler of their own ----
