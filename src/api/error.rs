@@ -115,6 +115,7 @@ pub struct ErrorDetail {
     /// `invalid_body`, `invalid_request`, `bad_header`, `bad_request`, `illegal_transition`,
     /// `out_of_stock`, `merchant_closed`, `unknown_sku`, `idempotency_key_reused`, `conflict`,
     /// `payment_declined`, `payload_too_large`, `length_required`, `method_not_allowed`,
+    /// `upgrade_required` (a websocket route asked without the upgrade),
     /// `unavailable`, `shard_moving`.
     pub code: String,
     /// Human-readable detail.
@@ -181,6 +182,20 @@ pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
             StatusCode::LENGTH_REQUIRED,
             "length_required",
             "a content-length header is required".to_string(),
+        )
+    } else if r.find::<warp::ws::MissingConnectionUpgrade>().is_some()
+        || r
+            .find::<warp::reject::MissingHeader>()
+            .is_some_and(|h| h.name() == "connection")
+        || r
+            .find::<warp::reject::InvalidHeader>()
+            .is_some_and(|h| h.name() == "connection")
+    {
+        (
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this route is a websocket: open it with `Connection: upgrade` and `Upgrade: websocket`"
+                .to_string(),
         )
     } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
         // Checked before the method: a header is only looked at once a route's path and

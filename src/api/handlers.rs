@@ -677,10 +677,11 @@ pub(super) struct CallbackReceived {
 /// (a late or real provider) 202 with the order still `pending_payment` and the intent. A
 /// declined payment is 402.
 async fn pay(st: Arc<ApiState>, caller: Caller, id: String, body: Bytes, wait: bool) -> Outcome {
+    // No body, or `null`, takes the defaults.
     let req: PayBody = if body.iter().all(u8::is_ascii_whitespace) {
         PayBody::default()
     } else {
-        parse(&body)?
+        parse::<Option<PayBody>>(&body)?.unwrap_or_default()
     };
     let method = req
         .method
