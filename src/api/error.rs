@@ -184,11 +184,9 @@ pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
             "a content-length header is required".to_string(),
         )
     } else if r.find::<warp::ws::MissingConnectionUpgrade>().is_some()
-        || r
-            .find::<warp::reject::MissingHeader>()
+        || r.find::<warp::reject::MissingHeader>()
             .is_some_and(|h| h.name() == "connection")
-        || r
-            .find::<warp::reject::InvalidHeader>()
+        || r.find::<warp::reject::InvalidHeader>()
             .is_some_and(|h| h.name() == "connection")
     {
         (

@@ -552,7 +552,7 @@ pub(super) async fn rider_status(
 #[utoipa::path(put, path = "/v1/riders/{id}/location", tag = "riders",
     params(("id" = String, Path, description = "Rider id")),
     request_body = Location,
-    security(("bearer" = ["rider"])),
+    security(("bearer" = ["rider", "admin"])),
     responses((status = 200, description = "The rider", body = crate::model::Rider)))]
 pub(super) async fn rider_location(
     st: Arc<ApiState>,

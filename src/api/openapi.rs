@@ -287,7 +287,7 @@ fn close_merchant() {}
 /// The merchant accepts a paid order.
 #[utoipa::path(post, path = "/v1/merchants/{mid}/orders/{oid}/accept", tag = "merchants",
     params(("mid" = String, Path, description = "Merchant id"), ("oid" = String, Path, description = "Order id")),
-    security(("bearer" = ["merchant"])),
+    security(("bearer" = ["merchant", "admin"])),
     responses((status = 200, description = "The order", body = crate::model::Order)))]
 #[allow(dead_code)]
 fn accept_order() {}
@@ -295,7 +295,7 @@ fn accept_order() {}
 /// The merchant rejects a paid order (it is refunded).
 #[utoipa::path(post, path = "/v1/merchants/{mid}/orders/{oid}/reject", tag = "merchants",
     params(("mid" = String, Path, description = "Merchant id"), ("oid" = String, Path, description = "Order id")),
-    security(("bearer" = ["merchant"])),
+    security(("bearer" = ["merchant", "admin"])),
     responses((status = 200, description = "The order", body = crate::model::Order)))]
 #[allow(dead_code)]
 fn reject_order() {}
@@ -304,7 +304,7 @@ fn reject_order() {}
 #[utoipa::path(post, path = "/v1/riders/{id}/online", tag = "riders",
     params(("id" = String, Path, description = "Rider id")),
     request_body = handlers::Online,
-    security(("bearer" = ["rider"])),
+    security(("bearer" = ["rider", "admin"])),
     responses((status = 200, description = "The rider", body = crate::model::Rider)))]
 #[allow(dead_code)]
 fn rider_online() {}
@@ -312,7 +312,7 @@ fn rider_online() {}
 /// The rider stops taking work (refused while carrying an order).
 #[utoipa::path(post, path = "/v1/riders/{id}/offline", tag = "riders",
     params(("id" = String, Path, description = "Rider id")),
-    security(("bearer" = ["rider"])),
+    security(("bearer" = ["rider", "admin"])),
     responses((status = 200, description = "The rider", body = crate::model::Rider)))]
 #[allow(dead_code)]
 fn rider_offline() {}
@@ -344,7 +344,7 @@ fn release() {}
 /// The rider accepts the offer it holds for the order.
 #[utoipa::path(post, path = "/v1/riders/{rid}/offers/{oid}/accept", tag = "riders",
     params(("rid" = String, Path, description = "Rider id"), ("oid" = String, Path, description = "Order id")),
-    security(("bearer" = ["rider"])),
+    security(("bearer" = ["rider", "admin"])),
     responses((status = 200, description = "The order, assigned to the rider", body = crate::model::Order)))]
 #[allow(dead_code)]
 fn accept_offer() {}
@@ -352,7 +352,7 @@ fn accept_offer() {}
 /// The rider declines the offer it holds for the order.
 #[utoipa::path(post, path = "/v1/riders/{rid}/offers/{oid}/decline", tag = "riders",
     params(("rid" = String, Path, description = "Rider id"), ("oid" = String, Path, description = "Order id")),
-    security(("bearer" = ["rider"])),
+    security(("bearer" = ["rider", "admin"])),
     responses((status = 200, description = "The order", body = crate::model::Order)))]
 #[allow(dead_code)]
 fn decline_offer() {}
@@ -361,7 +361,7 @@ fn decline_offer() {}
 #[utoipa::path(post, path = "/v1/orders/{id}/pay", tag = "orders",
     params(("id" = String, Path, description = "Order id")),
     request_body(content = Option<handlers::PayBody>, description = "Optional: the payment method"),
-    security(("bearer" = ["customer"])),
+    security(("bearer" = ["customer", "admin"])),
     responses(
         (status = 200, description = "Paid", body = handlers::PaidOrder),
         (status = 202, description = "Still `pending_payment`: the provider answers later", body = handlers::PaidOrder),
@@ -373,7 +373,7 @@ fn pay() {}
 #[utoipa::path(post, path = "/v1/orders/{id}/payment", tag = "orders",
     params(("id" = String, Path, description = "Order id")),
     request_body(content = Option<handlers::PayBody>, description = "Optional: the payment method"),
-    security(("bearer" = ["customer"])),
+    security(("bearer" = ["customer", "admin"])),
     responses(
         (status = 201, description = "The intent and the order", body = handlers::PaymentCreated),
         (status = 402, description = "Declined", body = ErrorBody)))]
@@ -383,7 +383,7 @@ fn start_payment() {}
 /// The customer cancels the order (refunded when it was paid).
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders",
     params(("id" = String, Path, description = "Order id")),
-    security(("bearer" = ["customer"])),
+    security(("bearer" = ["customer", "admin"])),
     responses((status = 200, description = "The order", body = crate::model::Order)))]
 #[allow(dead_code)]
 fn cancel() {}
@@ -391,7 +391,7 @@ fn cancel() {}
 /// The customer confirms the delivered order.
 #[utoipa::path(post, path = "/v1/orders/{id}/confirm", tag = "orders",
     params(("id" = String, Path, description = "Order id")),
-    security(("bearer" = ["customer"])),
+    security(("bearer" = ["customer", "admin"])),
     responses((status = 200, description = "The order", body = crate::model::Order)))]
 #[allow(dead_code)]
 fn confirm() {}

@@ -132,7 +132,7 @@ pub(super) async fn track(
 #[utoipa::path(get, path = "/v1/merchants/{id}/feed", tag = "merchants",
     params(("id" = String, Path, description = "Merchant id"),
         ("token" = Option<String>, Query, description = "The bearer token, for browsers")),
-    security(("bearer" = ["merchant"])),
+    security(("bearer" = ["merchant", "admin"])),
     responses((status = 101, description = "Switching to the websocket")))]
 pub(super) async fn merchant_feed(
     st: Arc<ApiState>,
@@ -190,7 +190,7 @@ pub(super) async fn merchant_feed(
 #[utoipa::path(get, path = "/v1/riders/{id}/feed", tag = "riders",
     params(("id" = String, Path, description = "Rider id"),
         ("token" = Option<String>, Query, description = "The bearer token, for browsers")),
-    security(("bearer" = ["rider"])),
+    security(("bearer" = ["rider", "admin"])),
     responses((status = 101, description = "Switching to the websocket")))]
 pub(super) async fn rider_feed(
     st: Arc<ApiState>,
