@@ -270,6 +270,29 @@ async fn every_listed_route_reaches_its_handler_and_answers_as_documented() {
     assert_eq!(plain.status, 426, "{}", plain.body);
     assert_eq!(plain.body["error"]["code"], "upgrade_required");
     assert!(error_body.is_valid(&plain.body));
+    // A method a path does not serve: 405 with the ones it does.
+    let trace = app
+        .client
+        .request(
+            reqwest::Method::DELETE,
+            format!("{}/v1/orders/{oid}", app.base),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(trace.status(), 405);
+    assert_eq!(trace.headers()["allow"], "GET");
+    let trace = app
+        .client
+        .request(
+            reqwest::Method::PATCH,
+            format!("{}/v1/merchants/{mid}/menu", app.base),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(trace.status(), 405);
+    assert_eq!(trace.headers()["allow"], "PUT");
     // A body that is not what the schema says is refused, not served.
     assert!(!order.is_valid(&json!({"id": "x"})));
     app.shutdown().await;

@@ -346,8 +346,21 @@ pub fn routes(
         payment_callback.boxed(),
         openapi.boxed(),
     ];
-    rest.into_iter()
+    let served = rest
+        .into_iter()
         .fold(healthz.boxed(), |acc, r| acc.or(r).unify().boxed())
         .recover(error::recover)
-        .unify()
+        .unify();
+    // A 405 names the methods the path does serve (RFC 9110 `Allow`).
+    warp::path::full()
+        .and(served)
+        .map(|path: warp::path::FullPath, mut resp: Response| {
+            if resp.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED {
+                let allow = openapi::allowed_methods(path.as_str()).join(", ");
+                if let Ok(v) = warp::http::HeaderValue::from_str(&allow) {
+                    resp.headers_mut().insert("allow", v);
+                }
+            }
+            resp
+        })
 }

@@ -72,6 +72,25 @@ routes! {
     "GET" "/internal/v1/link" => "GET /internal/v1/link";
 }
 
+/// The methods `ROUTES` serves on the concrete `path` (for a 405's `Allow` header).
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut out: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|r| {
+            let template: Vec<&str> = r.path.trim_matches('/').split('/').collect();
+            template.len() == segments.len()
+                && template.iter().zip(&segments).all(|(t, s)| {
+                    (t.starts_with('{') && t.ends_with('}') && !s.is_empty()) || t == s
+                })
+        })
+        .map(|r| r.method)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
