@@ -80,9 +80,11 @@ pub struct MenuItem {
     pub name: String,
     /// Unit price.
     #[schema(minimum = 0, maximum = 100_000_000)]
+    #[serde(deserialize_with = "crate::domain::whole_i64")]
     pub price_cents: i64,
     /// Units available.
     #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::domain::whole_i64")]
     pub stock: i64,
 }
 

@@ -270,6 +270,25 @@ async fn every_listed_route_reaches_its_handler_and_answers_as_documented() {
     assert_eq!(plain.status, 426, "{}", plain.body);
     assert_eq!(plain.body["error"]["code"], "upgrade_required");
     assert!(error_body.is_valid(&plain.body));
+    // Integers spelled as whole floats are integers, as JSON Schema has it; 1.5 is not.
+    let spelled = |qty: Value| {
+        app.call(
+            reqwest::Method::POST,
+            "/v1/orders",
+            Some(&ctoken),
+            &[],
+            Some(
+                json!({"merchant_id": mid, "items": [{"sku": "bao", "qty": qty}],
+                "deliver_to": {"lat": 31.2, "lng": 121.5}}),
+            ),
+        )
+    };
+    let whole = spelled(json!(1.0)).await;
+    assert_eq!(whole.status, 201, "{}", whole.body);
+    assert_eq!(whole.body["items"][0]["qty"], 1);
+    let half = spelled(json!(1.5)).await;
+    assert_eq!(half.status, 422, "{}", half.body);
+    assert_eq!(half.body["error"]["code"], "invalid_body");
     // A method a path does not serve: 405 with the ones it does.
     let trace = app
         .client

@@ -808,6 +808,7 @@ pub(super) struct NewOrderItem {
     sku: String,
     /// How many, 1..=10000.
     #[schema(minimum = 1, maximum = 10000)]
+    #[serde(deserialize_with = "crate::domain::whole_i64")]
     qty: i64,
 }
 
