@@ -222,6 +222,33 @@ async fn every_listed_route_reaches_its_handler_and_answers_as_documented() {
         "{create}"
     );
     assert_eq!(create["security"][0]["bearer"], json!(["customer"]));
+    // Every link names an operation that exists and takes `{id}`.
+    let ops: BTreeMap<&str, &str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(p, item)| {
+            METHODS
+                .iter()
+                .filter_map(move |m| item[*m]["operationId"].as_str().map(|id| (id, p.as_str())))
+        })
+        .collect();
+    let mut links = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (name, link) in item["post"]["responses"]["201"]["links"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            let target = link["operationId"].as_str().expect("operationId");
+            let to = ops
+                .get(target)
+                .unwrap_or_else(|| panic!("{path}: link {name} to nothing"));
+            assert!(to.contains("{id}"), "{path}: link {name} to {to}");
+            links += 1;
+        }
+    }
+    assert!(links >= 10, "{links} links");
 
     // Real answers match their schemas: a merchant, an order (and its replay), an error.
     let (mid, _) = app.merchant_with_stock("bao", 5).await;

@@ -161,6 +161,40 @@ pub fn document_text() -> &'static str {
     &TEXT
 }
 
+/// Creating operations (`POST <path>`, 201 with the new `id`) and the operations that take
+/// that id as `{id}`.
+const LINKS: [(&str, &[&str]); 3] = [
+    (
+        "/v1/merchants",
+        &[
+            "get_merchant",
+            "set_menu",
+            "open_merchant",
+            "close_merchant",
+        ],
+    ),
+    (
+        "/v1/riders",
+        &[
+            "get_rider",
+            "rider_online",
+            "rider_offline",
+            "rider_location",
+        ],
+    ),
+    (
+        "/v1/orders",
+        &[
+            "get_order",
+            "pay",
+            "start_payment",
+            "cancel",
+            "confirm",
+            "assign",
+        ],
+    ),
+];
+
 /// Generates the document and adds what every operation shares: the bearer scheme, the error
 /// body for 4xx and 503 (with `Retry-After`).
 fn build() -> Value {
@@ -187,6 +221,19 @@ fn build() -> Value {
                 "schema": { "$ref": "#/components/schemas/ErrorBody" } } },
         },
     });
+    // Links from each creating operation to what takes the new id, so that clients (and
+    // schemathesis' stateful phase) can follow a resource from its creation.
+    for (path, follow) in LINKS {
+        let links: serde_json::Map<String, Value> = follow
+            .iter()
+            .map(|op| {
+                let link =
+                    json!({ "operationId": op, "parameters": { "id": "$response.body#/id" } });
+                (op.to_string(), link)
+            })
+            .collect();
+        doc["paths"][path]["post"]["responses"]["201"]["links"] = Value::Object(links);
+    }
     if let Some(paths) = doc["paths"].as_object_mut() {
         for item in paths.values_mut() {
             let Some(item) = item.as_object_mut() else {
