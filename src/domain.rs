@@ -3,12 +3,14 @@
 use serde::{Deserialize, Serialize};
 
 /// A point on the map, WGS84 degrees.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Location {
     /// Latitude, -90..=90.
+    #[schema(minimum = -90.0, maximum = 90.0)]
     pub lat: f64,
     /// Longitude, -180..=180.
+    #[schema(minimum = -180.0, maximum = 180.0)]
     pub lng: f64,
 }
 
@@ -27,8 +29,23 @@ impl Location {
     }
 }
 
+/// Deserializes an integer that JSON may spell as a whole float (`5.0`): JSON Schema's
+/// `integer`, which the OpenAPI document promises, includes those.
+pub fn whole_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    match serde_json::Number::deserialize(d)? {
+        n if n.is_i64() => n.as_i64().ok_or_else(|| D::Error::custom("not an integer")),
+        n => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
+                Ok(f as i64)
+            }
+            _ => Err(D::Error::custom(format!("expected an integer, got {n}"))),
+        },
+    }
+}
+
 /// The role a bearer token grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Places, pays, cancels and confirms its own orders.

@@ -228,7 +228,7 @@ pub struct CommitWrites {
 }
 
 /// A merchant with its menu, as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MerchantView {
     /// The profile.
     #[serde(flatten)]
@@ -398,7 +398,7 @@ pub struct ZoneStats {
 }
 
 /// An offer as riders see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Offer {
     /// The order.
     pub order_id: String,

@@ -6,7 +6,7 @@ use crate::actors::order_machine::OrderStatus;
 use crate::domain::Location;
 
 /// One line of an order, priced at the moment the stock was reserved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderLine {
     /// The merchant's SKU code.
     pub sku: String,
@@ -19,7 +19,7 @@ pub struct OrderLine {
 }
 
 /// An order as stored and as returned by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Order {
     /// Order id (UUID; derived from the idempotency key when one is given).
     pub id: String,
@@ -54,7 +54,7 @@ pub struct Order {
 }
 
 /// A merchant's profile (its menu lives in `MenuItem` rows).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Merchant {
     /// Merchant id.
     pub id: String,
@@ -69,21 +69,27 @@ pub struct Merchant {
 }
 
 /// One SKU on a merchant's menu.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MenuItem {
     /// SKU code, unique per merchant.
+    #[schema(min_length = 1, max_length = 64)]
     pub sku: String,
     /// Display name.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Unit price.
+    #[schema(minimum = 0, maximum = 100_000_000)]
+    #[serde(deserialize_with = "crate::domain::whole_i64")]
     pub price_cents: i64,
     /// Units available.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::domain::whole_i64")]
     pub stock: i64,
 }
 
 /// A rider.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rider {
     /// Rider id.
     pub id: String,

@@ -22,7 +22,7 @@ use crate::messages::{
 };
 use crate::metrics;
 use crate::model::{Order, OutboxEvent, Rider};
-use crate::realtime::{RiderSeen, Topic};
+use crate::realtime::{messages as wire, RiderSeen, Topic};
 use crate::store::{ShardEpoch, StoreError, Write};
 
 // ---- actor ----
@@ -261,8 +261,11 @@ impl RiderActor {
                 "rider_location",
                 Some((order.as_str(), None, None)),
                 || {
-                    serde_json::json!({
-                        "order_id": order, "rider_id": r.id, "lat": loc.lat, "lng": loc.lng,
+                    wire::fields(&wire::RiderLocation {
+                        order_id: order.clone(),
+                        rider_id: r.id.clone(),
+                        lat: loc.lat,
+                        lng: loc.lng,
                     })
                 },
             );

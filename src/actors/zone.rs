@@ -49,7 +49,7 @@ use crate::messages::{
 };
 use crate::metrics;
 use crate::model::Order;
-use crate::realtime::Topic;
+use crate::realtime::{messages as wire, Topic};
 use crate::store::ShardEpoch;
 
 // ---- actor ----
@@ -487,10 +487,9 @@ impl ZoneActor {
             "offer",
             Some((offer.order_id.as_str(), None, None)),
             || {
-                serde_json::json!({
-                    "rider_id": rider, "order_id": offer.order_id, "pickup": offer.pickup,
-                    "dropoff": offer.dropoff, "expires_at": offer.expires_at,
-                    "distance_m": offer.distance_m, "route": offer.route,
+                wire::fields(&wire::OfferMade {
+                    rider_id: rider.clone(),
+                    offer: offer.clone(),
                 })
             },
         );
@@ -509,7 +508,13 @@ impl ZoneActor {
             Topic::Rider(out.rider.clone()),
             "offer_withdrawn",
             Some((order_id, None, None)),
-            || serde_json::json!({ "rider_id": out.rider, "order_id": order_id, "reason": reason }),
+            || {
+                wire::fields(&wire::OfferWithdrawn {
+                    rider_id: out.rider.clone(),
+                    order_id: order_id.to_string(),
+                    reason: reason.to_string(),
+                })
+            },
         );
         Some(out.rider)
     }

@@ -3,11 +3,13 @@
 
 use std::convert::Infallible;
 
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
+use crate::actors::order_machine::{OrderEvent, OrderStatus};
 use crate::error::Error;
 
 /// A failed request.
@@ -47,53 +49,72 @@ impl From<crate::gateway::Refusal> for ApiError {
 
 impl ApiError {
     /// Status, machine code and extra fields.
-    fn parts(&self) -> (StatusCode, &'static str, Option<serde_json::Value>) {
+    fn parts(&self) -> (StatusCode, &'static str, Extra) {
+        let none = Extra::default();
         match self {
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
-            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", None),
-            ApiError::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", None),
-            ApiError::BadHeader(_) => (StatusCode::BAD_REQUEST, "bad_header", None),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", none),
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", none),
+            ApiError::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", none),
+            ApiError::BadHeader(_) => (StatusCode::BAD_REQUEST, "bad_header", none),
             ApiError::RateLimited(l) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                Some(json!({ "class": l.class.as_str(), "scope": l.scope,
-                             "retry_after_s": l.retry_after_s })),
+                Extra {
+                    class: Some(l.class.as_str().to_string()),
+                    scope: Some(l.scope.to_string()),
+                    retry_after_s: Some(l.retry_after_s),
+                    ..none
+                },
             ),
             ApiError::Overloaded(o) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
-                Some(json!({ "reason": o.reason, "retry_after_s": o.retry_after_s })),
+                Extra {
+                    reason: Some(o.reason.to_string()),
+                    retry_after_s: Some(o.retry_after_s),
+                    ..none
+                },
             ),
             ApiError::Domain(e) => match e {
-                Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", None),
-                Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
+                Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", none),
+                Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", none),
                 Error::IllegalTransition { status, event } => (
                     StatusCode::CONFLICT,
                     "illegal_transition",
-                    Some(json!({ "status": status, "event": event })),
+                    Extra {
+                        status: Some(*status),
+                        event: Some(*event),
+                        ..none
+                    },
                 ),
                 Error::OutOfStock { sku } => (
                     StatusCode::CONFLICT,
                     "out_of_stock",
-                    Some(json!({ "sku": sku })),
+                    Extra {
+                        sku: Some(sku.clone()),
+                        ..none
+                    },
                 ),
-                Error::MerchantClosed(_) => (StatusCode::CONFLICT, "merchant_closed", None),
+                Error::MerchantClosed(_) => (StatusCode::CONFLICT, "merchant_closed", none),
                 Error::UnknownSku(sku) => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "unknown_sku",
-                    Some(json!({ "sku": sku })),
+                    Extra {
+                        sku: Some(sku.clone()),
+                        ..none
+                    },
                 ),
                 Error::IdempotencyMismatch => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "idempotency_key_reused",
-                    None,
+                    none,
                 ),
-                Error::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
-                Error::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", None),
-                Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
-                Error::NotOwner(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_moving", None),
+                Error::Conflict(_) => (StatusCode::CONFLICT, "conflict", none),
+                Error::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", none),
+                Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", none),
+                Error::NotOwner(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_moving", none),
                 Error::PaymentDeclined(_) => {
-                    (StatusCode::PAYMENT_REQUIRED, "payment_declined", None)
+                    (StatusCode::PAYMENT_REQUIRED, "payment_declined", none)
                 }
             },
         }
@@ -129,19 +150,66 @@ impl ApiError {
     }
 }
 
+/// The body of every 4xx and 5xx answer: `{"error": {"code", "message", ...}}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for machines (`code`) and people (`message`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: `unauthorized`, `forbidden`, `not_found`, `malformed_json`,
+    /// `invalid_body`, `invalid_request`, `bad_header`, `bad_request`, `illegal_transition`,
+    /// `out_of_stock`, `merchant_closed`, `unknown_sku`, `idempotency_key_reused`, `conflict`,
+    /// `payment_declined`, `payload_too_large`, `length_required`, `method_not_allowed`,
+    /// `upgrade_required` (a websocket route asked without the upgrade),
+    /// `unavailable`, `shard_moving`.
+    pub code: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// Extra fields some codes carry.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// Fields that some error codes add.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct Extra {
+    /// `illegal_transition`: the order's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<OrderStatus>,
+    /// `illegal_transition`: the refused event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<OrderEvent>,
+    /// `out_of_stock`, `unknown_sku`: the SKU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    /// `rate_limited`: the route class (`write`, `read`, `ws`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// `rate_limited`: which quota ran out (`customer`, `ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// `rate_limited`, `overloaded`: seconds to wait (also the `Retry-After` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+    /// `overloaded`: what is full (`shard`, `store`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Builds the standard error body.
-pub fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    extra: Option<serde_json::Value>,
-) -> Response {
-    let mut err = json!({ "code": code, "message": message });
-    if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (extra, err.as_object_mut()) {
-        obj.extend(extra);
-    }
-    let mut resp = warp::reply::with_status(warp::reply::json(&json!({ "error": err })), status)
-        .into_response();
+pub fn error_response(status: StatusCode, code: &str, message: &str, extra: Extra) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.to_string(),
+            message: message.to_string(),
+            extra,
+        },
+    };
+    let mut resp = warp::reply::with_status(warp::reply::json(&body), status).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut()
             .insert("retry-after", warp::http::HeaderValue::from_static("1"));
@@ -189,21 +257,35 @@ pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
             "length_required",
             "a content-length header is required".to_string(),
         )
+    } else if r.find::<warp::ws::MissingConnectionUpgrade>().is_some()
+        || r.find::<warp::reject::MissingHeader>()
+            .is_some_and(|h| h.name() == "connection")
+        || r.find::<warp::reject::InvalidHeader>()
+            .is_some_and(|h| h.name() == "connection")
+    {
+        (
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this route is a websocket: open it with `Connection: upgrade` and `Upgrade: websocket`"
+                .to_string(),
+        )
+    } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
+        // Checked before the method: a header is only looked at once a route's path and
+        // method matched (a plain GET on a websocket route lacks the upgrade headers).
+        (StatusCode::BAD_REQUEST, "bad_header", e.to_string())
+    } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
+        (StatusCode::BAD_REQUEST, "bad_header", e.to_string())
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "method not allowed on this route".to_string(),
         )
-    } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
-        (StatusCode::BAD_REQUEST, "bad_header", e.to_string())
-    } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
-        (StatusCode::BAD_REQUEST, "bad_header", e.to_string())
     } else {
         (StatusCode::BAD_REQUEST, "bad_request", format!("{r:?}"))
     };
     crate::metrics::HTTP_SECONDS
         .with_label_values(&["unmatched", status.as_str()])
         .observe(0.0);
-    Ok(error_response(status, code, &message, None))
+    Ok(error_response(status, code, &message, Extra::default()))
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
@@ -21,8 +22,8 @@ use crate::messages::{
     AnswerOffer, ChangeOrder, GetMerchant, GetOrder, GetRider, GoOffline, GoOnline, PaymentNotice,
     PlaceOrder, RegisterMerchant, RegisterRider, SetMenu, SetOpen, StartPayment, UpdateLocation,
 };
-use crate::model::MenuItem;
-use crate::payments::{IntentStatus, ProviderEvent};
+use crate::model::{MenuItem, Order};
+use crate::payments::{Intent, IntentStatus, ProviderEvent};
 use crate::realtime::Topic;
 
 type Outcome = Result<Response, ApiError>;
@@ -73,10 +74,34 @@ fn caller(st: &ApiState, auth: &Option<String>) -> Result<Caller, ApiError> {
     st.auth.caller(auth.as_deref())
 }
 
-pub(super) fn healthz() -> Response {
-    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+/// `GET /healthz`: the process is up.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Health {
+    /// Always `ok`.
+    status: &'static str,
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Up", body = Health)))]
+pub(super) fn healthz() -> Response {
+    json(StatusCode::OK, &Health { status: "ok" })
+}
+
+/// `GET /readyz`: each dependency, `ok` (or `off`), or why not.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Readiness {
+    /// The store.
+    store: String,
+    /// The lock backend.
+    lock: String,
+    /// The cluster (`off` on a single node).
+    cluster: String,
+}
+
+/// The store, the lock backend and (in a cluster) the group are reachable.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = Readiness)))]
 pub(super) async fn readyz(st: Arc<ApiState>) -> Outcome {
     let store = st.store.ping().await.map_err(|e| e.to_string());
     let lock = match st.lock.send(PingLocks).await {
@@ -93,18 +118,21 @@ pub(super) async fn readyz(st: Arc<ApiState>) -> Outcome {
         Some(c) if !c.dir.complete() => Err("does not know an owner for every shard".to_string()),
         Some(_) => Ok(()),
     };
-    let body = serde_json::json!({
-        "store": store.as_ref().err().map(String::as_str).unwrap_or("ok"),
-        "lock": lock.as_ref().err().map(String::as_str).unwrap_or("ok"),
-        "cluster": cluster.as_ref().err().map(String::as_str)
-            .unwrap_or(if st.cluster.is_some() { "ok" } else { "off" }),
-    });
+    let body = Readiness {
+        store: store.as_ref().err().cloned().unwrap_or("ok".into()),
+        lock: lock.as_ref().err().cloned().unwrap_or("ok".into()),
+        cluster: cluster
+            .as_ref()
+            .err()
+            .cloned()
+            .unwrap_or(if st.cluster.is_some() { "ok" } else { "off" }.into()),
+    };
     if store.is_ok() && lock.is_ok() && cluster.is_ok() {
         Ok(json(StatusCode::OK, &body))
     } else {
         let reason = format!(
-            "not ready: store={}, lock={}, cluster={}",
-            body["store"], body["lock"], body["cluster"]
+            "not ready: store={:?}, lock={:?}, cluster={:?}",
+            body.store, body.lock, body.cluster
         );
         Err(Error::Unavailable(reason).into())
     }
@@ -112,6 +140,9 @@ pub(super) async fn readyz(st: Arc<ApiState>) -> Outcome {
 
 /// `POST /v1/admin/reload` (admin): reads the config file again; answers what was applied and
 /// what was refused (keys that cannot change live keep their old value).
+#[utoipa::path(post, path = "/v1/admin/reload", tag = "operations",
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "The keys applied and the keys refused (each with `key`, `from`, `to`)", body = Object)))]
 pub(super) async fn reload(st: Arc<ApiState>, auth: Option<String>) -> Outcome {
     let caller = caller(&st, &auth)?;
     if !caller.is_admin() {
@@ -125,29 +156,103 @@ pub(super) async fn reload(st: Arc<ApiState>, auth: Option<String>) -> Outcome {
     Ok(json(StatusCode::OK, &report))
 }
 
+/// `GET /v1/cluster`: the members, each shard's owner and epoch.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ClusterView {
+    /// Whether this node runs in a cluster.
+    enabled: bool,
+    /// This node's id.
+    node_id: String,
+    /// Cluster: whether the node has joined the group (absent on a single node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    joined: Option<bool>,
+    /// Cluster: how many shards this node serves (absent on a single node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serving: Option<usize>,
+    /// The nodes seen lately.
+    members: Vec<MemberView>,
+    /// Every shard.
+    shards: Vec<ShardView>,
+}
+
+/// A node of the cluster.
+#[derive(Serialize, ToSchema)]
+pub(super) struct MemberView {
+    /// Its id.
+    node_id: String,
+    /// Where peers reach it (null on a single node).
+    addr: Option<String>,
+    /// Seen within `cluster.alive_ms`.
+    alive: bool,
+    /// Events behind, as it last reported.
+    lag: i64,
+    /// Last heartbeat, ms since the epoch (cluster only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen: Option<i64>,
+    /// When it started, ms since the epoch (cluster only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<i64>,
+    /// How many shards it owns (cluster only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shards: Option<usize>,
+}
+
+/// One shard and who serves it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ShardView {
+    /// The shard number.
+    shard: usize,
+    /// The node serving it (null while it moves).
+    owner: Option<String>,
+    /// Where that node is reached (null on a single node or while it moves).
+    addr: Option<String>,
+    /// The owner's epoch for it (null on a single node).
+    epoch: Option<i64>,
+}
+
 /// `GET /v1/cluster` (admin): the members, each shard's owner and epoch, each node's lag.
+#[utoipa::path(get, path = "/v1/cluster", tag = "operations",
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "The cluster as this node sees it", body = ClusterView)))]
 pub(super) async fn cluster(st: Arc<ApiState>, auth: Option<String>) -> Outcome {
     let caller = caller(&st, &auth)?;
     if !caller.is_admin() {
         return Err(Error::Forbidden("only an admin may read the cluster's state".into()).into());
     }
     let Some(c) = &st.cluster else {
-        let shards: Vec<_> = (0..st.router.shard_count())
-            .map(|s| serde_json::json!({ "shard": s, "owner": st.node_id, "epoch": null }))
+        let shards = (0..st.router.shard_count())
+            .map(|s| ShardView {
+                shard: s as usize,
+                owner: Some(st.node_id.clone()),
+                addr: None,
+                epoch: None,
+            })
             .collect();
+        let me = MemberView {
+            node_id: st.node_id.clone(),
+            addr: None,
+            alive: true,
+            lag: 0,
+            last_seen: None,
+            started_at: None,
+            shards: None,
+        };
         return Ok(json(
             StatusCode::OK,
-            &serde_json::json!({
-                "enabled": false, "node_id": st.node_id,
-                "members": [{ "node_id": st.node_id, "addr": null, "alive": true, "lag": 0 }],
-                "shards": shards,
-            }),
+            &ClusterView {
+                enabled: false,
+                node_id: st.node_id.clone(),
+                joined: None,
+                serving: None,
+                members: vec![me],
+                shards,
+            },
         ));
     };
     let nodes = st.store.nodes().await.map_err(Error::from)?;
     let owners = c.dir.owners();
     let now = now_ms();
-    let members: Vec<_> = nodes
+    let members = nodes
         .iter()
         .filter(|n| now - n.last_seen <= 10 * c.alive_ms)
         .map(|n| {
@@ -156,34 +261,46 @@ pub(super) async fn cluster(st: Arc<ApiState>, auth: Option<String>) -> Outcome 
                 .flatten()
                 .filter(|o| o.node_id == n.node_id)
                 .count();
-            serde_json::json!({
-                "node_id": n.node_id, "addr": n.addr, "alive": now - n.last_seen <= c.alive_ms,
-                "last_seen": n.last_seen, "started_at": n.started_at, "lag": n.lag,
-                "shards": owned,
-            })
+            MemberView {
+                node_id: n.node_id.clone(),
+                addr: Some(n.addr.clone()),
+                alive: now - n.last_seen <= c.alive_ms,
+                lag: n.lag,
+                last_seen: Some(n.last_seen),
+                started_at: Some(n.started_at),
+                shards: Some(owned),
+            }
         })
         .collect();
-    let shards: Vec<_> = owners
+    let shards = owners
         .iter()
         .enumerate()
-        .map(|(i, o)| match o {
-            Some(o) => serde_json::json!({
-                "shard": i, "owner": o.node_id, "addr": o.addr, "epoch": o.epoch,
-            }),
-            None => serde_json::json!({ "shard": i, "owner": null, "addr": null, "epoch": null }),
+        .map(|(i, o)| ShardView {
+            shard: i,
+            owner: o.as_ref().map(|o| o.node_id.clone()),
+            addr: o.as_ref().map(|o| o.addr.clone()),
+            epoch: o.as_ref().map(|o| o.epoch),
         })
         .collect();
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({
-            "enabled": true, "node_id": st.node_id,
-            "joined": c.joined.load(std::sync::atomic::Ordering::Acquire),
-            "serving": c.dir.serving().len(), "members": members, "shards": shards,
-        }),
+        &ClusterView {
+            enabled: true,
+            node_id: st.node_id.clone(),
+            joined: Some(c.joined.load(std::sync::atomic::Ordering::Acquire)),
+            serving: Some(c.dir.serving().len()),
+            members,
+            shards,
+        },
     ))
 }
 
 /// `GET /internal/v1/link` (websocket): another node of the cluster opens its peer link.
+/// Another node of the cluster opens its peer link (websocket; a token of role `admin` whose
+/// subject starts with `node:`). Not found on a single node.
+#[utoipa::path(get, path = "/internal/v1/link", tag = "operations",
+    security(("bearer" = ["admin"])),
+    responses((status = 101, description = "Switching to the peer link's websocket")))]
 pub(super) async fn peer_link(
     st: Arc<ApiState>,
     ws: warp::ws::Ws,
@@ -205,13 +322,22 @@ pub(super) async fn peer_link(
 
 // ---- merchants ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewMerchant {
+/// The body of `POST /v1/merchants`.
+pub(super) struct NewMerchant {
+    /// Display name, 1..=200 characters, not blank.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    /// Pickup point.
     location: Location,
 }
 
+/// Creates a merchant (admin).
+#[utoipa::path(post, path = "/v1/merchants", tag = "merchants",
+    request_body = NewMerchant,
+    security(("bearer" = ["admin"])),
+    responses((status = 201, description = "The new merchant", body = crate::messages::MerchantView)))]
 pub(super) async fn create_merchant(
     st: Arc<ApiState>,
     auth: Option<String>,
@@ -237,6 +363,11 @@ pub(super) async fn create_merchant(
     Ok(json(StatusCode::CREATED, &view))
 }
 
+/// Reads a merchant with its menu and available stock (any role).
+#[utoipa::path(get, path = "/v1/merchants/{id}", tag = "merchants",
+    params(("id" = String, Path, description = "Merchant id")),
+    security(("bearer" = ["customer", "merchant", "rider", "admin"])),
+    responses((status = 200, description = "The merchant", body = crate::messages::MerchantView)))]
 pub(super) async fn get_merchant(st: Arc<ApiState>, auth: Option<String>, id: String) -> Outcome {
     let caller = caller(&st, &auth)?;
     path_id("merchant", &id)?;
@@ -255,12 +386,21 @@ pub(super) async fn get_merchant(st: Arc<ApiState>, auth: Option<String>, id: St
     Ok(json(StatusCode::OK, &view))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Menu {
+/// The body of `PUT /v1/merchants/{id}/menu`: the whole new menu.
+pub(super) struct Menu {
+    /// At most 200 items, SKUs unique.
+    #[schema(max_items = 200)]
     items: Vec<MenuItem>,
 }
 
+/// Replaces the menu, stock included (the merchant itself, or an admin).
+#[utoipa::path(put, path = "/v1/merchants/{id}/menu", tag = "merchants",
+    params(("id" = String, Path, description = "Merchant id")),
+    request_body = Menu,
+    security(("bearer" = ["merchant", "admin"])),
+    responses((status = 200, description = "The merchant", body = crate::messages::MerchantView)))]
 pub(super) async fn set_menu(
     st: Arc<ApiState>,
     auth: Option<String>,
@@ -359,18 +499,28 @@ pub(super) async fn merchant_decide(
 
 // ---- riders ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewRider {
+/// The body of `POST /v1/riders`.
+pub(super) struct NewRider {
+    /// Display name, 1..=200 characters, not blank.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Online {
+/// The body of `POST /v1/riders/{id}/online`.
+pub(super) struct Online {
+    /// Where the rider is.
     location: Location,
 }
 
+/// Creates a rider (admin).
+#[utoipa::path(post, path = "/v1/riders", tag = "riders",
+    request_body = NewRider,
+    security(("bearer" = ["admin"])),
+    responses((status = 201, description = "The new rider", body = crate::model::Rider)))]
 pub(super) async fn create_rider(st: Arc<ApiState>, auth: Option<String>, body: Bytes) -> Outcome {
     let caller = caller(&st, &auth)?;
     let req: NewRider = parse(&body)?;
@@ -389,6 +539,11 @@ pub(super) async fn create_rider(st: Arc<ApiState>, auth: Option<String>, body: 
     Ok(json(StatusCode::CREATED, &rider))
 }
 
+/// Reads a rider (any role).
+#[utoipa::path(get, path = "/v1/riders/{id}", tag = "riders",
+    params(("id" = String, Path, description = "Rider id")),
+    security(("bearer" = ["customer", "merchant", "rider", "admin"])),
+    responses((status = 200, description = "The rider", body = crate::model::Rider)))]
 pub(super) async fn get_rider(st: Arc<ApiState>, auth: Option<String>, id: String) -> Outcome {
     caller(&st, &auth)?;
     path_id("rider", &id)?;
@@ -425,6 +580,12 @@ pub(super) async fn rider_status(
     Ok(json(StatusCode::OK, &rider))
 }
 
+/// The rider reports its position.
+#[utoipa::path(put, path = "/v1/riders/{id}/location", tag = "riders",
+    params(("id" = String, Path, description = "Rider id")),
+    request_body = Location,
+    security(("bearer" = ["rider", "admin"])),
+    responses((status = 200, description = "The rider", body = crate::model::Rider)))]
 pub(super) async fn rider_location(
     st: Arc<ApiState>,
     auth: Option<String>,
@@ -505,10 +666,41 @@ pub(super) async fn rider_offer(
 
 // ---- payments ----
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PayBody {
+/// The (optional) body of `POST /v1/orders/{id}/pay` and `/payment`.
+pub(super) struct PayBody {
+    /// The payment method, 1..=64 characters (default: `payments.default_method`).
+    #[schema(min_length = 1, max_length = 64)]
     method: Option<String>,
+}
+
+/// `POST /v1/orders/{id}/payment`: the intent created (or the one already under way).
+#[derive(Serialize, ToSchema)]
+pub(super) struct PaymentCreated {
+    /// The payment intent.
+    payment: Intent,
+    /// The order when the payment started.
+    order: Order,
+}
+
+/// `POST /v1/orders/{id}/pay`: the order with its payment intent.
+#[derive(Serialize, ToSchema)]
+pub(super) struct PaidOrder {
+    /// The order (paid, or still `pending_payment` when the answer is 202).
+    #[serde(flatten)]
+    order: Order,
+    /// The payment intent.
+    payment: Intent,
+}
+
+/// `POST /v1/payments/callback`: the event was taken.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CallbackReceived {
+    /// Always true.
+    received: bool,
+    /// False for an event already applied.
+    applied: bool,
 }
 
 /// `POST /v1/orders/{id}/payment` (`wait` false): creates the payment intent and answers 201 with
@@ -517,10 +709,11 @@ struct PayBody {
 /// (a late or real provider) 202 with the order still `pending_payment` and the intent. A
 /// declined payment is 402.
 async fn pay(st: Arc<ApiState>, caller: Caller, id: String, body: Bytes, wait: bool) -> Outcome {
+    // No body, or `null`, takes the defaults.
     let req: PayBody = if body.iter().all(u8::is_ascii_whitespace) {
         PayBody::default()
     } else {
-        parse(&body)?
+        parse::<Option<PayBody>>(&body)?.unwrap_or_default()
     };
     let method = req
         .method
@@ -545,7 +738,10 @@ async fn pay(st: Arc<ApiState>, caller: Caller, id: String, body: Bytes, wait: b
         return Err(Error::PaymentDeclined(format!("intent {} was declined", intent.id)).into());
     }
     if !wait {
-        let body = serde_json::json!({ "payment": intent, "order": started.order });
+        let body = PaymentCreated {
+            payment: intent,
+            order: started.order,
+        };
         return Ok(json(StatusCode::CREATED, &body));
     }
     let mut order = started.order;
@@ -568,14 +764,21 @@ async fn pay(st: Arc<ApiState>, caller: Caller, id: String, body: Bytes, wait: b
     } else {
         StatusCode::OK
     };
-    let mut body = serde_json::to_value(&order).map_err(|e| invalid(e.to_string()))?;
-    body["payment"] = serde_json::to_value(&intent).map_err(|e| invalid(e.to_string()))?;
+    let body = PaidOrder {
+        order,
+        payment: intent,
+    };
     Ok(json(status, &body))
 }
 
 /// `POST /v1/payments/callback`: the provider's signed event. A bad or missing signature is
 /// 401, a timestamp outside the tolerance 400; an event already applied changes nothing
 /// (`"applied": false`).
+#[utoipa::path(post, path = "/v1/payments/callback", tag = "payments",
+    params(("Waimai-Signature" = Option<String>, Header,
+        description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">` with `payments.hmac_secret`")),
+    request_body = ProviderEvent,
+    responses((status = 200, description = "Taken (`applied` false: already applied)", body = CallbackReceived)))]
 pub(super) async fn payment_callback(
     st: Arc<ApiState>,
     signature: Option<String>,
@@ -605,27 +808,52 @@ pub(super) async fn payment_callback(
     let applied = st.router.send(&order, PaymentNotice { event }).await?;
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({ "received": true, "applied": applied }),
+        &CallbackReceived {
+            received: true,
+            applied,
+        },
     ))
 }
 
 // ---- orders ----
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewOrder {
+/// The body of `POST /v1/orders`.
+pub(super) struct NewOrder {
+    /// The merchant to order from.
+    #[schema(min_length = 1, max_length = 64)]
     merchant_id: String,
+    /// 1..=200 lines.
+    #[schema(min_items = 1, max_items = 200)]
     items: Vec<NewOrderItem>,
+    /// Where to deliver.
     deliver_to: Location,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewOrderItem {
+/// One line of a new order.
+pub(super) struct NewOrderItem {
+    /// The merchant's SKU.
+    #[schema(min_length = 1, max_length = 64)]
     sku: String,
+    /// How many, 1..=10000.
+    #[schema(minimum = 1, maximum = 10000)]
+    #[serde(deserialize_with = "crate::domain::whole_i64")]
     qty: i64,
 }
 
+/// Places an order (a customer). With an `Idempotency-Key`, a retry of the same request is
+/// answered with the order it made (header `Idempotent-Replayed: true`); the key reused for
+/// another body is refused (422 `idempotency_key_reused`).
+#[utoipa::path(post, path = "/v1/orders", tag = "orders",
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        description = "Makes the request safe to retry: 1..=255 characters, per customer")),
+    request_body = NewOrder,
+    security(("bearer" = ["customer"])),
+    responses((status = 201, description = "The order, `pending_payment`", body = Order,
+        headers(("Idempotent-Replayed" = String, description = "`true` when an earlier request with this key made it")))))]
 pub(super) async fn create_order(
     st: Arc<ApiState>,
     auth: Option<String>,
@@ -701,6 +929,11 @@ pub(super) async fn create_order(
     Ok(resp)
 }
 
+/// Reads an order (its customer, merchant, rider, or an admin; 404 for anyone else).
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "Order id")),
+    security(("bearer" = ["customer", "merchant", "rider", "admin"])),
+    responses((status = 200, description = "The order", body = Order)))]
 pub(super) async fn get_order(st: Arc<ApiState>, auth: Option<String>, id: String) -> Outcome {
     let caller = caller(&st, &auth)?;
     path_id("order", &id)?;
@@ -708,9 +941,12 @@ pub(super) async fn get_order(st: Arc<ApiState>, auth: Option<String>, id: Strin
     Ok(json(StatusCode::OK, &order))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Assign {
+/// The body of `POST /v1/orders/{id}/assign` (admin).
+pub(super) struct Assign {
+    /// The rider to assign.
+    #[schema(min_length = 1, max_length = 64)]
     rider_id: String,
 }
 

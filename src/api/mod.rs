@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 mod handlers;
+pub mod openapi;
 mod ops;
 pub mod trace;
 mod ws;
@@ -192,13 +193,25 @@ pub fn routes(
         .and(warp::get())
         .and(st.clone())
         .then(|s| timed("GET /readyz", handlers::readyz(s)));
-    let metrics = warp::path!("metrics").and(warp::get()).then(|| async {
-        warp::reply::with_header(
-            crate::metrics::render(),
-            "content-type",
-            "text/plain; version=0.0.4",
-        )
-        .into_response()
+    let metrics = warp::path!("metrics").and(warp::get()).then(|| {
+        timed("GET /metrics", async {
+            Ok(warp::reply::with_header(
+                crate::metrics::render(),
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response())
+        })
+    });
+    let openapi = warp::path!("openapi.json").and(warp::get()).then(|| {
+        timed("GET /openapi.json", async {
+            Ok(warp::reply::with_header(
+                openapi::document_text(),
+                "content-type",
+                "application/json",
+            )
+            .into_response())
+        })
     });
 
     let create_merchant = warp::path!("v1" / "merchants")
@@ -422,9 +435,22 @@ pub fn routes(
         reload.boxed(),
         link.boxed(),
         payment_callback.boxed(),
+        openapi.boxed(),
     ];
     let routes = rest
         .into_iter()
         .fold(healthz.boxed(), |acc, r| acc.or(r).unify().boxed());
-    gate.and(routes).recover(error::recover).unify()
+    let served = gate.and(routes).recover(error::recover).unify();
+    // A 405 names the methods the path does serve (RFC 9110 `Allow`).
+    warp::path::full()
+        .and(served)
+        .map(|path: warp::path::FullPath, mut resp: Response| {
+            if resp.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED {
+                let allow = openapi::allowed_methods(path.as_str()).join(", ");
+                if let Ok(v) = warp::http::HeaderValue::from_str(&allow) {
+                    resp.headers_mut().insert("allow", v);
+                }
+            }
+            resp
+        })
 }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
-use serde_json::json;
 use warp::reply::Response;
 use warp::ws::{Message, WebSocket, Ws};
 use warp::Reply;
@@ -25,7 +24,7 @@ use crate::domain::{now_ms, Caller, Location, Role};
 use crate::error::Error;
 use crate::messages::{AnswerOffer, ChangeOrder, CurrentOffer, GetOrder, GetRider, UpdateLocation};
 use crate::metrics;
-use crate::realtime::{Event, Subscription, Topic};
+use crate::realtime::{messages as wire, Event, Subscription, Topic};
 
 type Outcome = Result<Response, ApiError>;
 
@@ -87,7 +86,12 @@ struct Session {
     commands: Commands,
 }
 
-/// `GET /v1/orders/{id}/track`
+/// `GET /v1/orders/{id}/track`: follows an order (websocket; messages in `docs/ws/track.*`).
+#[utoipa::path(get, path = "/v1/orders/{id}/track", tag = "orders",
+    params(("id" = String, Path, description = "Order id"),
+        ("token" = Option<String>, Query, description = "The bearer token, for browsers")),
+    security(("bearer" = ["customer", "merchant", "rider", "admin"])),
+    responses((status = 101, description = "Switching to the websocket")))]
 pub(super) async fn track(
     st: Arc<ApiState>,
     ws: Ws,
@@ -99,11 +103,16 @@ pub(super) async fn track(
     check_id("order", &id)?;
     let sub = st.hub.subscribe(Topic::Order(id.clone()));
     let order = st.router.send(&id, GetOrder { caller }).await?;
-    let snapshot = json!({
-        "type": "snapshot", "order_id": order.id, "version": order.version,
-        "seq": st.hub.last_seq(), "ts": now_ms(), "order": order,
-    })
-    .to_string();
+    let snapshot = wire::with_type(
+        "snapshot",
+        &wire::TrackSnapshot {
+            order_id: order.id.clone(),
+            version: order.version,
+            seq: st.hub.last_seq(),
+            ts: now_ms(),
+            order: order.clone(),
+        },
+    );
     let session = Session {
         kind: "track",
         st: st.clone(),
@@ -118,7 +127,13 @@ pub(super) async fn track(
     Ok(upgrade(ws, session))
 }
 
-/// `GET /v1/merchants/{id}/feed`
+/// `GET /v1/merchants/{id}/feed`: the merchant's orders, live (websocket; messages in
+/// `docs/ws/merchant_feed.*`).
+#[utoipa::path(get, path = "/v1/merchants/{id}/feed", tag = "merchants",
+    params(("id" = String, Path, description = "Merchant id"),
+        ("token" = Option<String>, Query, description = "The bearer token, for browsers")),
+    security(("bearer" = ["merchant", "admin"])),
+    responses((status = 101, description = "Switching to the websocket")))]
 pub(super) async fn merchant_feed(
     st: Arc<ApiState>,
     ws: Ws,
@@ -144,11 +159,15 @@ pub(super) async fn merchant_feed(
         .await
         .map_err(Error::from)?;
     let seen = orders.iter().map(|o| (o.id.clone(), o.version)).collect();
-    let snapshot = json!({
-        "type": "snapshot", "merchant_id": id, "seq": st.hub.last_seq(), "ts": now_ms(),
-        "orders": orders,
-    })
-    .to_string();
+    let snapshot = wire::with_type(
+        "snapshot",
+        &wire::MerchantSnapshot {
+            merchant_id: id.clone(),
+            seq: st.hub.last_seq(),
+            ts: now_ms(),
+            orders,
+        },
+    );
     let session = Session {
         kind: "merchant_feed",
         st: st.clone(),
@@ -166,7 +185,13 @@ pub(super) async fn merchant_feed(
     Ok(upgrade(ws, session))
 }
 
-/// `GET /v1/riders/{id}/feed`
+/// `GET /v1/riders/{id}/feed`: the rider's offers and orders, live (websocket; messages in
+/// `docs/ws/rider_feed.*`).
+#[utoipa::path(get, path = "/v1/riders/{id}/feed", tag = "riders",
+    params(("id" = String, Path, description = "Rider id"),
+        ("token" = Option<String>, Query, description = "The bearer token, for browsers")),
+    security(("bearer" = ["rider", "admin"])),
+    responses((status = 101, description = "Switching to the websocket")))]
 pub(super) async fn rider_feed(
     st: Arc<ApiState>,
     ws: Ws,
@@ -191,11 +216,16 @@ pub(super) async fn rider_feed(
             },
         )
         .await?;
-    let snapshot = json!({
-        "type": "snapshot", "rider_id": id, "seq": min_seq, "ts": now_ms(),
-        "rider": rider, "offer": offer,
-    })
-    .to_string();
+    let snapshot = wire::with_type(
+        "snapshot",
+        &wire::RiderSnapshot {
+            rider_id: id.clone(),
+            seq: min_seq,
+            ts: now_ms(),
+            rider,
+            offer,
+        },
+    );
     let session = Session {
         kind: "rider_feed",
         st: st.clone(),
@@ -368,16 +398,27 @@ async fn run(socket: WebSocket, mut s: Session) {
 }
 
 fn ack(order_id: &str, status: Option<OrderStatus>, version: Option<i64>) -> String {
-    json!({ "type": "ack", "order_id": order_id, "status": status, "version": version, "ts": now_ms() })
-        .to_string()
+    wire::with_type(
+        "ack",
+        &wire::CommandAck {
+            order_id: order_id.to_string(),
+            status,
+            version,
+            ts: now_ms(),
+        },
+    )
 }
 
 fn error(order_id: Option<&str>, e: ApiError) -> String {
-    json!({
-        "type": "error", "order_id": order_id, "code": e.code(), "message": e.to_string(),
-        "ts": now_ms(),
-    })
-    .to_string()
+    wire::with_type(
+        "error",
+        &wire::CommandError {
+            order_id: order_id.map(str::to_string),
+            code: e.code().to_string(),
+            message: e.to_string(),
+            ts: now_ms(),
+        },
+    )
 }
 
 /// Runs one inbound command; the reply to send back, if any.

@@ -29,7 +29,7 @@ pub struct WaitingOrder {
 }
 
 /// What a rider does at a stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StopKind {
     /// Collect the order at the merchant.
@@ -39,7 +39,7 @@ pub enum StopKind {
 }
 
 /// One stop of a rider's route.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stop {
     /// The order the stop serves.
     pub order_id: String,

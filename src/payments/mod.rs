@@ -32,7 +32,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 /// A payment intent: money a customer is asked to pay for one order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Intent {
     /// Our id for it (the provider's idempotency key).
     pub id: String,
@@ -47,7 +47,7 @@ pub struct Intent {
 }
 
 /// Where an intent stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IntentStatus {
     /// Created; the provider has not said yet.
@@ -136,7 +136,7 @@ pub trait Provider: Send + Sync {
 pub type Payments = Arc<dyn Provider>;
 
 /// A callback event, as the provider sends it (the body of `POST /v1/payments/callback`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderEvent {
     /// The provider's event id (delivered again on retries: the same id).
     pub id: String,
@@ -150,7 +150,7 @@ pub struct ProviderEvent {
 }
 
 /// The object an event is about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventData {
     /// The intent.
     pub intent_id: String,

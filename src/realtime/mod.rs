@@ -12,6 +12,7 @@
 //! persisted (offers, rider positions) are produced to the topic directly.
 
 pub mod hub;
+pub mod messages;
 pub mod ops;
 
 use std::sync::Arc;
@@ -140,9 +141,13 @@ pub fn publish_order(
     hub.ops().order(from, after);
     let order_ref = Some((after.id.as_str(), Some(after.version), Some(after.status)));
     hub.publish(Topic::Order(after.id.clone()), "status", order_ref, || {
-        serde_json::json!({
-            "order_id": after.id, "version": after.version, "status": after.status,
-            "from": from, "rider_id": after.rider_id, "at": after.updated_at,
+        messages::fields(&messages::StatusChanged {
+            order_id: after.id.clone(),
+            version: after.version,
+            status: after.status,
+            from,
+            rider_id: after.rider_id.clone(),
+            at: after.updated_at,
         })
     });
     if from.is_some() {
@@ -158,15 +163,15 @@ pub fn publish_order(
             kind,
             order_ref,
             || {
-                let mut body = serde_json::json!({
-                    "order_id": after.id, "merchant_id": after.merchant_id,
-                    "version": after.version, "status": after.status, "from": from,
-                    "rider_id": after.rider_id,
-                });
-                if kind == "new_order" {
-                    body["order"] = serde_json::to_value(after).unwrap_or_default();
-                }
-                body
+                messages::fields(&messages::MerchantOrderEvent {
+                    order_id: after.id.clone(),
+                    merchant_id: after.merchant_id.clone(),
+                    version: after.version,
+                    status: after.status,
+                    from,
+                    rider_id: after.rider_id.clone(),
+                    order: (kind == "new_order").then(|| after.clone()),
+                })
             },
         );
     }
@@ -180,10 +185,13 @@ pub fn publish_order(
             "order_updated"
         };
         hub.publish(Topic::Rider(rider.to_string()), kind, order_ref, || {
-            serde_json::json!({
-                "order_id": after.id, "rider_id": rider, "version": after.version,
-                "status": after.status, "pickup_merchant_id": after.merchant_id,
-                "dropoff": after.deliver_to,
+            messages::fields(&messages::RiderOrderEvent {
+                order_id: after.id.clone(),
+                rider_id: rider.to_string(),
+                version: after.version,
+                status: after.status,
+                pickup_merchant_id: after.merchant_id.clone(),
+                dropoff: after.deliver_to,
             })
         });
     }

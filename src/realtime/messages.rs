@@ -1,0 +1,260 @@
+//! The websocket messages' wire shapes: one type per message `type` a socket sends. Publishers
+//! and `api::ws` serialize these (never ad-hoc JSON), and `api::openapi::ws_schemas` turns the
+//! same types into the JSON Schemas under `docs/ws/`, so the documentation cannot drift.
+//!
+//! The hub adds `type`, `seq` and `ts` to every event it carries; snapshots, acks and errors
+//! carry `type` and `ts` themselves (see [`with_type`]).
+
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::actors::order_machine::OrderStatus;
+use crate::domain::Location;
+use crate::messages::Offer;
+use crate::model::{Order, Rider};
+
+/// `status` (order tracking): the order changed status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusChanged {
+    /// The order.
+    pub order_id: String,
+    /// Its version after the change.
+    pub version: i64,
+    /// Its status after the change.
+    pub status: OrderStatus,
+    /// Its status before (null when it was just created).
+    pub from: Option<OrderStatus>,
+    /// The rider it has, if any.
+    pub rider_id: Option<String>,
+    /// When it changed, ms since the epoch.
+    pub at: i64,
+}
+
+/// `rider_location` (order tracking): where the order's rider is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RiderLocation {
+    /// The order being carried.
+    pub order_id: String,
+    /// The rider.
+    pub rider_id: String,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lng: f64,
+}
+
+/// `new_order`, `order_updated`, `order_cancelled` (merchant feed): one of the merchant's
+/// orders changed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MerchantOrderEvent {
+    /// The order.
+    pub order_id: String,
+    /// The merchant.
+    pub merchant_id: String,
+    /// The order's version after the change.
+    pub version: i64,
+    /// Its status after the change.
+    pub status: OrderStatus,
+    /// Its status before.
+    pub from: Option<OrderStatus>,
+    /// Its rider, if any.
+    pub rider_id: Option<String>,
+    /// The whole order (`new_order` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+}
+
+/// `assigned`, `order_updated` (rider feed): an order the rider carries (or carried) changed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RiderOrderEvent {
+    /// The order.
+    pub order_id: String,
+    /// The rider.
+    pub rider_id: String,
+    /// The order's version after the change.
+    pub version: i64,
+    /// Its status after the change.
+    pub status: OrderStatus,
+    /// Where to pick it up (the merchant's id).
+    pub pickup_merchant_id: String,
+    /// Where to deliver it.
+    pub dropoff: Location,
+}
+
+/// `offer` (rider feed): a dispatch zone offers the rider an order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OfferMade {
+    /// The rider offered.
+    pub rider_id: String,
+    /// The offer.
+    #[serde(flatten)]
+    pub offer: Offer,
+}
+
+/// `offer_withdrawn` (rider feed): the offer is gone (expired, taken back, order left).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OfferWithdrawn {
+    /// The rider.
+    pub rider_id: String,
+    /// The order that was offered.
+    pub order_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `snapshot` (order tracking): the order as it is when the socket opens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrackSnapshot {
+    /// The order.
+    pub order_id: String,
+    /// Its version.
+    pub version: i64,
+    /// The hub's sequence number when the snapshot was taken.
+    pub seq: u64,
+    /// When, ms since the epoch.
+    pub ts: i64,
+    /// The order.
+    pub order: Order,
+}
+
+/// `snapshot` (merchant feed): the merchant's active orders when the socket opens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MerchantSnapshot {
+    /// The merchant.
+    pub merchant_id: String,
+    /// The hub's sequence number when the snapshot was taken.
+    pub seq: u64,
+    /// When, ms since the epoch.
+    pub ts: i64,
+    /// Orders paid, accepted, assigned or picked up.
+    pub orders: Vec<Order>,
+}
+
+/// `snapshot` (rider feed): the rider and its current offer when the socket opens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RiderSnapshot {
+    /// The rider.
+    pub rider_id: String,
+    /// The hub's sequence number when the snapshot was taken.
+    pub seq: u64,
+    /// When, ms since the epoch.
+    pub ts: i64,
+    /// The rider.
+    pub rider: Rider,
+    /// The offer it holds, if any.
+    pub offer: Option<Offer>,
+}
+
+/// `ack` (merchant and rider feeds): a command was carried out.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandAck {
+    /// The order the command was about.
+    pub order_id: String,
+    /// The order's status after it.
+    pub status: Option<OrderStatus>,
+    /// The order's version after it.
+    pub version: Option<i64>,
+    /// When, ms since the epoch.
+    pub ts: i64,
+}
+
+/// `error` (merchant and rider feeds): a command was refused.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandError {
+    /// The order the command was about, if it named one.
+    pub order_id: Option<String>,
+    /// Machine-readable code, as in the REST error body.
+    pub code: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// When, ms since the epoch.
+    pub ts: i64,
+}
+
+/// The JSON fields of `msg` (an object), for the hub's `publish`.
+pub fn fields<T: Serialize>(msg: &T) -> Value {
+    serde_json::to_value(msg).unwrap_or_default()
+}
+
+/// `msg` as the text of a message of `type` `kind`.
+pub fn with_type<T: Serialize>(kind: &str, msg: &T) -> String {
+    let mut v = fields(msg);
+    if let Value::Object(m) = &mut v {
+        m.insert("type".into(), Value::from(kind));
+    }
+    v.to_string()
+}
+
+/// Which socket sends a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    /// `GET /v1/orders/{id}/track`
+    Track,
+    /// `GET /v1/merchants/{id}/feed`
+    MerchantFeed,
+    /// `GET /v1/riders/{id}/feed`
+    RiderFeed,
+}
+
+impl Socket {
+    /// The name used in schema files (`docs/ws/<socket>.<type>.json`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Socket::Track => "track",
+            Socket::MerchantFeed => "merchant_feed",
+            Socket::RiderFeed => "rider_feed",
+        }
+    }
+}
+
+/// Every message a socket sends: its socket, its `type`, whether the hub carries it (then it
+/// has `seq` and `ts` added), and the type it is serialized from.
+pub struct Catalogue {
+    /// The socket.
+    pub socket: Socket,
+    /// Its `type`.
+    pub kind: &'static str,
+    /// Carried by the hub (`seq`, `ts` added).
+    pub hub: bool,
+    /// The name of its schema (the Rust type).
+    pub schema: &'static str,
+}
+
+macro_rules! catalogue {
+    ($($socket:ident $kind:literal $hub:literal $ty:ident;)*) => {
+        /// The catalogue of websocket messages (see [`Catalogue`]).
+        pub const MESSAGES: &[Catalogue] = &[
+            $(Catalogue { socket: Socket::$socket, kind: $kind, hub: $hub, schema: stringify!($ty) },)*
+        ];
+
+        /// Each message type's schema, and the schemas they refer to.
+        pub fn schemas() -> Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)> {
+            let mut out = Vec::new();
+            $(
+                out.push((stringify!($ty).to_string(), <$ty as utoipa::PartialSchema>::schema()));
+                <$ty as ToSchema>::schemas(&mut out);
+            )*
+            out
+        }
+    };
+}
+
+catalogue! {
+    Track "snapshot" false TrackSnapshot;
+    Track "status" true StatusChanged;
+    Track "rider_location" true RiderLocation;
+    MerchantFeed "snapshot" false MerchantSnapshot;
+    MerchantFeed "new_order" true MerchantOrderEvent;
+    MerchantFeed "order_updated" true MerchantOrderEvent;
+    MerchantFeed "order_cancelled" true MerchantOrderEvent;
+    MerchantFeed "ack" false CommandAck;
+    MerchantFeed "error" false CommandError;
+    RiderFeed "snapshot" false RiderSnapshot;
+    RiderFeed "assigned" true RiderOrderEvent;
+    RiderFeed "order_updated" true RiderOrderEvent;
+    RiderFeed "offer" true OfferMade;
+    RiderFeed "offer_withdrawn" true OfferWithdrawn;
+    RiderFeed "ack" false CommandAck;
+    RiderFeed "error" false CommandError;
+}
