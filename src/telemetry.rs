@@ -116,14 +116,27 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         _ => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
     };
     // Only waimai's spans carry trace context (a dependency's spans and events stay out).
+    // The filter answers `sometimes` (never `always`) for the spans it takes, so no callsite
+    // caches `Interest::always`: with per-layer filters, such a callsite skips `enabled()` and
+    // its span is judged by whatever the previous `enabled()` call left behind (tokio-rs/tracing
+    // #2519; sqlx's `log_enabled!` calls through tracing-log trigger it), which silently dropped
+    // request spans from both layers on PostgreSQL.
+    let waimai_spans = |m: &tracing::Metadata<'_>| m.is_span() && m.target().starts_with("waimai");
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_threads(false)
         .with_location(false)
         .with_tracked_inactivity(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-            m.is_span() && m.target().starts_with("waimai")
-        }));
+        .with_filter(
+            tracing_subscriber::filter::dynamic_filter_fn(move |m, _| waimai_spans(m))
+                .with_callsite_filter(move |m| {
+                    if waimai_spans(m) {
+                        tracing::subscriber::Interest::sometimes()
+                    } else {
+                        tracing::subscriber::Interest::never()
+                    }
+                }),
+        );
     tracing_subscriber::registry()
         .with(fmt)
         .with(otel)

@@ -1007,8 +1007,6 @@ async fn the_events_topic_carries_every_change_once_on_its_shard() {
 /// request, the forward, the owner's serving span, the actors, the store commit; its events
 /// carry the trace in their Kafka headers, and each node's delivery to its sockets joins it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug (issue 12): in cluster mode the entry node's request span neither continues \
-            the caller's traceparent nor is exported; run with --ignored to reproduce"]
 async fn a_trace_follows_a_command_across_nodes_and_through_the_events_topic() {
     use otlp::{ancestry, hex, name, trace_of};
     use rdkafka::consumer::{Consumer, StreamConsumer};
