@@ -276,15 +276,7 @@ async fn full_lifecycle_with_ownership_checks() {
     );
 
     // Metrics saw it.
-    let m = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let m = app.metrics().await;
     assert!(
         m.contains("waimai_order_transitions_total{from=\"delivered\",to=\"completed\"}"),
         "{m}"

@@ -20,6 +20,16 @@ fn yaml(store: &str, listen: &str, payment_timeout_ms: u64) -> String {
     )
 }
 
+/// The keys a reload answer says it applied, in its order.
+fn applied_keys(body: &serde_json::Value) -> Vec<&str> {
+    body["applied"]
+        .as_array()
+        .expect("applied")
+        .iter()
+        .filter_map(|c| c["key"].as_str())
+        .collect()
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write config file");
 }
@@ -73,12 +83,7 @@ async fn a_reload_applies_live_keys_refuses_the_rest_and_survives_a_broken_file(
     );
     let r = app.post("/v1/admin/reload", &app.admin, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let applied: Vec<&str> = r.body["applied"]
-        .as_array()
-        .expect("applied")
-        .iter()
-        .filter_map(|c| c["key"].as_str())
-        .collect();
+    let applied = applied_keys(&r.body);
     assert_eq!(
         applied,
         [
@@ -94,15 +99,7 @@ async fn a_reload_applies_live_keys_refuses_the_rest_and_survives_a_broken_file(
         .accepted_order("c-dispatch", &mid, &mtoken, "noodles")
         .await;
     app.wait_offer(&rid, &rtoken, &oid).await;
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("waimai_dispatch_round_seconds_count{policy=\"batch\""),
         "the zone ran batch rounds after the reload"
@@ -213,12 +210,7 @@ async fn a_reload_changes_the_rate_limit_quotas() {
     write(&file, &with_reads(0.01, 2));
     let r = app.post("/v1/admin/reload", &app.admin, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let keys: Vec<&str> = r.body["applied"]
-        .as_array()
-        .expect("applied")
-        .iter()
-        .filter_map(|c| c["key"].as_str())
-        .collect();
+    let keys = applied_keys(&r.body);
     assert_eq!(
         keys,
         [

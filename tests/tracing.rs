@@ -30,6 +30,15 @@ impl Drop for NodeProcess {
 
 const SECRET: &str = "trace-secret";
 
+/// The `traceparent` a node answered with (every answer carries one).
+fn answered_traceparent(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("a traceparent header on the answer")
+        .to_string()
+}
+
 fn start_node(otlp: &str) -> NodeProcess {
     let dir = std::env::temp_dir().join(format!("waimai-trace-{}", common::unique()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -94,12 +103,7 @@ async fn a_command_is_traced_from_http_through_actors_to_the_store_and_sockets()
         .expect("create merchant");
     assert_eq!(r.status(), 201);
     // Every answer carries a trace id, even for a caller that sent none.
-    let own = r
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .expect("traceparent on every answer")
-        .to_string();
+    let own = answered_traceparent(&r);
     assert_eq!(own.len(), 55, "W3C traceparent: {own}");
     let mid = r.json::<Value>().await.expect("json")["id"]
         .as_str()
@@ -135,12 +139,7 @@ async fn a_command_is_traced_from_http_through_actors_to_the_store_and_sockets()
         .await
         .expect("order");
     assert_eq!(r.status(), 201);
-    let answered = r
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .expect("traceparent answered")
-        .to_string();
+    let answered = answered_traceparent(&r);
     let parts: Vec<&str> = answered.split('-').collect();
     assert_eq!(
         parts.get(1),
@@ -257,12 +256,7 @@ async fn without_an_endpoint_the_trace_id_is_still_answered() {
         .await
         .expect("healthz");
     assert_eq!(r.status(), 200);
-    let tp = r
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .expect("traceparent")
-        .to_string();
+    let tp = answered_traceparent(&r);
     assert_eq!(tp.split('-').nth(1), Some(tid));
     // A malformed traceparent starts a new trace instead of failing the request.
     let r = reqwest::Client::new()
@@ -272,10 +266,6 @@ async fn without_an_endpoint_the_trace_id_is_still_answered() {
         .await
         .expect("healthz");
     assert_eq!(r.status(), 200);
-    let tp = r
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .expect("traceparent");
+    let tp = answered_traceparent(&r);
     assert_ne!(tp.split('-').nth(1), Some("not"));
 }

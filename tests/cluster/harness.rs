@@ -514,6 +514,30 @@ impl Cluster {
         .await
     }
 
+    /// A consumer outside the cluster (a group of its own) reading the events topic from its
+    /// start, as an external system would.
+    pub fn external_consumer(&self) -> rdkafka::consumer::StreamConsumer {
+        use rdkafka::consumer::Consumer;
+        let prefix = self
+            .shared
+            .env
+            .iter()
+            .find(|(k, _)| k == "WAIMAI__CLUSTER__TOPIC_PREFIX")
+            .map(|(_, v)| v.clone())
+            .expect("prefix");
+        let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.broker.addr)
+            .set("group.id", format!("external-{}", unique()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        consumer
+            .subscribe(&[&format!("{prefix}.events")])
+            .expect("subscribe");
+        consumer
+    }
+
     /// A websocket to node `i`.
     pub async fn ws(&self, i: usize, path: &str, token: &str) -> Socket {
         let url = format!(

@@ -901,7 +901,6 @@ async fn nodes_starting_together_on_an_empty_database_all_come_up() {
 /// external consumers can read it: here a plain rdkafka consumer, as any Kafka client would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_events_topic_carries_every_change_once_on_its_shard() {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::Message;
     let _one = SERIAL.lock().await;
     let c = Cluster::start(3).await;
@@ -954,23 +953,7 @@ async fn the_events_topic_carries_every_change_once_on_its_shard() {
         .await
         .expect("outbox");
 
-    let topic = format!(
-        "{}.events",
-        c.shared
-            .env
-            .iter()
-            .find(|(k, _)| k == "WAIMAI__CLUSTER__TOPIC_PREFIX")
-            .map(|(_, v)| v.clone())
-            .expect("prefix")
-    );
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &c.broker.addr)
-        .set("group.id", format!("external-{}", unique()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[&topic]).expect("subscribe");
+    let consumer = c.external_consumer();
     let mut seen: HashMap<i64, usize> = HashMap::new();
     let want: HashMap<i64, String> = rows.into_iter().collect();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1009,7 +992,6 @@ async fn the_events_topic_carries_every_change_once_on_its_shard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_follows_a_command_across_nodes_and_through_the_events_topic() {
     use otlp::{ancestry, hex, name, trace_of};
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers as _;
     use rdkafka::Message;
     let _one = SERIAL.lock().await;
@@ -1102,23 +1084,7 @@ async fn a_trace_follows_a_command_across_nodes_and_through_the_events_topic() {
     }
 
     // The order's creation event on the topic carries the commit's trace context.
-    let topic = format!(
-        "{}.events",
-        c.shared
-            .env
-            .iter()
-            .find(|(k, _)| k == "WAIMAI__CLUSTER__TOPIC_PREFIX")
-            .map(|(_, v)| v.clone())
-            .expect("prefix")
-    );
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &c.broker.addr)
-        .set("group.id", format!("external-{}", unique()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[&topic]).expect("subscribe");
+    let consumer = c.external_consumer();
     let deadline = Instant::now() + Duration::from_secs(30);
     let header = loop {
         assert!(

@@ -257,6 +257,18 @@ impl TestApp {
         }
     }
 
+    /// The node's `/metrics` page, fetched over HTTP like a Prometheus scrape.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// POST with a JSON body (or none).
     pub async fn post(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
         self.call(reqwest::Method::POST, path, Some(token), &[], body)
