@@ -251,6 +251,11 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     ))
 }
 
+/// Whether `span` belongs to a sampled trace (one whose spans are exported).
+pub fn is_sampled(span: &tracing::Span) -> bool {
+    !span.is_none() && span.context().span().span_context().is_sampled()
+}
+
 /// The `traceparent` of the current span.
 pub fn current_traceparent() -> Option<String> {
     traceparent(&tracing::Span::current())

@@ -493,9 +493,11 @@ impl Store {
         fence: Option<ShardEpoch>,
         mut writes: Vec<Write>,
     ) -> Result<(), StoreError> {
-        // Inside a traced command, the commit is a span of its own; its outbox rows keep its
-        // trace context and the batch that carries it links to it.
-        if tracing::Span::current().is_none() {
+        // Inside a sampled trace, the commit is a span of its own; its outbox rows keep its
+        // trace context and the batch that carries it links to it. Otherwise (the default: no
+        // exporter, so nothing is sampled) none of that is made, so every create does not pay
+        // for a span, a string per event and an outbox column that nothing would read.
+        if !crate::telemetry::is_sampled(&tracing::Span::current()) {
             return self.enqueue(fence, writes, None).await;
         }
         let span = tracing::info_span!(
