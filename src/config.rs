@@ -124,6 +124,16 @@ pub struct CacheConfig {
     pub jitter: f64,
     /// How long an unknown id is remembered as unknown, ms.
     pub negative_ttl_ms: u64,
+    /// The second level: `auto` keeps merchants on Redis too when `lock.backend` is `redis`
+    /// (`lock.redis_url`), so one node's load serves every node; `off`: this node only.
+    pub redis: String,
+    /// Merchant ids the bloom filter is sized for (past this its false-positive rate rises).
+    pub bloom_items: u64,
+    /// The bloom filter's false-positive rate at `bloom_items` ids.
+    pub bloom_false_pos: f64,
+    /// How often the catalog (bloom filter and spatial index) is merged with the store's
+    /// merchants, ms: the bound on a change this node missed (an event bus outage).
+    pub catalog_refresh_ms: u64,
 }
 
 /// Payment settings.

@@ -17,6 +17,9 @@
 //! - [`gateway`]: the front door's defences: rate limits (per caller and client IP, GCRA in
 //!   the node or on Redis), load shedding, the merchant browse cache; [`breaker`]: circuit
 //!   breakers around Redis, the store and the payment provider.
+//! - [`catalog`]: every node's merchant catalog for browsing: a bloom filter of merchant ids
+//!   and a spatial index, kept current by changes made through the node, the events topic and
+//!   a periodic merge with the store.
 //! - [`api`]: the warp front door (REST, health, metrics) and its error mapping.
 //! - [`server`]: starting and stopping a node; [`config`]: typed configuration; [`reload`]: the
 //!   keys that change without a restart (SIGHUP, `POST /v1/admin/reload`).
@@ -33,6 +36,7 @@ pub mod actors;
 pub mod api;
 pub mod breaker;
 pub mod bus;
+pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;

@@ -492,6 +492,41 @@ pub static BROWSE_CACHE: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Merchant reads the store answered.
+pub static STORE_MERCHANT_READS: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_store_merchant_reads_total",
+            "Merchant reads the store answered: one merchant (`one`, an actor starting) or the whole catalog (`all`)",
+            &["scope"]
+        ),
+        "store_merchant_reads",
+    )
+});
+
+/// Merchants in this node's catalog (the browse index).
+pub static CATALOG_MERCHANTS: Lazy<IntGauge> = Lazy::new(|| {
+    must(
+        register_int_gauge!(
+            "waimai_catalog_merchants",
+            "Merchants in this node's browse catalog (bloom filter and spatial index)"
+        ),
+        "catalog_merchants",
+    )
+});
+
+/// Merchant changes the catalog applied, by source.
+pub static CATALOG_CHANGES: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_catalog_changes_total",
+            "Merchant changes applied to this node's catalog, by source (local, events, refresh)",
+            &["source"]
+        ),
+        "catalog_changes",
+    )
+});
+
 /// Loads the browse cache made from the merchant actors (one per key under a stampede).
 pub static BROWSE_LOADS: Lazy<IntCounter> = Lazy::new(|| {
     must(
@@ -547,6 +582,9 @@ pub fn render() -> String {
     Lazy::force(&SHED);
     Lazy::force(&BROWSE_CACHE);
     Lazy::force(&BROWSE_LOADS);
+    Lazy::force(&STORE_MERCHANT_READS);
+    Lazy::force(&CATALOG_MERCHANTS);
+    Lazy::force(&CATALOG_CHANGES);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

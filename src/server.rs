@@ -124,10 +124,22 @@ impl Node {
         let settings = Arc::new(Settings::from_config(&config));
         let hub = Hub::new(config.realtime.buffer);
         let auth = Auth::new(&config.auth.jwt_secret);
+        // Every merchant, before anything can change one: the events feed below applies
+        // changes on top of this.
+        let catalog = Arc::new(crate::catalog::Catalog::new(&config.gateway.cache));
+        let merchants = catalog.refresh(&store).await?;
+        tracing::info!(merchants, "merchant catalog loaded");
         let mut tasks = Vec::new();
         let (events, parts) = if clustered {
-            let (events, parts, feed) =
-                connect_bus(&config, &store, &router, &auth, hub.clone()).await?;
+            let (events, parts, feed) = connect_bus(
+                &config,
+                &store,
+                &router,
+                &auth,
+                hub.clone(),
+                catalog.clone(),
+            )
+            .await?;
             tasks.push(feed);
             (events, Some(parts))
         } else {
@@ -224,7 +236,13 @@ impl Node {
                 refund_retry: Duration::from_millis(config.payments.refund_retry_ms),
             },
         )));
-        let gateway = Arc::new(build_gateway(&config, &router, &store).await?);
+        let gateway = Arc::new(build_gateway(&config, &router, &store, catalog.clone()).await?);
+        tasks.push(gateway.cache.follow());
+        tasks.push(tokio::spawn(merge_catalog(
+            catalog,
+            store.clone(),
+            Duration::from_millis(config.gateway.cache.catalog_refresh_ms.max(100)),
+        )));
         if let Some(limits) = &gateway.limits {
             let gw = gateway.clone();
             tasks.push(tokio::spawn(async move {
@@ -393,16 +411,32 @@ async fn build_gateway(
     config: &Config,
     router: &Router,
     store: &Store,
+    catalog: Arc<crate::catalog::Catalog>,
 ) -> Result<crate::gateway::Gateway, StartError> {
     let g = &config.gateway;
+    let redis_target = || crate::gateway::RedisTarget {
+        url: config.lock.redis_url.clone(),
+        prefix: config.lock.key_prefix.clone(),
+    };
+    let l2 = match g.cache.redis.as_str() {
+        "auto" if g.cache.enabled && config.lock.backend == LockBackendKind::Redis => Some(
+            crate::gateway::cache::L2::connect(
+                &redis_target(),
+                crate::breaker::BreakerSettings::from_config(&g.breaker),
+            )
+            .await
+            .map_err(|e| StartError::Lock(LockError::Unavailable(e.to_string())))?,
+        ),
+        "auto" | "off" => None,
+        other => {
+            return Err(StartError::Config(format!(
+                "gateway.cache.redis {other:?} is not known (auto, off)"
+            )))
+        }
+    };
     let limits = if g.limits.enabled {
         let redis = match g.limits.backend.as_str() {
-            "auto" if config.lock.backend == LockBackendKind::Redis => {
-                Some(crate::gateway::RedisTarget {
-                    url: config.lock.redis_url.clone(),
-                    prefix: config.lock.key_prefix.clone(),
-                })
-            }
+            "auto" if config.lock.backend == LockBackendKind::Redis => Some(redis_target()),
             "auto" | "local" => None,
             other => {
                 return Err(StartError::Config(format!(
@@ -426,8 +460,27 @@ async fn build_gateway(
     Ok(crate::gateway::Gateway {
         limits,
         admission: crate::gateway::Admission::new(g.shed.clone(), router.clone(), store.clone()),
-        cache: crate::gateway::BrowseCache::new(g.cache.clone(), router.clone()),
+        cache: crate::gateway::BrowseCache::new(
+            g.cache.clone(),
+            router.clone(),
+            catalog.clone(),
+            l2,
+        ),
+        catalog,
     })
+}
+
+/// Merges the store's merchants into the catalog every `every` (what the events feed missed).
+async fn merge_catalog(catalog: Arc<crate::catalog::Catalog>, store: Store, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = catalog.refresh(&store).await {
+            tracing::warn!(error = %e, "merchant catalog: merge with the store failed; retried next period");
+        }
+    }
 }
 
 /// Refuses cluster settings that cannot be safe.
@@ -463,6 +516,7 @@ async fn connect_bus(
     router: &Router,
     auth: &Auth,
     hub: Hub,
+    catalog: Arc<crate::catalog::Catalog>,
 ) -> Result<(Fanout, ClusterParts, tokio::task::JoinHandle<()>), StartError> {
     let c = &config.cluster;
     let listen = &config.server.listen;
@@ -494,7 +548,7 @@ async fn connect_bus(
         c.fetch_wait_ms,
         lag.clone(),
     )?;
-    let feed = tokio::spawn(bus::feed::run(feed, hub.clone()));
+    let feed = tokio::spawn(bus::feed::run(feed, hub.clone(), catalog));
     let token = auth
         .mint(
             Role::Admin,

@@ -246,7 +246,12 @@ impl MerchantActor {
             aggregate_type: "merchant".into(),
             aggregate_id: next.id.clone(),
             event_type: event.into(),
-            payload: serde_json::json!({ "open": next.open, "name": next.name, "version": next.version }),
+            payload: serde_json::json!({
+                "open": next.open,
+                "name": next.name,
+                "version": next.version,
+                "location": next.location,
+            }),
             created_at: now_ms(),
             traceparent: None,
         };

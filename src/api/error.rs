@@ -27,6 +27,9 @@ pub enum ApiError {
     /// The body is JSON of the wrong shape or with invalid values.
     #[error("invalid request body: {0}")]
     InvalidBody(String),
+    /// A query string the route cannot use (400).
+    #[error("{0}")]
+    InvalidQuery(String),
     /// A header is missing or malformed.
     #[error("{0}")]
     BadHeader(String),
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", none),
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", none),
             ApiError::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", none),
+            ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query", none),
             ApiError::BadHeader(_) => (StatusCode::BAD_REQUEST, "bad_header", none),
             ApiError::RateLimited(l) => (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -359,6 +359,10 @@ pub(super) async fn create_merchant(
             },
         )
         .await?;
+    // Browsable through this node at once (other nodes hear of it from the events topic).
+    st.gateway
+        .catalog
+        .apply(&view.merchant, crate::catalog::Source::Local);
     st.gateway.cache.invalidate(&id).await;
     Ok(json(StatusCode::CREATED, &view))
 }
@@ -384,6 +388,130 @@ pub(super) async fn get_merchant(st: Arc<ApiState>, auth: Option<String>, id: St
     let view = st.router.send(&id, GetMerchant).await?;
     cache.refresh(&id, &view).await;
     Ok(json(StatusCode::OK, &view))
+}
+
+/// `radius_m` when the query names none, and the most it may name.
+const NEAR_RADIUS_M: (u32, u32) = (2_000, 50_000);
+/// `limit` when the query names none, and the most it may name.
+const NEAR_LIMIT: (usize, usize) = (20, 100);
+
+/// What `GET /v1/merchants?near=` asks for.
+struct NearQuery {
+    at: Location,
+    radius_m: u32,
+    open: bool,
+    limit: usize,
+    cursor: Option<crate::catalog::Cursor>,
+}
+
+fn bad_query(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidQuery(msg.into())
+}
+
+fn near_query(raw: &str) -> Result<NearQuery, ApiError> {
+    let mut q = NearQuery {
+        at: Location { lat: 0.0, lng: 0.0 },
+        radius_m: NEAR_RADIUS_M.0,
+        open: false,
+        limit: NEAR_LIMIT.0,
+        cursor: None,
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        if seen.iter().any(|s| *s == k) {
+            return Err(bad_query(format!("query parameter {k} is given twice")));
+        }
+        seen.push(k.to_string());
+        match k.as_ref() {
+            "near" => {
+                let mut parts = v.split(',').map(|p| p.trim().parse::<f64>());
+                q.at = match (parts.next(), parts.next(), parts.next()) {
+                    (Some(Ok(lat)), Some(Ok(lng)), None) => Location { lat, lng },
+                    _ => {
+                        return Err(bad_query(
+                            "near must be lat,lng (for example near=31.23,121.47)",
+                        ))
+                    }
+                };
+                q.at.validate().map_err(|e| bad_query(e.to_string()))?;
+            }
+            "radius_m" => {
+                q.radius_m = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|r| (1..=NEAR_RADIUS_M.1).contains(r))
+                    .ok_or_else(|| {
+                        bad_query(format!(
+                            "radius_m must be a whole number of metres within 1..={}",
+                            NEAR_RADIUS_M.1
+                        ))
+                    })?;
+            }
+            "open" => {
+                q.open = match v.as_ref() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad_query("open must be true or false")),
+                };
+            }
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=NEAR_LIMIT.1).contains(l))
+                    .ok_or_else(|| {
+                        bad_query(format!("limit must be within 1..={}", NEAR_LIMIT.1))
+                    })?;
+            }
+            "cursor" => {
+                q.cursor = Some(crate::catalog::Cursor::decode(&v).ok_or_else(|| {
+                    bad_query("cursor is not one this API gave out (pass next_cursor as it came)")
+                })?);
+            }
+            other => {
+                return Err(bad_query(format!(
+                    "unknown query parameter {other} (near, radius_m, open, limit, cursor)"
+                )))
+            }
+        }
+    }
+    if !seen.iter().any(|k| k == "near") {
+        return Err(bad_query("near=lat,lng is required"));
+    }
+    Ok(q)
+}
+
+/// Merchants near a point, nearest first, from this node's catalog (no actor is asked). A
+/// change made through this node shows at once; one made through another node as soon as its
+/// event arrives (milliseconds), at worst after `gateway.cache.catalog_refresh_ms`.
+#[utoipa::path(get, path = "/v1/merchants", tag = "merchants",
+    params(
+        ("near" = String, Query, description = "lat,lng (for example 31.23,121.47)",
+            pattern = r"^-?[0-9.]+,-?[0-9.]+$"),
+        ("radius_m" = Option<u32>, Query, description = "Metres, 1..=50000 (default 2000)",
+            minimum = 1, maximum = 50000),
+        ("open" = Option<bool>, Query, description = "Only merchants taking orders (default false)"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1..=100 (default 20)",
+            minimum = 1, maximum = 100),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+    ),
+    security(("bearer" = ["customer", "merchant", "rider", "admin"])),
+    responses((status = 200, description = "One page, nearest first", body = crate::catalog::NearbyPage)))]
+pub(super) async fn browse_merchants(
+    st: Arc<ApiState>,
+    auth: Option<String>,
+    query: String,
+) -> Outcome {
+    caller(&st, &auth)?;
+    let q = near_query(&query)?;
+    let page = st.gateway.catalog.near(
+        q.at,
+        f64::from(q.radius_m),
+        q.open,
+        q.limit,
+        q.cursor.as_ref(),
+    );
+    Ok(json(StatusCode::OK, &page))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -445,7 +573,11 @@ pub(super) async fn set_menu(
             },
         )
         .await?;
-    st.gateway.cache.refresh(&id, &view).await;
+    // Every node's cache forgets it (this node's at once, before the answer).
+    st.gateway
+        .catalog
+        .touched(&id, crate::catalog::Source::Local);
+    st.gateway.cache.invalidate(&id).await;
     Ok(json(StatusCode::OK, &view))
 }
 
@@ -463,7 +595,10 @@ pub(super) async fn open_close(
         _ => return Err(Error::not_found("route", action).into()),
     };
     let view = st.router.send(&id, SetOpen { caller, open }).await?;
-    st.gateway.cache.refresh(&id, &view).await;
+    st.gateway
+        .catalog
+        .apply(&view.merchant, crate::catalog::Source::Local);
+    st.gateway.cache.invalidate(&id).await;
     Ok(json(StatusCode::OK, &view))
 }
 

@@ -222,6 +222,12 @@ pub fn routes(
         .then(|s, a: Option<String>, b: Bytes| {
             timed("POST /v1/merchants", handlers::create_merchant(s, a, b))
         });
+    let browse_merchants = warp::path!("v1" / "merchants")
+        .and(warp::get())
+        .and(st.clone())
+        .and(bearer)
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .then(|s, a, q| timed("GET /v1/merchants", handlers::browse_merchants(s, a, q)));
     let get_merchant = warp::path!("v1" / "merchants" / String)
         .and(warp::get())
         .and(st.clone())
@@ -416,6 +422,7 @@ pub fn routes(
         readyz.boxed(),
         metrics.boxed(),
         create_merchant.boxed(),
+        browse_merchants.boxed(),
         get_merchant.boxed(),
         set_menu.boxed(),
         merchant_decide.boxed(),

@@ -41,6 +41,7 @@ routes! {
     "GET" "/metrics" => "GET /metrics";
     "GET" "/openapi.json" => "GET /openapi.json";
     "POST" "/v1/merchants" => "POST /v1/merchants";
+    "GET" "/v1/merchants" => "GET /v1/merchants";
     "GET" "/v1/merchants/{id}" => "GET /v1/merchants/{id}";
     "PUT" "/v1/merchants/{id}/menu" => "PUT /v1/merchants/{id}/menu";
     "POST" "/v1/merchants/{id}/open" => "POST /v1/merchants/{id}/{action}";
@@ -111,6 +112,7 @@ pub fn allowed_methods(path: &str) -> Vec<&'static str> {
         metrics,
         openapi_json,
         handlers::create_merchant,
+        handlers::browse_merchants,
         handlers::get_merchant,
         handlers::set_menu,
         open_merchant,

@@ -5,7 +5,8 @@
 //! Order events become the same `status` / `new_order` / `assigned` ... messages a single node
 //! publishes straight from the order actor (`realtime::publish_order`); live events are
 //! published as they are. An order event older than one already published for that order
-//! (a redelivery) is skipped. The consumer's lag, from librdkafka's statistics, is exported
+//! (a redelivery) is skipped. Merchant events go to the node's catalog (its browse index and
+//! bloom filter), which tells the browse cache to forget that merchant. The consumer's lag, from librdkafka's statistics, is exported
 //! as `waimai_events_consumer_lag`.
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 
 use super::{BusError, EventRecord, TRACEPARENT};
 use crate::actors::order_machine::OrderStatus;
+use crate::catalog::{Catalog, ProfileEvent, Source};
 use crate::metrics;
 use crate::model::Order;
 use crate::realtime::{publish_order, Hub, LiveEvent};
@@ -73,8 +75,9 @@ pub fn consumer(
     Ok(c)
 }
 
-/// Publishes everything read to `hub`, until the consumer is dropped.
-pub async fn run(consumer: StreamConsumer<LagContext>, hub: Hub) {
+/// Publishes everything read to `hub`, and merchant changes to `catalog`, until the consumer
+/// is dropped.
+pub async fn run(consumer: StreamConsumer<LagContext>, hub: Hub, catalog: Arc<Catalog>) {
     let mut latest: HashMap<String, i64> = HashMap::new();
     loop {
         let msg = match consumer.recv().await {
@@ -111,7 +114,7 @@ pub async fn run(consumer: StreamConsumer<LagContext>, hub: Hub) {
                 if tp.is_some() {
                     crate::telemetry::continue_trace(&span, tp);
                 }
-                span.in_scope(|| publish(&hub, record, &mut latest));
+                span.in_scope(|| publish(&hub, &catalog, record, &mut latest));
             }
             Err(e) => tracing::debug!(error = %e, "events feed: skipped a record it cannot read"),
         }
@@ -121,9 +124,18 @@ pub async fn run(consumer: StreamConsumer<LagContext>, hub: Hub) {
     }
 }
 
-/// Publishes one record to the hub.
-fn publish(hub: &Hub, record: EventRecord, latest: &mut HashMap<String, i64>) {
+/// Publishes one record to the hub (or, for a merchant's, to the catalog).
+fn publish(hub: &Hub, catalog: &Catalog, record: EventRecord, latest: &mut HashMap<String, i64>) {
     match record.aggregate_type.as_str() {
+        "merchant" => match record.event_type.as_str() {
+            "merchant_created" | "merchant_opened" | "merchant_closed" => {
+                match serde_json::from_value::<ProfileEvent>(record.payload) {
+                    Ok(ev) => catalog.apply_event(&record.aggregate_id, &ev),
+                    Err(_) => catalog.touched(&record.aggregate_id, Source::Events),
+                }
+            }
+            _ => catalog.touched(&record.aggregate_id, Source::Events),
+        },
         "live" => {
             if let Ok(ev) = serde_json::from_value::<LiveEvent>(record.payload) {
                 ev.publish(hub);

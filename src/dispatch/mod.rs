@@ -26,7 +26,7 @@
 //! (NaN, out of range) are skipped. The caller tracks offers that are out: it passes only
 //! orders without an open offer and only riders without one, and it makes the offers.
 
-mod index;
+pub(crate) mod index;
 
 pub mod batch;
 pub mod eta;

@@ -39,6 +39,8 @@ pub struct Gateway {
     pub admission: Admission,
     /// The merchant read cache.
     pub cache: BrowseCache,
+    /// The merchant catalog (the cache's bloom filter, the browse route's spatial index).
+    pub catalog: std::sync::Arc<crate::catalog::Catalog>,
 }
 
 impl Gateway {

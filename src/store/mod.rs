@@ -652,10 +652,27 @@ impl Store {
         self.guarded(self.load_merchant_now(id)).await
     }
 
+    /// Every merchant's profile (the catalog's load and periodic merge). Merchants are never
+    /// deleted, so a merge of this into what a node knows never loses one.
+    pub async fn list_merchants(&self) -> Result<Vec<Merchant>, StoreError> {
+        self.guarded(async {
+            crate::metrics::STORE_MERCHANT_READS
+                .with_label_values(&["all"])
+                .inc();
+            let sql = self.sql("SELECT id, name, lat, lng, is_open, version FROM merchants");
+            let rows = sqlx::query(&sql).fetch_all(&self.inner.pool).await?;
+            rows.iter().map(merchant_row).collect()
+        })
+        .await
+    }
+
     async fn load_merchant_now(
         &self,
         id: &str,
     ) -> Result<Option<(Merchant, Vec<(MenuItem, i64)>)>, StoreError> {
+        crate::metrics::STORE_MERCHANT_READS
+            .with_label_values(&["one"])
+            .inc();
         let sql =
             self.sql("SELECT id, name, lat, lng, is_open, version FROM merchants WHERE id = ?");
         let Some(r) = sqlx::query(&sql)
@@ -665,16 +682,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let merchant = Merchant {
-            id: r.try_get("id")?,
-            name: text(&r, "name")?,
-            location: Location {
-                lat: r.try_get("lat")?,
-                lng: r.try_get("lng")?,
-            },
-            open: r.try_get::<i64, _>("is_open")? != 0,
-            version: r.try_get("version")?,
-        };
+        let merchant = merchant_row(&r)?;
         let sql = self.sql(
             "SELECT sku, name, price_cents, stock, fence FROM skus WHERE merchant_id = ? ORDER BY sku",
         );
@@ -1228,6 +1236,20 @@ pub(crate) fn dialect(backend: Backend, sql: &str) -> String {
 
 /// Reads a `TEXT` column. MySQL reports `TEXT` as a BLOB type, which sqlx's `Any` driver hands
 /// over as bytes and refuses to decode into `String`; take the bytes and check they are UTF-8.
+/// A `merchants` row (id, name, lat, lng, is_open, version).
+fn merchant_row(r: &AnyRow) -> Result<Merchant, StoreError> {
+    Ok(Merchant {
+        id: r.try_get("id")?,
+        name: text(r, "name")?,
+        location: Location {
+            lat: r.try_get("lat")?,
+            lng: r.try_get("lng")?,
+        },
+        open: r.try_get::<i64, _>("is_open")? != 0,
+        version: r.try_get("version")?,
+    })
+}
+
 fn text(r: &AnyRow, col: &str) -> Result<String, StoreError> {
     match r.try_get::<String, _>(col) {
         Ok(s) => Ok(s),

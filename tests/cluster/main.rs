@@ -3,7 +3,8 @@
 //! changes made through others; no oversell across nodes; a node killed with `kill -9` under
 //! load; a paused node fenced out when it resumes; a node joining under load; nodes starting
 //! together on an empty database; a trace that follows a command across nodes and through the
-//! events topic.
+//! events topic; browse answers on every node following a merchant's changes made through
+//! another.
 //!
 //! The tests run one at a time (each starts its own broker and nodes; together they would
 //! only fight over two cores).
@@ -1126,4 +1127,86 @@ async fn a_trace_follows_a_command_across_nodes_and_through_the_events_topic() {
         (delivered >= 2).then_some(())
     })
     .await;
+}
+
+/// What node `i` says about merchant `mid` and whether its browse route lists it as open.
+async fn browse_view(c: &Cluster, i: usize, mid: &str, token: &str) -> (Value, bool) {
+    let r = c.get(i, &format!("/v1/merchants/{mid}"), token).await;
+    let listed = c
+        .get(
+            i,
+            "/v1/merchants?near=31.23,121.47&radius_m=500&open=true&limit=100",
+            token,
+        )
+        .await;
+    let open = listed.body["merchants"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|m| m["id"] == mid));
+    (r.body, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_answers_on_every_node_follow_merchant_changes_made_through_another() {
+    let _one = SERIAL.lock().await;
+    // Cached merchants live a minute and the catalogs merge with the store every ten: only
+    // the merchant's events can explain a fresh answer within seconds.
+    let c = Cluster::start_with(2, |s| {
+        s.set("WAIMAI__GATEWAY__CACHE__TTL_MS", "60000");
+        s.set("WAIMAI__GATEWAY__CACHE__CATALOG_REFRESH_MS", "600000");
+    })
+    .await;
+    let alice = c.shared.token(Role::Customer, "alice");
+
+    // Created through node 0 (its menu set through node 1): node 1 reads and lists it.
+    let (mid, mtoken) = c.merchant(0, "dumpling", 10).await;
+    for i in 0..2 {
+        eventually(
+            10,
+            "every node reads and lists the new merchant",
+            || async {
+                let (view, open) = browse_view(&c, i, &mid, &alice).await;
+                (view["menu"][0]["name"] == "Dish" && open).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // Node 1 holds it in its cache (and on Redis); a menu change through node 0 reaches it.
+    let started = Instant::now();
+    let r = c
+        .put(
+            0,
+            &format!("/v1/merchants/{mid}/menu"),
+            &mtoken,
+            json!({"items": [{"sku": "dumpling", "name": "Noodles", "price_cents": 900, "stock": 10}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let menu_after = eventually(10, "node 1 shows the new menu", || async {
+        let (view, _) = browse_view(&c, 1, &mid, &alice).await;
+        (view["menu"][0]["name"] == "Noodles").then(|| started.elapsed())
+    })
+    .await;
+
+    // Closing it through node 0: node 1 no longer lists it as open, and reads it closed.
+    let started = Instant::now();
+    let r = c
+        .post(0, &format!("/v1/merchants/{mid}/close"), &mtoken, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let closed_after = eventually(10, "node 1 shows the merchant closed", || async {
+        let (view, listed_open) = browse_view(&c, 1, &mid, &alice).await;
+        (view["open"] == false && !listed_open).then(|| started.elapsed())
+    })
+    .await;
+    let (view, listed_open) = browse_view(&c, 0, &mid, &alice).await;
+    assert_eq!(
+        view["open"], false,
+        "the node it was closed through: {view}"
+    );
+    assert!(!listed_open);
+    println!(
+        "browse answers on another node: new menu after {menu_after:?}, closed after \
+         {closed_after:?} (cache TTL 60 s, catalog merge 600 s)"
+    );
 }
