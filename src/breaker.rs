@@ -1,5 +1,5 @@
 //! Circuit breakers around the dependencies that can fail (Redis, the store, the payment
-//! provider): after `failures` consecutive failures or timeouts a breaker *opens* and refuses
+//! provider, Kafka): after `failures` consecutive failures or timeouts a breaker *opens* and refuses
 //! calls at once for `cooldown`; then it lets one probe through (*half-open*): a success closes
 //! it, a failure opens it again. `waimai_breaker_state{dependency}` is 0 closed, 1 open,
 //! 2 half-open.
@@ -116,6 +116,31 @@ pub struct Breaker {
     state: Arc<Mutex<State>>,
 }
 
+/// One admitted call whose outcome is reported later ([`Breaker::pass`]).
+pub struct Pass {
+    breaker: Option<Breaker>,
+    probe: bool,
+}
+
+impl Pass {
+    /// Reports the call's outcome (`why` describes a failure).
+    pub fn done(mut self, ok: bool, why: impl FnOnce() -> String) {
+        if let Some(b) = self.breaker.take() {
+            b.record(ok, self.probe, why);
+        }
+    }
+}
+
+impl Drop for Pass {
+    /// A probe dropped without an outcome counts as failed, so a half-open breaker is never
+    /// left waiting for it; an ordinary pass dropped so reports nothing.
+    fn drop(&mut self) {
+        if let (Some(b), true) = (self.breaker.take(), self.probe) {
+            b.record(false, true, || "the probe was abandoned".into());
+        }
+    }
+}
+
 /// What `admit` decided.
 enum Admit {
     /// Closed: call.
@@ -213,6 +238,17 @@ impl Breaker {
         }
     }
 
+    /// Admits one call whose outcome is known later, elsewhere (a produced message's delivery):
+    /// refused at once while open; report the outcome with [`Pass::done`]. No timeout is
+    /// applied: the caller bounds the call itself.
+    pub fn pass<E>(&self) -> Result<Pass, BreakerError<E>> {
+        let probe = matches!(self.admit()?, Admit::Probe);
+        Ok(Pass {
+            breaker: Some(self.clone()),
+            probe,
+        })
+    }
+
     /// Runs `call` through the breaker: refused at once while open, with the timeout applied.
     /// `is_failure` says which of its errors count against the dependency (a refusal of the
     /// request itself, such as a held lease, does not).
@@ -280,6 +316,29 @@ mod tests {
 
     async fn succeed(b: &Breaker) -> Result<(), BreakerError<String>> {
         b.call(async { Ok::<(), String>(()) }, |_| true).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_report_late_and_a_half_open_breaker_admits_one_probe() {
+        let b = breaker(2, 1000);
+        // Outcomes reported after the fact count like calls.
+        let passes: Vec<Pass> = (0..3)
+            .map(|_| b.pass::<String>().expect("closed"))
+            .collect();
+        for p in passes {
+            p.done(false, || "no ack".into());
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(matches!(b.pass::<String>(), Err(BreakerError::Open { .. })));
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        let probe = b.pass::<String>().expect("the probe");
+        assert!(
+            b.pass::<String>().is_err(),
+            "a second call while the probe is out"
+        );
+        probe.done(true, String::new);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.pass::<String>().is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -340,6 +340,9 @@ pub struct ClusterConfig {
     /// retries). Consumers de-duplicate by (entity, version) regardless, so turning it off
     /// only trades duplicate-free retries for latency on brokers where it is slow.
     pub idempotent_producer: bool,
+    /// Longest a produced event may wait for the broker's acknowledgement before it fails and
+    /// counts against the `kafka` circuit breaker, ms (the outbox keeps it; it is sent again).
+    pub produce_timeout_ms: u64,
 }
 
 /// Order deadlines (all persisted implicitly: status + `updated_at` in the order row).

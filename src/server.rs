@@ -532,7 +532,15 @@ async fn connect_bus(
     )
     .await?;
     let mut producer = kafka.clone();
-    producer.set("acks", "all").set("linger.ms", "1");
+    producer
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        // A delivery the broker does not acknowledge in time fails (and counts against the
+        // breaker) instead of waiting librdkafka's default five minutes.
+        .set(
+            "message.timeout.ms",
+            c.produce_timeout_ms.max(1).to_string(),
+        );
     if c.idempotent_producer {
         producer.set("enable.idempotence", "true");
     } else {
@@ -570,16 +578,26 @@ async fn connect_bus(
         tokio::runtime::Handle::current(),
     ));
     router.attach_directory(dir.clone());
+    let breaker = crate::breaker::Breaker::new(
+        "kafka",
+        crate::breaker::BreakerSettings {
+            // Deliveries are bounded by message.timeout.ms.
+            timeout: None,
+            ..crate::breaker::BreakerSettings::from_config(&config.gateway.breaker)
+        },
+    );
     let live = Arc::new(bus::live::KafkaLive::new(
         producer.clone(),
         events_topic.clone(),
         count,
+        breaker.clone(),
     ));
     let relay = Arc::new(bus::relay::Relay::new(
         store.clone(),
         producer,
         events_topic,
         dir.clone(),
+        breaker,
     ));
     tracing::info!(node = %node_id, advertise = %c.advertise(listen), brokers = %c.brokers, "joining the cluster");
     Ok((

@@ -1,8 +1,12 @@
 //! Live events in a cluster: offers and rider positions are not persisted, so they skip the
 //! outbox and go to the events topic straight from the node that makes them, best effort
 //! (an offer lost here is still in the rider's snapshot; a position is superseded by the next).
+//! While the `kafka` circuit breaker is open they are dropped at once (counted in
+//! `waimai_live_events_dropped_total`) instead of queueing in the producer.
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::breaker::Breaker;
 
 use super::EventRecord;
 use crate::cluster::shard_of;
@@ -15,15 +19,17 @@ pub struct KafkaLive {
     producer: FutureProducer,
     topic: String,
     shards: u32,
+    breaker: Breaker,
 }
 
 impl KafkaLive {
-    /// A sink producing to `topic` (with `shards` partitions).
-    pub fn new(producer: FutureProducer, topic: String, shards: u32) -> Self {
+    /// A sink producing to `topic` (with `shards` partitions), through `breaker`.
+    pub fn new(producer: FutureProducer, topic: String, shards: u32, breaker: Breaker) -> Self {
         KafkaLive {
             producer,
             topic,
             shards,
+            breaker,
         }
     }
 }
@@ -42,6 +48,10 @@ impl LiveSink for KafkaLive {
             created_at: now_ms(),
             payload: serde_json::to_value(&event).unwrap_or_default(),
         };
+        let Ok(pass) = self.breaker.pass::<String>() else {
+            metrics::LIVE_EVENTS_DROPPED.inc();
+            return;
+        };
         let Ok(body) = serde_json::to_vec(&record) else {
             return;
         };
@@ -52,9 +62,22 @@ impl LiveSink for KafkaLive {
                 .key(key.as_bytes())
                 .payload(&body),
         );
-        if sent.is_err() {
-            metrics::LIVE_EVENTS_DROPPED.inc();
+        match sent {
+            // Nobody waits for the delivery; its outcome only informs the breaker.
+            Ok(delivery) => {
+                tokio::spawn(async move {
+                    let outcome = delivery.await;
+                    let ok = matches!(outcome, Ok(Ok(_)));
+                    pass.done(ok, || match outcome {
+                        Ok(Err((e, _))) => format!("delivery failed: {e}"),
+                        _ => "delivery cancelled".to_string(),
+                    });
+                });
+            }
+            Err((e, _)) => {
+                pass.done(false, || format!("producing: {e}"));
+                metrics::LIVE_EVENTS_DROPPED.inc();
+            }
         }
-        // The delivery future is dropped: the message is still delivered, nobody waits for it.
     }
 }

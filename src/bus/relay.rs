@@ -10,7 +10,10 @@
 //! A row whose send failed is read and sent again. A crash between the acknowledgement and the
 //! mark ships those rows again on the next owner: delivery is at least once, and consumers
 //! de-duplicate by (entity, version). A shard being handed over is flushed (`flush`) before the
-//! rebalance is acknowledged.
+//! rebalance is acknowledged. Every message goes through the `kafka` circuit breaker (each
+//! delivery bounded by `cluster.produce_timeout_ms`): after `gateway.breaker.failures` failed
+//! deliveries the relay stops producing, leaves the rows in the outbox, and sends one probe
+//! per cool-down until the broker answers again.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -23,6 +26,7 @@ use super::TRACEPARENT;
 use tokio::sync::{mpsc, Notify};
 
 use super::EventRecord;
+use crate::breaker::{Breaker, BreakerError};
 use crate::cluster::Directory;
 use crate::metrics;
 use crate::store::Store;
@@ -56,6 +60,9 @@ pub struct Relay {
     producer: FutureProducer,
     topic: String,
     dir: Arc<Directory>,
+    /// Around the broker (`waimai_breaker_state{dependency="kafka"}`): while it is open the
+    /// outbox keeps the rows.
+    breaker: Breaker,
     /// Which rows are on their way (see `Ledger`).
     ledger: Mutex<Ledger>,
     /// Shards being handed over: shipped although no longer served.
@@ -66,14 +73,29 @@ pub struct Relay {
     acked: Notify,
 }
 
+/// Why a round shipped nothing more.
+enum RoundError {
+    /// The broker's breaker is open: try again after this.
+    Open(Duration),
+    /// The store or the producer failed.
+    Failed(String),
+}
+
 impl Relay {
-    /// A relay producing with `producer` (`acks=all`) to `topic`.
-    pub fn new(store: Store, producer: FutureProducer, topic: String, dir: Arc<Directory>) -> Self {
+    /// A relay producing with `producer` (`acks=all`) to `topic`, through `breaker`.
+    pub fn new(
+        store: Store,
+        producer: FutureProducer,
+        topic: String,
+        dir: Arc<Directory>,
+        breaker: Breaker,
+    ) -> Self {
         Relay {
             store,
             producer,
             topic,
             dir,
+            breaker,
             ledger: Mutex::new(Ledger::default()),
             flushing: Mutex::new(HashSet::new()),
             wake: Notify::new(),
@@ -92,7 +114,13 @@ impl Relay {
             match self.round(&shards, &acks).await {
                 Ok(n) if n >= ROUND => continue, // more waiting
                 Ok(_) => {}
-                Err(e) => {
+                Err(RoundError::Open(wait)) => {
+                    // The broker is failing: rows wait in the outbox (nothing is lost) until
+                    // the breaker lets a probe through.
+                    tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+                    continue;
+                }
+                Err(RoundError::Failed(e)) => {
                     tracing::warn!(error = %e, "outbox relay round failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -114,7 +142,7 @@ impl Relay {
         &self,
         shards: &[u32],
         acks: &mpsc::UnboundedSender<(i64, i64, bool)>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, RoundError> {
         if shards.is_empty() {
             return Ok(0);
         }
@@ -130,21 +158,30 @@ impl Relay {
             .store
             .unshipped(shards, ROUND + busy)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RoundError::Failed(e.to_string()))?;
         let mut sent = 0;
         for row in rows {
             {
-                let mut l = lock(&self.ledger);
+                let l = lock(&self.ledger);
                 // On its way, or marked while this round's read ran (the read may predate the
                 // mark's commit and still see the row unshipped).
                 if l.marked.get(&row.seq).is_some_and(|at| *at >= round - 1)
-                    || !l.in_flight.insert(row.seq)
+                    || l.in_flight.contains(&row.seq)
                 {
                     continue;
                 }
             }
+            // One pass per message: while the breaker is half-open only its probe goes out.
+            let pass = match self.breaker.pass::<String>() {
+                Ok(p) => p,
+                Err(BreakerError::Open { retry_in_ms, .. }) if sent == 0 => {
+                    return Err(RoundError::Open(Duration::from_millis(retry_in_ms)))
+                }
+                Err(_) => return Ok(sent),
+            };
+            lock(&self.ledger).in_flight.insert(row.seq);
             let body = serde_json::to_vec(&EventRecord::from_outbox(row.seq, &row.event))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| RoundError::Failed(e.to_string()))?;
             let mut record = FutureRecord::to(&self.topic)
                 .partition(row.shard as i32)
                 .key(row.event.aggregate_id.as_bytes())
@@ -161,14 +198,23 @@ impl Relay {
                     let acks = acks.clone();
                     let (seq, created) = (row.seq, row.event.created_at);
                     tokio::spawn(async move {
-                        let ok = matches!(delivery.await, Ok(Ok(_)));
+                        let outcome = delivery.await;
+                        let ok = matches!(outcome, Ok(Ok(_)));
+                        pass.done(ok, || match outcome {
+                            Ok(Err((e, _))) => format!("delivery failed: {e}"),
+                            _ => "delivery cancelled".to_string(),
+                        });
                         let _ = acks.send((seq, created, ok));
                     });
                     sent += 1;
                 }
                 Err((e, _)) => {
+                    pass.done(false, || format!("producing: {e}"));
                     lock(&self.ledger).in_flight.remove(&row.seq);
-                    return Err(format!("producing to {}: {e}", self.topic));
+                    return Err(RoundError::Failed(format!(
+                        "producing to {}: {e}",
+                        self.topic
+                    )));
                 }
             }
         }

@@ -81,6 +81,21 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Sends `sig` (`STOP`, `CONT`) to the broker process this test started.
+    pub fn signal(&self, sig: &str) {
+        let child = self
+            .child
+            .as_ref()
+            .expect("a broker this test started (not WAIMAI_TEST_KAFKA)");
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} the broker");
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
@@ -550,6 +565,22 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("websocket {path} on {}: {e}", self.nodes[i].id));
         Socket { ws }
+    }
+
+    /// The value of the sample `series` (name and labels, exactly) in node `i`'s `/metrics`.
+    pub async fn metric(&self, i: usize, series: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.nodes[i].url))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// A connection to the cluster's database.

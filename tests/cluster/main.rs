@@ -4,7 +4,7 @@
 //! load; a paused node fenced out when it resumes; a node joining under load; nodes starting
 //! together on an empty database; a trace that follows a command across nodes and through the
 //! events topic; browse answers on every node following a merchant's changes made through
-//! another.
+//! another; a stalled broker opening the Kafka circuit breaker with nothing lost.
 //!
 //! The tests run one at a time (each starts its own broker and nodes; together they would
 //! only fight over two cores).
@@ -1208,5 +1208,92 @@ async fn browse_answers_on_every_node_follow_merchant_changes_made_through_anoth
     println!(
         "browse answers on another node: new menu after {menu_after:?}, closed after \
          {closed_after:?} (cache TTL 60 s, catalog merge 600 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_broker_opens_the_kafka_breaker_and_every_event_ships_after() {
+    let _one = SERIAL.lock().await;
+    // Deliveries fail after 1.5 s; three failures open the breaker. Sessions outlast the
+    // stall, so the nodes keep their shards and keep taking orders meanwhile.
+    let c = Cluster::start_with(2, |s| {
+        s.set("WAIMAI__CLUSTER__PRODUCE_TIMEOUT_MS", "1500");
+        s.set("WAIMAI__CLUSTER__SESSION_TIMEOUT_MS", "45000");
+        s.set("WAIMAI__GATEWAY__BREAKER__FAILURES", "3");
+        s.set("WAIMAI__GATEWAY__BREAKER__COOLDOWN_MS", "1000");
+    })
+    .await;
+    let (mid, _) = c.merchant(0, "tea", 1000).await;
+    let kafka = "waimai_breaker_state{dependency=\"kafka\"}";
+    for i in 0..2 {
+        assert_eq!(c.metric(i, kafka).await, Some(0.0), "closed at first");
+    }
+
+    c.broker.signal("STOP");
+    let stalled = Instant::now();
+    let mut orders = Vec::new();
+    for i in 0..12 {
+        let r = c
+            .order(i % 2, "stella", &mid, "tea", None)
+            .await
+            .expect("order");
+        assert_eq!(
+            r.status, 201,
+            "an order while the broker stalls: {}",
+            r.body
+        );
+        orders.push(r.body["id"].as_str().expect("id").to_string());
+    }
+    let opened = eventually(30, "the kafka breaker to open", || async {
+        for i in 0..2 {
+            if c.metric(i, kafka).await == Some(1.0) {
+                return Some(stalled.elapsed());
+            }
+        }
+        None
+    })
+    .await;
+    // Still taking orders with the breaker open.
+    let r = c
+        .order(1, "stella", &mid, "tea", None)
+        .await
+        .expect("order");
+    assert_eq!(r.status, 201, "{}", r.body);
+    orders.push(r.body["id"].as_str().expect("id").to_string());
+
+    c.broker.signal("CONT");
+    let resumed = Instant::now();
+    let drained = eventually(
+        60,
+        "every event shipped and the breakers closed",
+        || async {
+            let mut db = c.db().await;
+            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published = 0")
+                .fetch_one(&mut db)
+                .await
+                .ok()?;
+            let mut closed = true;
+            for i in 0..2 {
+                closed &= c.metric(i, kafka).await == Some(0.0);
+            }
+            (left == 0 && closed).then(|| resumed.elapsed())
+        },
+    )
+    .await;
+    let mut db = c.db().await;
+    // Every order's creation is on the topic: each order was shipped, none lost.
+    let shipped: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM outbox WHERE event_type = 'order_created' AND published = 1",
+    )
+    .fetch_all(&mut db)
+    .await
+    .expect("outbox");
+    for oid in &orders {
+        assert!(shipped.contains(oid), "order {oid} never shipped");
+    }
+    println!(
+        "kafka breaker: opened {opened:?} after the broker stalled; outbox drained and breakers \
+         closed {drained:?} after it resumed ({} orders taken meanwhile)",
+        orders.len()
     );
 }
