@@ -471,17 +471,20 @@ impl Report {
     }
 
     /// The rate that stands for the scenario: created orders per second (`create`, `hot-sku`),
-    /// whole orders per second (`lifecycle`, `track`).
+    /// whole orders per second (`lifecycle`, `track`), reads per second (`browse`, both kinds).
     pub fn primary_rate(&self) -> f64 {
-        let op = match self.scenario.as_str() {
-            "lifecycle" | "track" => "whole_order",
-            "browse" => super::scenarios::BROWSE,
-            _ => "create_order",
+        let ops: &[&str] = match self.scenario.as_str() {
+            "lifecycle" | "track" => &["whole_order"],
+            "browse" => &[super::scenarios::BROWSE, super::scenarios::BROWSE_NEAR],
+            _ => &["create_order"],
         };
-        self.ops
+        let ok: u64 = self
+            .ops
             .iter()
-            .find(|o| o.op == op)
-            .map_or(0.0, |o| o.ok as f64 / self.measured_s.max(1e-9))
+            .filter(|o| ops.contains(&o.op.as_str()))
+            .map(|o| o.ok)
+            .sum();
+        ok as f64 / self.measured_s.max(1e-9)
     }
 
     /// Answers in the measured window that were errors (not success, not an expected

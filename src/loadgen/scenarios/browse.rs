@@ -1,6 +1,8 @@
-//! `browse`: every iteration is one `GET /v1/merchants/{id}` (random customer, random merchant),
-//! the most frequent read of a real platform, which the node answers from its browse cache.
-//! Nothing is written, so the order checks have nothing to find.
+//! `browse`: the most frequent reads of a real platform. Three iterations in four are one
+//! `GET /v1/merchants/{id}` (random customer, random merchant), answered from the node's browse
+//! cache; the fourth is `GET /v1/merchants?near=` around a random spot of the city (open
+//! merchants within 2 km, a page of 20), answered from the node's catalog. Nothing is written,
+//! so the order checks have nothing to find.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,8 @@ use super::{drained, iteration_rng, open_window, progress};
 
 /// `GET /v1/merchants/{id}`.
 pub(crate) const BROWSE: &str = "browse_merchant";
+/// `GET /v1/merchants?near=`.
+pub(crate) const BROWSE_NEAR: &str = "browse_near";
 
 /// Runs the scenario.
 pub(super) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
@@ -40,7 +44,18 @@ pub(super) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
                 ) else {
                     return;
                 };
-                let path = format!("/v1/merchants/{}", m.id);
+                let (op, path) = if it.seq % 4 == 3 {
+                    let at = super::super::setup::random_spot(&mut rng);
+                    (
+                        BROWSE_NEAR,
+                        format!(
+                            "/v1/merchants?near={:.5},{:.5}&radius_m=2000&open=true&limit=20",
+                            at.lat, at.lng
+                        ),
+                    )
+                } else {
+                    (BROWSE, format!("/v1/merchants/{}", m.id))
+                };
                 let o = ctx
                     .http
                     .call(Method::GET, &path, &cu.token, None, None)
@@ -50,7 +65,7 @@ pub(super) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
                     Ok(r) if r.shed() => Class::Shed(r.kind()),
                     _ => Class::Error(super::super::http::kind(&o)),
                 };
-                ctx.rec.op(BROWSE, it.intended, class);
+                ctx.rec.op(op, it.intended, class);
             }
         },
     )

@@ -24,7 +24,7 @@ use super::{Ctx, Scenario};
 pub(crate) const CREATE_ORDER: &str = "create_order";
 /// The expected 409 out_of_stock answers among `create_order` (hot-sku), measured on their own.
 pub(crate) const CREATE_ORDER_SOLD_OUT: &str = "create_order:409";
-pub(crate) use browse::BROWSE;
+pub(crate) use browse::{BROWSE, BROWSE_NEAR};
 
 /// Runs the plan's scenario; returns the measured duration and the scenario's own verdicts.
 pub(crate) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
