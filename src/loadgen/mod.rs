@@ -50,8 +50,9 @@ pub enum Scenario {
     /// `--customers` customers race for one SKU holding `--stock` units, one unit each; exactly
     /// min(stock, attempts) must succeed and every other attempt must be 409 out_of_stock.
     HotSku,
-    /// Merchant browsing: every iteration is one `GET /v1/merchants/{id}` of a random merchant
-    /// by a random customer (the node's browse cache answers).
+    /// Merchant browsing: three iterations in four are one `GET /v1/merchants/{id}` of a random
+    /// merchant by a random customer (the node's browse cache answers), the fourth a
+    /// `GET /v1/merchants?near=` page around a random spot (the node's catalog answers).
     Browse,
 }
 
