@@ -296,7 +296,7 @@ async fn no_oversell(
             .get(&format!("/v1/merchants/{}", m.id), &ctx.admin)
             .await
         {
-            Ok(r) if r.status == 200 => r.body["menu"].as_array().cloned().unwrap_or_default(),
+            Ok(r) if r.status == 200 => r.body()["menu"].as_array().cloned().unwrap_or_default(),
             Ok(r) => {
                 bad.push(format!("merchant {}: {}", m.id, r.kind()));
                 continue;

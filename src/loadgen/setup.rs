@@ -175,10 +175,11 @@ fn created(r: super::http::Outcome, what: &str) -> Result<String, LoadgenError> 
     match r {
         Ok(r) if r.status == 201 => r
             .str("id")
-            .ok_or_else(|| LoadgenError::Setup(format!("{what}: no id in {}", r.body))),
+            .ok_or_else(|| LoadgenError::Setup(format!("{what}: no id in {}", r.body()))),
         Ok(r) => Err(LoadgenError::Setup(format!(
             "{what}: HTTP {} {}",
-            r.status, r.body
+            r.status,
+            r.body()
         ))),
         Err(e) => Err(LoadgenError::Setup(format!("{what}: {}", e.0))),
     }
@@ -190,7 +191,8 @@ fn expect_ok(r: super::http::Outcome, what: &str) -> Result<(), LoadgenError> {
         Ok(r) if r.ok() => Ok(()),
         Ok(r) => Err(LoadgenError::Setup(format!(
             "{what}: HTTP {} {}",
-            r.status, r.body
+            r.status,
+            r.body()
         ))),
         Err(e) => Err(LoadgenError::Setup(format!("{what}: {}", e.0))),
     }

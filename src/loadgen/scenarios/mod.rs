@@ -207,7 +207,7 @@ async fn place(
             // as long as `Retry-After` says before its next request (this virtual user too).
             ctx.rec
                 .op(CREATE_ORDER, it.intended, Class::Shed(kind.clone()));
-            let wait = r.body["error"]["retry_after_s"]
+            let wait = r.body()["error"]["retry_after_s"]
                 .as_u64()
                 .unwrap_or(1)
                 .min(60);
