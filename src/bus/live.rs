@@ -65,14 +65,7 @@ impl LiveSink for KafkaLive {
         match sent {
             // Nobody waits for the delivery; its outcome only informs the breaker.
             Ok(delivery) => {
-                tokio::spawn(async move {
-                    let outcome = delivery.await;
-                    let ok = matches!(outcome, Ok(Ok(_)));
-                    pass.done(ok, || match outcome {
-                        Ok(Err((e, _))) => format!("delivery failed: {e}"),
-                        _ => "delivery cancelled".to_string(),
-                    });
-                });
+                tokio::spawn(super::delivered(delivery, pass));
             }
             Err((e, _)) => {
                 pass.done(false, || format!("producing: {e}"));

@@ -53,6 +53,21 @@ pub enum BusError {
     Topic(String),
 }
 
+/// Waits for a produced message's delivery and reports it to the `kafka` breaker through
+/// `pass`; whether the broker acknowledged it.
+pub(crate) async fn delivered(
+    delivery: rdkafka::producer::DeliveryFuture,
+    pass: crate::breaker::Pass,
+) -> bool {
+    let outcome = delivery.await;
+    let ok = matches!(outcome, Ok(Ok(_)));
+    pass.done(ok, || match outcome {
+        Ok(Err((e, _))) => format!("delivery failed: {e}"),
+        _ => "delivery cancelled".to_string(),
+    });
+    ok
+}
+
 /// The Kafka header that carries an event's W3C trace context (the committing command's).
 pub const TRACEPARENT: &str = "traceparent";
 

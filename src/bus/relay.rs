@@ -198,12 +198,7 @@ impl Relay {
                     let acks = acks.clone();
                     let (seq, created) = (row.seq, row.event.created_at);
                     tokio::spawn(async move {
-                        let outcome = delivery.await;
-                        let ok = matches!(outcome, Ok(Ok(_)));
-                        pass.done(ok, || match outcome {
-                            Ok(Err((e, _))) => format!("delivery failed: {e}"),
-                            _ => "delivery cancelled".to_string(),
-                        });
+                        let ok = super::delivered(delivery, pass).await;
                         let _ = acks.send((seq, created, ok));
                     });
                     sent += 1;
