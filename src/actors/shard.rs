@@ -235,10 +235,15 @@ impl<M: Routed> Handler<Envelope<M>> for Shard {
             return Box::pin(async move { Err(Error::NotOwner(shard)) });
         }
         let addr: Addr<M::Actor> = self.get_or_start(&env.id, M::CREATES);
-        // Commands that belong to a trace get a span of their own in it; internal traffic
-        // (timers, dispatch ticks) outside any span stays out of tracing.
+        // Commands that belong to a sampled trace get a span of their own in it. In a trace
+        // nothing records (no exporter, or sampled out) the handler runs in the caller's span,
+        // so its logs keep the trace id without the cost of a span per message (about 9% of
+        // a create's CPU went to tracing; BENCHMARKS.md). Internal traffic (timers, dispatch
+        // ticks) outside any span stays out of tracing.
         let span = if env.span.is_none() {
             tracing::Span::none()
+        } else if !crate::telemetry::is_sampled(&env.span) {
+            env.span.clone()
         } else {
             tracing::info_span!(
                 target: "waimai::actor",
