@@ -95,11 +95,6 @@ impl Index {
         self.by_id.len()
     }
 
-    /// Whether `id` is held.
-    pub(super) fn contains(&self, id: &str) -> bool {
-        self.by_id.contains_key(id)
-    }
-
     /// Takes `m` unless a version at least as new is held.
     pub(super) fn upsert(&mut self, m: &Merchant) -> Upsert {
         if let Some((key, held)) = self.by_id.get_key_value(m.id.as_str()) {
@@ -140,8 +135,7 @@ impl Index {
                 held.version = version;
                 Upsert::Newer
             }
-            Some(_) => Upsert::Stale,
-            None => Upsert::Stale,
+            _ => Upsert::Stale,
         }
     }
 

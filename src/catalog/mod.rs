@@ -105,13 +105,8 @@ impl Catalog {
     }
 
     /// How many merchants the index holds.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.read().len()
-    }
-
-    /// Whether it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -211,11 +206,6 @@ impl Catalog {
         after: Option<&Cursor>,
     ) -> NearbyPage {
         self.read().near(at, radius_m, open_only, limit, after)
-    }
-
-    /// Whether the index holds merchant `id` (tests).
-    pub fn holds(&self, id: &str) -> bool {
-        self.read().contains(id)
     }
 }
 

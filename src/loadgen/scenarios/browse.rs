@@ -11,10 +11,9 @@ use rand::Rng;
 use reqwest::Method;
 
 use super::super::invariants::Check;
-use super::super::model::drive;
 use super::super::report::Class;
 use super::super::Ctx;
-use super::{drained, iteration_rng, open_window, progress};
+use super::{each_iteration, iteration_rng};
 
 /// `GET /v1/merchants/{id}`.
 pub(crate) const BROWSE: &str = "browse_merchant";
@@ -23,52 +22,38 @@ pub(crate) const BROWSE_NEAR: &str = "browse_near";
 
 /// Runs the scenario.
 pub(super) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
-    let (start, until) = open_window(&ctx);
-    let _bar = progress(&ctx, ctx.plan.warmup + ctx.plan.duration);
-    let c = ctx.clone();
-    let driven = drive(
-        ctx.plan.load,
-        start,
-        until,
-        None,
-        Duration::from_secs_f64(ctx.plan.args.drain),
-        move |it| {
-            let ctx = c.clone();
-            async move {
-                let mut rng = iteration_rng(&ctx, it.seq);
-                let merchants = &ctx.world.merchants;
-                let customers = &ctx.world.customers;
-                let (Some(m), Some(cu)) = (
-                    merchants.get(rng.gen_range(0..merchants.len().max(1))),
-                    customers.get((it.seq as usize) % customers.len().max(1)),
-                ) else {
-                    return;
-                };
-                let (op, path) = if it.seq % 4 == 3 {
-                    let at = super::super::setup::random_spot(&mut rng);
-                    (
-                        BROWSE_NEAR,
-                        format!(
-                            "/v1/merchants?near={:.5},{:.5}&radius_m=2000&open=true&limit=20",
-                            at.lat, at.lng
-                        ),
-                    )
-                } else {
-                    (BROWSE, format!("/v1/merchants/{}", m.id))
-                };
-                let o = ctx
-                    .http
-                    .call(Method::GET, &path, &cu.token, None, None)
-                    .await;
-                let class = match &o {
-                    Ok(r) if r.ok() => Class::Ok,
-                    Ok(r) if r.shed() => Class::Shed(r.kind()),
-                    _ => Class::Error(super::super::http::kind(&o)),
-                };
-                ctx.rec.op(op, it.intended, class);
-            }
-        },
-    )
-    .await;
-    (ctx.plan.duration, vec![drained(&driven)])
+    each_iteration(&ctx, |ctx, it| async move {
+        let mut rng = iteration_rng(&ctx, it.seq);
+        let merchants = &ctx.world.merchants;
+        let customers = &ctx.world.customers;
+        let (Some(m), Some(cu)) = (
+            merchants.get(rng.gen_range(0..merchants.len().max(1))),
+            customers.get((it.seq as usize) % customers.len().max(1)),
+        ) else {
+            return;
+        };
+        let (op, path) = if it.seq % 4 == 3 {
+            let at = super::super::setup::random_spot(&mut rng);
+            (
+                BROWSE_NEAR,
+                format!(
+                    "/v1/merchants?near={:.5},{:.5}&radius_m=2000&open=true&limit=20",
+                    at.lat, at.lng
+                ),
+            )
+        } else {
+            (BROWSE, format!("/v1/merchants/{}", m.id))
+        };
+        let o = ctx
+            .http
+            .call(Method::GET, &path, &cu.token, None, None)
+            .await;
+        let class = match &o {
+            Ok(r) if r.ok() => Class::Ok,
+            Ok(r) if r.shed() => Class::Shed(r.kind()),
+            _ => Class::Error(super::super::http::kind(&o)),
+        };
+        ctx.rec.op(op, it.intended, class);
+    })
+    .await
 }

@@ -37,7 +37,6 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
     }
 }
 
-/// Opens the measured window starting after the warm-up; returns its end.
 /// Opens the measured window after the warm-up; returns (start of the load, end of the window).
 /// The open model schedules its arrivals from that start, so the window holds exactly
 /// rate x duration of them however long the caller takes to begin driving.
@@ -249,6 +248,29 @@ fn pick(ctx: &Ctx, rng: &mut impl Rng) -> (usize, String) {
         })
         .unwrap_or_default();
     (mi, sku)
+}
+
+/// The whole run of a scenario whose iterations are independent of each other (`create`,
+/// `browse`): every arrival of the warm-up and the measured window runs `iteration`; returns
+/// the measured duration and the drain check.
+async fn each_iteration<F, Fut>(ctx: &Arc<Ctx>, iteration: F) -> (Duration, Vec<Check>)
+where
+    F: Fn(Arc<Ctx>, Iteration) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (start, until) = open_window(ctx);
+    let _bar = progress(ctx, ctx.plan.warmup + ctx.plan.duration);
+    let c = ctx.clone();
+    let driven = super::model::drive(
+        ctx.plan.load,
+        start,
+        until,
+        None,
+        Duration::from_secs_f64(ctx.plan.args.drain),
+        move |it| iteration(c.clone(), it),
+    )
+    .await;
+    (ctx.plan.duration, vec![drained(&driven)])
 }
 
 /// A verdict on iterations the drain had to abort.
