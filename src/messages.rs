@@ -31,6 +31,10 @@ pub struct PlaceOrder {
     pub deliver_to: Location,
     /// Hash of the request: a retry with the same hash is answered with the order it made.
     pub request_hash: Option<String>,
+    /// The id was made for this request (it came without an `Idempotency-Key`): no earlier
+    /// attempt can have written it, so a refusal needs no look at the store.
+    #[serde(default)]
+    pub new_id: bool,
 }
 
 /// The outcome of `PlaceOrder`.

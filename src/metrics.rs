@@ -504,6 +504,18 @@ pub static STORE_MERCHANT_READS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Order reads the store answered (an order actor starting, or a refused create checking for
+/// an earlier attempt under its idempotency key).
+pub static STORE_ORDER_READS: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_store_order_reads_total",
+            "Order reads the store answered (an actor starting, or a refused create looking for an earlier attempt)"
+        ),
+        "store_order_reads",
+    )
+});
+
 /// Merchants in this node's catalog (the browse index).
 pub static CATALOG_MERCHANTS: Lazy<IntGauge> = Lazy::new(|| {
     must(
@@ -583,6 +595,7 @@ pub fn render() -> String {
     Lazy::force(&BROWSE_CACHE);
     Lazy::force(&BROWSE_LOADS);
     Lazy::force(&STORE_MERCHANT_READS);
+    Lazy::force(&STORE_ORDER_READS);
     Lazy::force(&CATALOG_MERCHANTS);
     Lazy::force(&CATALOG_CHANGES);
     let mut buf = Vec::new();

@@ -589,6 +589,16 @@ impl Handler<ChangeOrder> for OrderActor {
     }
 }
 
+/// What a refused create learned of the order's row.
+enum Known {
+    /// The store holds this order (another request's, under the same id).
+    Present(Order),
+    /// The store has no such order.
+    Absent,
+    /// Not looked at, or the look failed.
+    Unknown,
+}
+
 impl Handler<PlaceOrder> for OrderActor {
     type Result = Reply<Placed>;
 
@@ -627,6 +637,7 @@ impl Handler<PlaceOrder> for OrderActor {
             request_hash: msg.request_hash.clone(),
         };
         let unchecked = matches!(self.state, Loaded::Unchecked);
+        let new_id = msg.new_id;
         let fut = async move {
             let place = ReserveAndPlace {
                 draft,
@@ -635,7 +646,7 @@ impl Handler<PlaceOrder> for OrderActor {
             };
             let hash = place.draft.request_hash.clone();
             let caller_id = place.draft.customer_id.clone();
-            let placed = match deps.router.send(&msg.merchant_id, place).await {
+            let placed: Result<Order> = match deps.router.send(&msg.merchant_id, place).await {
                 Ok(PlaceOutcome::Placed(order)) => Ok(order),
                 Ok(PlaceOutcome::Refused(refused)) => {
                     let e = StoreError::from(refused);
@@ -654,7 +665,7 @@ impl Handler<PlaceOrder> for OrderActor {
                         .inc();
                     Ok((order, false))
                 }
-                Err(e) if unchecked => {
+                Err(e) if unchecked && !new_id => {
                     // This actor did not read the store before trying: the order may exist
                     // already (a retry of a create whose answer was lost, the actor passivated
                     // since). Its row says whether this is that request's replay.
@@ -666,18 +677,21 @@ impl Handler<PlaceOrder> for OrderActor {
                             if same {
                                 Ok((existing, true))
                             } else {
-                                Err(Error::IdempotencyMismatch)
+                                Err((Error::IdempotencyMismatch, Known::Present(existing)))
                             }
                         }
-                        _ => Err(e),
+                        Ok(None) => Err((e, Known::Absent)),
+                        Err(_) => Err((e, Known::Unknown)),
                     }
                 }
-                Err(e) => Err(e),
+                // A refused id made for this very request was never written.
+                Err(e) if unchecked => Err((e, Known::Absent)),
+                Err(e) => Err((e, Known::Unknown)),
             }
         };
         let span = tracing::Span::current();
         AtomicResponse::new(Box::pin(fut.in_current_span().into_actor(self).map(
-            move |res: Result<(Order, bool)>, act, ctx| {
+            move |res: std::result::Result<(Order, bool), (Error, Known)>, act, ctx| {
                 let _in = span.enter();
                 match res {
                     Ok((order, replayed)) => {
@@ -687,7 +701,7 @@ impl Handler<PlaceOrder> for OrderActor {
                         act.state = Loaded::Present(order.clone());
                         Ok(Placed { order, replayed })
                     }
-                    Err(e) => {
+                    Err((e, known)) => {
                         if matches!(
                             e,
                             Error::Conflict(_) | Error::NotOwner(_) | Error::Unavailable(_)
@@ -696,9 +710,18 @@ impl Handler<PlaceOrder> for OrderActor {
                             // commit whose answer was lost: reload before the next message.
                             ctx.stop();
                         } else if matches!(act.state, Loaded::Unchecked) {
-                            // Refused (out of stock, another request's id, ...): learn what the
-                            // store holds before the next message.
-                            act.load(ctx);
+                            // Refused (out of stock, another request's id, ...): keep what the
+                            // store was just found to hold, or learn it before the next message.
+                            match known {
+                                Known::Present(order) => act.state = Loaded::Present(order),
+                                Known::Absent if new_id => {
+                                    // Nobody else knows this id: passivate it soon.
+                                    act.state = Loaded::Absent;
+                                    act.tell_terminal();
+                                }
+                                Known::Absent => act.state = Loaded::Absent,
+                                Known::Unknown => act.load(ctx),
+                            }
                         }
                         Err(e)
                     }

@@ -1051,6 +1051,7 @@ pub(super) async fn create_order(
                 items: req.items.into_iter().map(|i| (i.sku, i.qty)).collect(),
                 deliver_to: req.deliver_to,
                 request_hash: hash,
+                new_id: key.is_none(),
             },
         )
         .await?;

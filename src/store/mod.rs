@@ -592,6 +592,7 @@ impl Store {
     }
 
     async fn load_order_queued(&self, id: &str) -> Result<Option<Order>, StoreError> {
+        crate::metrics::STORE_ORDER_READS.inc();
         let (reply, rx) = oneshot::channel();
         self.inner
             .loader
