@@ -592,7 +592,7 @@ impl Handler<ChangeOrder> for OrderActor {
 /// What a refused create learned of the order's row.
 enum Known {
     /// The store holds this order (another request's, under the same id).
-    Present(Order),
+    Present(Box<Order>),
     /// The store has no such order.
     Absent,
     /// Not looked at, or the look failed.
@@ -677,7 +677,10 @@ impl Handler<PlaceOrder> for OrderActor {
                             if same {
                                 Ok((existing, true))
                             } else {
-                                Err((Error::IdempotencyMismatch, Known::Present(existing)))
+                                Err((
+                                    Error::IdempotencyMismatch,
+                                    Known::Present(Box::new(existing)),
+                                ))
                             }
                         }
                         Ok(None) => Err((e, Known::Absent)),
@@ -713,7 +716,7 @@ impl Handler<PlaceOrder> for OrderActor {
                             // Refused (out of stock, another request's id, ...): keep what the
                             // store was just found to hold, or learn it before the next message.
                             match known {
-                                Known::Present(order) => act.state = Loaded::Present(order),
+                                Known::Present(order) => act.state = Loaded::Present(*order),
                                 Known::Absent if new_id => {
                                     // Nobody else knows this id: passivate it soon.
                                     act.state = Loaded::Absent;
