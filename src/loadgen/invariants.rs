@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
-use reqwest::Method;
+use hyper::Method;
 
 use super::ledger::{Acked, Unknown};
 use super::{Ctx, Scenario};

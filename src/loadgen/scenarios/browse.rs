@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::Method;
 use rand::Rng;
-use reqwest::Method;
 
 use super::super::invariants::Check;
 use super::super::report::Class;
