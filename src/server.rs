@@ -549,13 +549,17 @@ async fn connect_bus(
     }
     let producer: FutureProducer = producer.create().map_err(BusError::from)?;
     let lag = Arc::new(AtomicI64::new(0));
-    let feed = bus::feed::consumer(
-        kafka.clone(),
-        &events_topic,
-        count,
-        c.fetch_wait_ms,
-        lag.clone(),
-    )?;
+    let feed = {
+        let (kafka, topic, wait, lag) = (
+            kafka.clone(),
+            events_topic.clone(),
+            c.fetch_wait_ms,
+            lag.clone(),
+        );
+        tokio::task::spawn_blocking(move || bus::feed::consumer(kafka, &topic, count, wait, lag))
+            .await
+            .map_err(|e| StartError::Config(format!("events feed: {e}")))??
+    };
     let feed = tokio::spawn(bus::feed::run(feed, hub.clone(), catalog));
     let token = auth
         .mint(

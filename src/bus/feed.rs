@@ -46,7 +46,11 @@ impl ClientContext for LagContext {
 
 impl ConsumerContext for LagContext {}
 
-/// Starts reading `topic` (all `partitions`, from the end).
+/// Starts reading `topic` (all `partitions`, from their ends as of this call). The end offsets
+/// are read before this returns (it blocks: call it off the async threads), so every event
+/// produced after it is read. With `Offset::End` librdkafka resolved the end lazily, at its
+/// first fetch: a node that had just started could skip an event produced in between, and a
+/// tracking socket opened on it right after its snapshot then lacked that version.
 pub fn consumer(
     mut config: rdkafka::ClientConfig,
     topic: &str,
@@ -69,7 +73,8 @@ pub fn consumer(
     let c: StreamConsumer<LagContext> = config.create_with_context(LagContext { lag })?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::End)?;
+        let (_, end) = c.fetch_watermarks(topic, p, std::time::Duration::from_secs(10))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(end))?;
     }
     c.assign(&tpl)?;
     Ok(c)
