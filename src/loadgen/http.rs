@@ -149,9 +149,8 @@ impl Target {
 }
 
 impl Http {
-    /// A client for `bases`; `_conns` (the load's concurrency) is how many connections it will
-    /// come to keep per node.
-    pub fn new(bases: &[String], _conns: usize, timeout: Duration) -> Result<Http, LoadgenError> {
+    /// A client for `bases` (it keeps as many connections per node as requests were in flight).
+    pub fn new(bases: &[String], timeout: Duration) -> Result<Http, LoadgenError> {
         if bases.is_empty() {
             return Err(LoadgenError::Args("--target is required".into()));
         }
@@ -238,39 +237,16 @@ impl Http {
                 .map_err(|_| TransportError("transport request".into()))?;
             // A kept-alive connection the node has just closed gives the request back
             // unsent: it then goes once more, on a new connection.
-            let (conn, resp) = match target.reuse() {
+            let req = match target.reuse() {
                 Some(mut conn) => match send(&mut conn, req).await {
-                    Ok(resp) => (conn, resp),
-                    Err(mut e) => match e.take_message() {
-                        Some(req) => {
-                            let mut conn = target.connect().await?;
-                            let resp = send(&mut conn, req).await.map_err(unsent)?;
-                            (conn, resp)
-                        }
-                        None => return Err(unsent(e)),
-                    },
+                    Ok(resp) => return read(target, conn, resp).await,
+                    Err(mut e) => e.take_message().ok_or_else(|| unsent(e))?,
                 },
-                None => {
-                    let mut conn = target.connect().await?;
-                    let resp = send(&mut conn, req).await.map_err(unsent)?;
-                    (conn, resp)
-                }
+                None => req,
             };
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|_| TransportError("transport body".into()))?
-                .to_bytes();
-            if !conn.is_closed() {
-                target.checkin(conn);
-            }
-            Ok(Resp {
-                status,
-                bytes,
-                parsed: std::sync::OnceLock::new(),
-            })
+            let mut conn = target.connect().await?;
+            let resp = send(&mut conn, req).await.map_err(unsent)?;
+            read(target, conn, resp).await
         };
         match tokio::time::timeout(self.timeout, request).await {
             Ok(outcome) => outcome,
@@ -305,4 +281,27 @@ async fn send(conn: &mut SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) ->
 
 fn unsent(_: TrySendError<Request<Full<Bytes>>>) -> TransportError {
     TransportError("transport request".into())
+}
+
+/// Reads the answer's body, then gives the connection back for the next request.
+async fn read(
+    target: &Target,
+    conn: SendRequest<Full<Bytes>>,
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Outcome {
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| TransportError("transport body".into()))?
+        .to_bytes();
+    if !conn.is_closed() {
+        target.checkin(conn);
+    }
+    Ok(Resp {
+        status,
+        bytes,
+        parsed: std::sync::OnceLock::new(),
+    })
 }

@@ -390,13 +390,8 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
 /// do not make this an error: see [`Report::violations`].
 pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, LoadgenError> {
     let plan = Plan::new(args)?;
-    let conns = match plan.load {
-        Load::Closed(n) => n,
-        Load::Open { max_in_flight, .. } => max_in_flight.min(4096),
-    };
     let http = http::Http::new(
         &plan.args.target,
-        conns,
         Duration::from_secs_f64(plan.args.request_timeout),
     )?;
     let admin = auth.mint(Role::Admin, "loadgen", TOKEN_TTL_SECS)?;
