@@ -84,7 +84,13 @@ impl Ledger {
 
     /// Counts a create answer.
     pub fn answer(&self, kind: &str) {
-        *self.lock().answers.entry(kind.to_string()).or_default() += 1;
+        let mut g = self.lock();
+        match g.answers.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                g.answers.insert(kind.to_string(), 1);
+            }
+        }
     }
 
     /// Takes the unknown outcomes (for resolution).

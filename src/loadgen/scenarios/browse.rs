@@ -46,7 +46,13 @@ pub(super) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
         };
         let o = ctx
             .http
-            .call(Method::GET, &path, &cu.token, None, None)
+            .call(
+                Method::GET,
+                &path,
+                &cu.token,
+                None,
+                super::super::http::NO_BODY,
+            )
             .await;
         let class = match &o {
             Ok(r) if r.ok() => Class::Ok,

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use hyper::Method;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 
 use super::invariants::Check;
 use super::ledger::{Acked, Unknown};
@@ -127,6 +126,21 @@ enum Placed {
 /// Places one order for `it`: customer `customer`, `qty` of `sku` at merchant `merchant`
 /// (indices into the world), delivered to a random spot. Records latency from the intended
 /// start, the answer, and the acknowledgement (or the unknown outcome) in the ledger.
+/// A create request's body (written straight to JSON; a `json!` value built a map first).
+#[derive(serde::Serialize)]
+struct NewOrder<'a> {
+    merchant_id: &'a str,
+    items: [Line<'a>; 1],
+    deliver_to: crate::domain::Location,
+}
+
+/// One order line of `NewOrder`.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    sku: &'a str,
+    qty: i64,
+}
+
 async fn place(
     ctx: &Ctx,
     it: Iteration,
@@ -145,11 +159,11 @@ async fn place(
     };
     let to = super::setup::random_spot(&mut rng);
     let key = format!("lg-{}-{}", ctx.world.run_id, it.seq);
-    let body = json!({
-        "merchant_id": m.id,
-        "items": [{"sku": sku, "qty": qty}],
-        "deliver_to": to,
-    });
+    let body = NewOrder {
+        merchant_id: &m.id,
+        items: [Line { sku, qty }],
+        deliver_to: to,
+    };
     let outcome = ctx
         .http
         .call(
@@ -219,7 +233,7 @@ async fn place(
                 ctx.ledger.unknown(Unknown {
                     customer,
                     key,
-                    body,
+                    body: serde_json::to_value(&body).unwrap_or(serde_json::Value::Null),
                     merchant_id: m.id.clone(),
                     lines,
                 });
