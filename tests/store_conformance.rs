@@ -91,6 +91,7 @@ conformance! {
     check_outbox_shipping => sqlite_outbox_shipping, postgres_outbox_shipping, mysql_outbox_shipping;
     check_orders_of_shards => sqlite_orders_of_shards, postgres_orders_of_shards, mysql_orders_of_shards;
     check_cluster_nodes => sqlite_cluster_nodes, postgres_cluster_nodes, mysql_cluster_nodes;
+    check_sim_provider_writes => sqlite_sim_provider_writes, postgres_sim_provider_writes, mysql_sim_provider_writes;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1690,4 +1691,103 @@ async fn postgres_backfill_stamps_older_rows() {
         assert_eq!((o, e), (want, want), "{oid}");
     }
     assert_eq!(store.backfill_shards().await.expect("again"), 0);
+}
+
+/// The simulated payment provider's writes go through the group-commit writer: an intent is
+/// taken once (a second one with its id changes nothing and says so), its callbacks are
+/// scheduled with it, concurrent duplicates leave one intent, and delivered callbacks are
+/// removed in one write.
+async fn check_sim_provider_writes(store: &Store) {
+    let oid = id("o");
+    let intent = id("pi");
+    let cbs = |tag: &str| {
+        vec![
+            (
+                format!("evt_{intent}_{tag}_1"),
+                1_000,
+                format!(r#"{{"n":1,"t":"{tag}"}}"#),
+            ),
+            (
+                format!("evt_{intent}_{tag}_2"),
+                2_000,
+                format!(r#"{{"n":2,"t":"{tag}"}}"#),
+            ),
+        ]
+    };
+    let first = store
+        .sim_create_intent(&intent, &oid, 1250, "card", "succeeded", 500, &cbs("a"))
+        .await
+        .expect("first intent");
+    assert!(first, "a new intent is new");
+    let again = store
+        .sim_create_intent(
+            &intent,
+            &oid,
+            9999,
+            "card_declined",
+            "failed",
+            600,
+            &cbs("b"),
+        )
+        .await
+        .expect("second intent");
+    assert!(!again, "the same intent id a second time is not new");
+    assert_eq!(
+        store.sim_intent(&intent).await.expect("read intent"),
+        Some((
+            oid.clone(),
+            1250,
+            "card".to_string(),
+            "succeeded".to_string()
+        )),
+        "the first intent stands"
+    );
+    let now = sim_due(store, &intent, 1_500).await;
+    assert_eq!(now.len(), 1, "only the first callback is due at 1,500");
+    let all = sim_due(store, &intent, 5_000).await;
+    assert_eq!(
+        all.iter().map(|c| c.body.as_str()).collect::<Vec<_>>(),
+        vec![r#"{"n":1,"t":"a"}"#, r#"{"n":2,"t":"a"}"#],
+        "the first intent's callbacks, scheduled once, in due order"
+    );
+
+    // Eight concurrent takers of one new intent: exactly one is new.
+    let raced = id("pi");
+    let news = join_all((0..8).map(|i| {
+        let raced = raced.clone();
+        let oid = oid.clone();
+        async move {
+            store
+                .sim_create_intent(&raced, &oid, 100 + i, "card", "succeeded", 700, &[])
+                .await
+                .expect("raced intent")
+        }
+    }))
+    .await;
+    assert_eq!(news.iter().filter(|n| **n).count(), 1, "{news:?}");
+
+    store
+        .sim_callbacks_delivered(&all.iter().map(|c| c.seq).collect::<Vec<_>>())
+        .await
+        .expect("delivered");
+    assert!(
+        sim_due(store, &intent, 5_000).await.is_empty(),
+        "delivered callbacks are gone"
+    );
+    store
+        .sim_callbacks_delivered(&[])
+        .await
+        .expect("nothing to remove");
+}
+
+/// The scheduled callbacks of `intent` due by `at`.
+async fn sim_due(store: &Store, intent: &str, at: i64) -> Vec<waimai::store::SimCallback> {
+    let prefix = format!("evt_{intent}_");
+    store
+        .sim_due_callbacks(None, at, 100)
+        .await
+        .expect("due")
+        .into_iter()
+        .filter(|c| c.event_id.starts_with(&prefix))
+        .collect()
 }

@@ -139,16 +139,41 @@ impl SimProvider {
             .await
             .map_err(|e| e.to_string())?;
         let n = due.len();
-        let results: Vec<Result<(), String>> = futures::stream::iter(due)
+        let results: Vec<Result<Option<i64>, String>> = futures::stream::iter(due)
             .map(|cb| self.deliver(&url, cb))
-            .buffer_unordered(64)
+            // The whole round at once, as a provider's senders do: a round lasts as long as its
+            // slowest callback (a commit), so 64 at a time made four commits' worth of rounds.
+            .buffer_unordered(BATCH)
             .collect()
             .await;
-        results.into_iter().collect::<Result<Vec<()>, String>>()?;
-        Ok(n)
+        let mut delivered = Vec::with_capacity(n);
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(Some(seq)) => delivered.push(seq),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        // One statement for the round's deliveries. A crash before it delivers them again,
+        // which the callback route ignores (event ids are stored).
+        self.store
+            .sim_callbacks_delivered(&delivered)
+            .await
+            .map_err(|e| e.to_string())?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
     }
 
-    async fn deliver(&self, url: &str, cb: crate::store::SimCallback) -> Result<(), String> {
+    /// Sends one callback: `Some(seq)` once the node accepted it; a refused one is rescheduled
+    /// with backoff (`None`).
+    async fn deliver(
+        &self,
+        url: &str,
+        cb: crate::store::SimCallback,
+    ) -> Result<Option<i64>, String> {
         let header = signature::sign(&self.secret, now_ms() / 1000, cb.body.as_bytes());
         let sent = self
             .http
@@ -158,18 +183,16 @@ impl SimProvider {
             .body(cb.body.clone())
             .send()
             .await;
-        let delivered = matches!(&sent, Ok(r) if r.status().is_success());
-        let next = if delivered {
-            None
-        } else {
-            tracing::debug!(event = %cb.event_id, attempts = cb.attempts + 1, "simulated provider: callback not accepted; will retry");
-            let backoff = (200u64 << cb.attempts.clamp(0, 5)).min(5_000);
-            Some(now_ms() + backoff as i64)
-        };
+        if matches!(&sent, Ok(r) if r.status().is_success()) {
+            return Ok(Some(cb.seq));
+        }
+        tracing::debug!(event = %cb.event_id, attempts = cb.attempts + 1, "simulated provider: callback not accepted; will retry");
+        let backoff = (200u64 << cb.attempts.clamp(0, 5)).min(5_000);
         self.store
-            .sim_callback_done(cb.seq, next)
+            .sim_callback_retry(cb.seq, now_ms() + backoff as i64)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(None)
     }
 }
 

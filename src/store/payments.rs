@@ -217,6 +217,10 @@ impl Store {
 
     /// The simulated provider takes an intent (once: a second call with the same id changes
     /// nothing) and schedules its callbacks: `(event_id, due_at, body)`. True if it was new.
+    ///
+    /// It goes through the group-commit writer like every other change. On SQLite a
+    /// transaction of its own waited for the writer's lock in the busy handler's growing
+    /// sleeps, which held `lifecycle` at a few hundred payments per second.
     #[allow(clippy::too_many_arguments)]
     pub async fn sim_create_intent(
         &self,
@@ -228,31 +232,20 @@ impl Store {
         now: i64,
         callbacks: &[(String, i64, String)],
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let sql = self.sql(
-            "INSERT INTO sim_intents (intent_id, order_id, amount_cents, method, status, \
-             created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        );
-        let inserted = sqlx::query(&sql)
-            .bind(intent_id)
-            .bind(order_id)
-            .bind(amount_cents)
-            .bind(method)
-            .bind(status)
-            .bind(now)
-            .execute(&mut *tx)
-            .await;
-        match inserted {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                let _ = tx.rollback().await;
-                return Ok(false);
-            }
-            Err(e) => return Err(e.into()),
+        let write = super::Write::SimIntent {
+            intent_id: intent_id.to_string(),
+            order_id: order_id.to_string(),
+            amount_cents,
+            method: method.to_string(),
+            status: status.to_string(),
+            created_at: now,
+            callbacks: callbacks.to_vec(),
+        };
+        match self.commit(vec![write]).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Duplicate(_)) => Ok(false),
+            Err(e) => Err(e),
         }
-        self.sim_schedule(&mut tx, order_id, callbacks).await?;
-        tx.commit().await?;
-        Ok(true)
     }
 
     /// The simulated provider takes a refund (once per refund id) and schedules its callbacks.
@@ -366,28 +359,26 @@ impl Store {
             .collect()
     }
 
-    /// A callback was delivered (`next_due: None`) or must be tried again at `next_due`.
-    pub async fn sim_callback_done(
-        &self,
-        seq: i64,
-        next_due: Option<i64>,
-    ) -> Result<(), StoreError> {
-        match next_due {
-            None => {
-                let sql = self.sql("DELETE FROM sim_callbacks WHERE seq = ?");
-                sqlx::query(&sql).bind(seq).execute(self.pool()).await?;
-            }
-            Some(due) => {
-                let sql = self.sql(
-                    "UPDATE sim_callbacks SET due_at = ?, attempts = attempts + 1 WHERE seq = ?",
-                );
-                sqlx::query(&sql)
-                    .bind(due)
-                    .bind(seq)
-                    .execute(self.pool())
-                    .await?;
-            }
+    /// Callbacks that were delivered: removed, through the group-commit writer (on SQLite a
+    /// statement of its own waits for the writer's lock in the busy handler's growing sleeps;
+    /// one such DELETE per callback held `lifecycle` at a few hundred payments per second).
+    pub async fn sim_callbacks_delivered(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
         }
+        self.commit(vec![super::Write::SimCallbacksDelivered(seqs.to_vec())])
+            .await
+    }
+
+    /// A callback that was not accepted: tried again at `next_due`.
+    pub async fn sim_callback_retry(&self, seq: i64, next_due: i64) -> Result<(), StoreError> {
+        let sql =
+            self.sql("UPDATE sim_callbacks SET due_at = ?, attempts = attempts + 1 WHERE seq = ?");
+        sqlx::query(&sql)
+            .bind(next_due)
+            .bind(seq)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 }

@@ -75,6 +75,19 @@ pub enum Write {
         status: String,
         at: i64,
     },
+    /// The simulated payment provider takes an intent and schedules its callbacks
+    /// (`(event_id, due_at, body)`); a second time with the same id is `Duplicate`.
+    SimIntent {
+        intent_id: String,
+        order_id: String,
+        amount_cents: i64,
+        method: String,
+        status: String,
+        created_at: i64,
+        callbacks: Vec<(String, i64, String)>,
+    },
+    /// The simulated provider's callbacks that the node accepted: removed.
+    SimCallbacksDelivered(Vec<i64>),
 }
 
 impl Write {
@@ -97,7 +110,9 @@ impl Write {
             | Write::SetPaymentStatus { .. }
             | Write::PaymentEvent { .. }
             | Write::InsertRefund(_)
-            | Write::SetRefundStatus { .. } => None,
+            | Write::SetRefundStatus { .. }
+            | Write::SimIntent { .. }
+            | Write::SimCallbacksDelivered(_) => None,
         }
     }
 }
@@ -1038,6 +1053,62 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
                 .bind(refund_id)
                 .execute(&mut *conn)
                 .await?;
+        }
+        Write::SimIntent {
+            intent_id,
+            order_id,
+            amount_cents,
+            method,
+            status,
+            created_at,
+            callbacks,
+        } => {
+            let sql = dialect(
+                b,
+                "INSERT INTO sim_intents (intent_id, order_id, amount_cents, method, status, \
+                 created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(intent_id)
+                .bind(order_id)
+                .bind(*amount_cents)
+                .bind(method)
+                .bind(status)
+                .bind(*created_at)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e, format!("simulated intent {intent_id}")))?;
+            let sql = dialect(
+                b,
+                "INSERT INTO sim_callbacks (event_id, shard, due_at, attempts, body) \
+                 VALUES (?, ?, ?, 0, ?)",
+            );
+            let shard = i64::from(crate::cluster::shard_of(order_id, cx.shards));
+            for (event_id, due, body) in callbacks {
+                sqlx::query(&sql)
+                    .bind(event_id)
+                    .bind(shard)
+                    .bind(*due)
+                    .bind(body)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Write::SimCallbacksDelivered(seqs) => {
+            for chunk in seqs.chunks(500) {
+                let sql = dialect(
+                    b,
+                    &format!(
+                        "DELETE FROM sim_callbacks WHERE seq IN ({})",
+                        vec!["?"; chunk.len()].join(", ")
+                    ),
+                );
+                let mut q = sqlx::query(&sql);
+                for seq in chunk {
+                    q = q.bind(*seq);
+                }
+                q.execute(&mut *conn).await?;
+            }
         }
     }
     Ok(())
