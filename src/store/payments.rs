@@ -275,7 +275,8 @@ impl Store {
             .await;
         match inserted {
             Ok(_) => {
-                self.sim_schedule(&mut tx, order_id, callbacks).await?;
+                let shard = crate::cluster::shard_of(order_id, self.shard_count());
+                super::writer::sim_schedule(&mut tx, self.backend(), shard, callbacks).await?;
                 tx.commit().await?;
             }
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
@@ -304,29 +305,6 @@ impl Store {
             .fetch_one(self.pool())
             .await?;
         Ok(r.try_get("n")?)
-    }
-
-    async fn sim_schedule(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        order_id: &str,
-        callbacks: &[(String, i64, String)],
-    ) -> Result<(), StoreError> {
-        let shard = i64::from(crate::cluster::shard_of(order_id, self.shard_count()));
-        let sql = self.sql(
-            "INSERT INTO sim_callbacks (event_id, shard, due_at, attempts, body) \
-             VALUES (?, ?, ?, 0, ?)",
-        );
-        for (event_id, due, body) in callbacks {
-            sqlx::query(&sql)
-                .bind(event_id)
-                .bind(shard)
-                .bind(*due)
-                .bind(body)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
     }
 
     /// Callbacks due by `now` for orders of `shards` (all when `None`).

@@ -1078,21 +1078,8 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| unique(e, format!("simulated intent {intent_id}")))?;
-            let sql = dialect(
-                b,
-                "INSERT INTO sim_callbacks (event_id, shard, due_at, attempts, body) \
-                 VALUES (?, ?, ?, 0, ?)",
-            );
-            let shard = i64::from(crate::cluster::shard_of(order_id, cx.shards));
-            for (event_id, due, body) in callbacks {
-                sqlx::query(&sql)
-                    .bind(event_id)
-                    .bind(shard)
-                    .bind(*due)
-                    .bind(body)
-                    .execute(&mut *conn)
-                    .await?;
-            }
+            let shard = crate::cluster::shard_of(order_id, cx.shards);
+            sim_schedule(conn, b, shard, callbacks).await?;
         }
         Write::SimCallbacksDelivered(seqs) => {
             for chunk in seqs.chunks(500) {
@@ -1110,6 +1097,31 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
                 q.execute(&mut *conn).await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Schedules the simulated provider's callbacks `(event_id, due_at, body)` for an order of
+/// `shard` (its intent's, here; its refund's, in `Store::sim_create_refund`).
+pub(super) async fn sim_schedule(
+    conn: &mut AnyConnection,
+    b: Backend,
+    shard: u32,
+    callbacks: &[(String, i64, String)],
+) -> Result<(), StoreError> {
+    let sql = dialect(
+        b,
+        "INSERT INTO sim_callbacks (event_id, shard, due_at, attempts, body) \
+         VALUES (?, ?, ?, 0, ?)",
+    );
+    for (event_id, due, body) in callbacks {
+        sqlx::query(&sql)
+            .bind(event_id)
+            .bind(i64::from(shard))
+            .bind(*due)
+            .bind(body)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
