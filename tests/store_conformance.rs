@@ -1695,8 +1695,8 @@ async fn postgres_backfill_stamps_older_rows() {
 
 /// The simulated payment provider's writes go through the group-commit writer: an intent is
 /// taken once (a second one with its id changes nothing and says so), its callbacks are
-/// scheduled with it, concurrent duplicates leave one intent, and delivered callbacks are
-/// removed in one write.
+/// scheduled with it, concurrent duplicates leave one intent, a refused callback is
+/// rescheduled, delivered callbacks are removed in one write, and a refund is taken once.
 async fn check_sim_provider_writes(store: &Store) {
     let oid = id("o");
     let intent = id("pi");
@@ -1766,6 +1766,27 @@ async fn check_sim_provider_writes(store: &Store) {
     .await;
     assert_eq!(news.iter().filter(|n| **n).count(), 1, "{news:?}");
 
+    // A refused callback is tried again later, its attempts counted.
+    store
+        .sim_callback_retry(all[0].seq, 3_000)
+        .await
+        .expect("retry");
+    let later = sim_due(store, &intent, 2_500).await;
+    assert_eq!(
+        later.len(),
+        1,
+        "the retried callback is no longer due at 2,500"
+    );
+    let retried = sim_due(store, &intent, 5_000).await;
+    assert_eq!(
+        retried
+            .iter()
+            .map(|c| (c.seq, c.attempts))
+            .collect::<Vec<_>>(),
+        vec![(all[1].seq, 0), (all[0].seq, 1)],
+        "due order follows the new due time"
+    );
+
     store
         .sim_callbacks_delivered(&all.iter().map(|c| c.seq).collect::<Vec<_>>())
         .await
@@ -1774,6 +1795,33 @@ async fn check_sim_provider_writes(store: &Store) {
         sim_due(store, &intent, 5_000).await.is_empty(),
         "delivered callbacks are gone"
     );
+
+    // A refund is taken once, its callbacks scheduled once.
+    let refund = format!("re_{oid}");
+    let rcb = vec![(
+        format!("evt_{intent}_r"),
+        4_000,
+        r#"{"refund":1}"#.to_string(),
+    )];
+    for _ in 0..2 {
+        let status = store
+            .sim_create_refund(&refund, &intent, &oid, 1250, 800, &rcb)
+            .await
+            .expect("refund");
+        assert_eq!(status, "succeeded");
+    }
+    assert_eq!(store.sim_refund_count(&oid).await.expect("count"), 1);
+    assert_eq!(
+        store
+            .sim_refund(&refund)
+            .await
+            .expect("read refund")
+            .as_deref(),
+        Some("succeeded")
+    );
+    let rdue = sim_due(store, &intent, 5_000).await;
+    assert_eq!(rdue.len(), 1, "the refund's callback, once");
+    assert_eq!(rdue[0].body, r#"{"refund":1}"#);
     store
         .sim_callbacks_delivered(&[])
         .await

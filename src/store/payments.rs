@@ -218,7 +218,8 @@ impl Store {
     /// The simulated provider takes an intent (once: a second call with the same id changes
     /// nothing) and schedules its callbacks: `(event_id, due_at, body)`. True if it was new.
     ///
-    /// It goes through the group-commit writer like every other change. On SQLite a
+    /// It goes through the group-commit writer like every other change (so do the provider's
+    /// refunds, retries and delivered callbacks). On SQLite a
     /// transaction of its own waited for the writer's lock in the busy handler's growing
     /// sleeps, which held `lifecycle` at a few hundred payments per second.
     #[allow(clippy::too_many_arguments)]
@@ -260,29 +261,18 @@ impl Store {
         now: i64,
         callbacks: &[(String, i64, String)],
     ) -> Result<String, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let sql = self.sql(
-            "INSERT INTO sim_refunds (refund_id, intent_id, order_id, amount_cents, status, \
-             created_at) VALUES (?, ?, ?, ?, 'succeeded', ?)",
-        );
-        let inserted = sqlx::query(&sql)
-            .bind(refund_id)
-            .bind(intent_id)
-            .bind(order_id)
-            .bind(amount_cents)
-            .bind(now)
-            .execute(&mut *tx)
-            .await;
-        match inserted {
-            Ok(_) => {
-                let shard = crate::cluster::shard_of(order_id, self.shard_count());
-                super::writer::sim_schedule(&mut tx, self.backend(), shard, callbacks).await?;
-                tx.commit().await?;
-            }
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                let _ = tx.rollback().await;
-            }
-            Err(e) => return Err(e.into()),
+        let write = super::Write::SimRefund {
+            refund_id: refund_id.to_string(),
+            intent_id: intent_id.to_string(),
+            order_id: order_id.to_string(),
+            amount_cents,
+            created_at: now,
+            callbacks: callbacks.to_vec(),
+        };
+        match self.commit(vec![write]).await {
+            // A refund taken before stands (and so does its status).
+            Ok(()) | Err(StoreError::Duplicate(_)) => {}
+            Err(e) => return Err(e),
         }
         Ok("succeeded".into())
     }
@@ -348,16 +338,14 @@ impl Store {
             .await
     }
 
-    /// A callback that was not accepted: tried again at `next_due`.
+    /// A callback that was not accepted: tried again at `next_due` (through the writer, like
+    /// every write of the simulated provider).
     pub async fn sim_callback_retry(&self, seq: i64, next_due: i64) -> Result<(), StoreError> {
-        let sql =
-            self.sql("UPDATE sim_callbacks SET due_at = ?, attempts = attempts + 1 WHERE seq = ?");
-        sqlx::query(&sql)
-            .bind(next_due)
-            .bind(seq)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        self.commit(vec![super::Write::SimCallbackRetry {
+            seq,
+            due_at: next_due,
+        }])
+        .await
     }
 }
 

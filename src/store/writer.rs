@@ -86,8 +86,20 @@ pub enum Write {
         created_at: i64,
         callbacks: Vec<(String, i64, String)>,
     },
+    /// The simulated provider takes a refund and schedules its callbacks; a second time with
+    /// the same id is `Duplicate`.
+    SimRefund {
+        refund_id: String,
+        intent_id: String,
+        order_id: String,
+        amount_cents: i64,
+        created_at: i64,
+        callbacks: Vec<(String, i64, String)>,
+    },
     /// The simulated provider's callbacks that the node accepted: removed.
     SimCallbacksDelivered(Vec<i64>),
+    /// A simulated provider's callback the node did not accept: tried again at `due_at`.
+    SimCallbackRetry { seq: i64, due_at: i64 },
 }
 
 impl Write {
@@ -112,7 +124,9 @@ impl Write {
             | Write::InsertRefund(_)
             | Write::SetRefundStatus { .. }
             | Write::SimIntent { .. }
-            | Write::SimCallbacksDelivered(_) => None,
+            | Write::SimRefund { .. }
+            | Write::SimCallbacksDelivered(_)
+            | Write::SimCallbackRetry { .. } => None,
         }
     }
 }
@@ -1081,13 +1095,49 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             let shard = crate::cluster::shard_of(order_id, cx.shards);
             sim_schedule(conn, b, shard, callbacks).await?;
         }
+        Write::SimRefund {
+            refund_id,
+            intent_id,
+            order_id,
+            amount_cents,
+            created_at,
+            callbacks,
+        } => {
+            let sql = dialect(
+                b,
+                "INSERT INTO sim_refunds (refund_id, intent_id, order_id, amount_cents, status, \
+                 created_at) VALUES (?, ?, ?, ?, 'succeeded', ?)",
+            );
+            sqlx::query(&sql)
+                .bind(refund_id)
+                .bind(intent_id)
+                .bind(order_id)
+                .bind(*amount_cents)
+                .bind(*created_at)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e, format!("simulated refund {refund_id}")))?;
+            let shard = crate::cluster::shard_of(order_id, cx.shards);
+            sim_schedule(conn, b, shard, callbacks).await?;
+        }
+        Write::SimCallbackRetry { seq, due_at } => {
+            let sql = dialect(
+                b,
+                "UPDATE sim_callbacks SET due_at = ?, attempts = attempts + 1 WHERE seq = ?",
+            );
+            sqlx::query(&sql)
+                .bind(*due_at)
+                .bind(*seq)
+                .execute(&mut *conn)
+                .await?;
+        }
         Write::SimCallbacksDelivered(seqs) => {
             for chunk in seqs.chunks(500) {
                 let sql = dialect(
                     b,
                     &format!(
                         "DELETE FROM sim_callbacks WHERE seq IN ({})",
-                        vec!["?"; chunk.len()].join(", ")
+                        super::marks(chunk.len())
                     ),
                 );
                 let mut q = sqlx::query(&sql);
@@ -1102,8 +1152,8 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
 }
 
 /// Schedules the simulated provider's callbacks `(event_id, due_at, body)` for an order of
-/// `shard` (its intent's, here; its refund's, in `Store::sim_create_refund`).
-pub(super) async fn sim_schedule(
+/// `shard` (an intent's or a refund's).
+async fn sim_schedule(
     conn: &mut AnyConnection,
     b: Backend,
     shard: u32,

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::Method;
 use rand::Rng;
 
 use super::super::invariants::Check;
@@ -44,16 +43,7 @@ pub(super) async fn run(ctx: Arc<Ctx>) -> (Duration, Vec<Check>) {
         } else {
             (BROWSE, format!("/v1/merchants/{}", m.id))
         };
-        let o = ctx
-            .http
-            .call(
-                Method::GET,
-                &path,
-                &cu.token,
-                None,
-                super::super::http::NO_BODY,
-            )
-            .await;
+        let o = ctx.http.get(&path, &cu.token).await;
         let class = match &o {
             Ok(r) if r.ok() => Class::Ok,
             Ok(r) if r.shed() => Class::Shed(r.kind()),

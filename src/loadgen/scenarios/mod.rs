@@ -123,9 +123,6 @@ enum Placed {
     Failed(String),
 }
 
-/// Places one order for `it`: customer `customer`, `qty` of `sku` at merchant `merchant`
-/// (indices into the world), delivered to a random spot. Records latency from the intended
-/// start, the answer, and the acknowledgement (or the unknown outcome) in the ledger.
 /// A create request's body (written straight to JSON; a `json!` value built a map first).
 #[derive(serde::Serialize)]
 struct NewOrder<'a> {
@@ -141,6 +138,9 @@ struct Line<'a> {
     qty: i64,
 }
 
+/// Places one order for `it`: customer `customer`, `qty` of `sku` at merchant `merchant`
+/// (indices into the world), delivered to a random spot. Records latency from the intended
+/// start, the answer, and the acknowledgement (or the unknown outcome) in the ledger.
 async fn place(
     ctx: &Ctx,
     it: Iteration,
