@@ -943,12 +943,7 @@ impl Store {
         if shards.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = self.sql(&format!(
-            "SELECT seq, shard, aggregate_type, aggregate_id, event_type, payload, created_at, \
-             traceparent FROM outbox WHERE published = 0 AND shard IN ({}) ORDER BY seq LIMIT {}",
-            marks(shards.len()),
-            limit.max(1)
-        ));
+        let sql = self.unshipped_sql(shards.len(), limit);
         let mut q = sqlx::query(&sql);
         for s in shards {
             q = q.bind(i64::from(*s));
@@ -973,6 +968,16 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The relay's read: on SQLite it walks the partial index `outbox_unshipped` in `seq` order.
+    fn unshipped_sql(&self, shards: usize, limit: usize) -> String {
+        self.sql(&format!(
+            "SELECT seq, shard, aggregate_type, aggregate_id, event_type, payload, created_at, \
+             traceparent FROM outbox WHERE published = 0 AND shard IN ({}) ORDER BY seq LIMIT {}",
+            marks(shards),
+            limit.max(1)
+        ))
     }
 
     /// Marks outbox rows as shipped.
@@ -1328,4 +1333,41 @@ fn prepare_sqlite_path(url: &mut String) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The relay reads unshipped rows through the partial index, in its order: no scan of the
+    /// whole outbox (which keeps every shipped row) and no sort.
+    #[tokio::test]
+    async fn relay_reads_the_partial_index_on_sqlite() {
+        let dir = std::env::temp_dir().join(format!("waimai-plan-{}", uuid::Uuid::new_v4()));
+        let cfg = StoreConfig {
+            url: format!("sqlite://{}/plan.db", dir.display()),
+            ..crate::config::Config::defaults().expect("defaults").store
+        };
+        let store = Store::connect(&cfg, 64).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let sql = format!("EXPLAIN QUERY PLAN {}", store.unshipped_sql(2, 100));
+        let rows = sqlx::query(&sql)
+            .bind(1_i64)
+            .bind(2_i64)
+            .fetch_all(&store.inner.pool)
+            .await
+            .expect("plan");
+        let plan: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("detail").expect("detail"))
+            .collect();
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("USING INDEX outbox_unshipped")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|d| d.contains("TEMP B-TREE")), "{plan:?}");
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
