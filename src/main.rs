@@ -12,7 +12,8 @@ use waimai::Config;
 
 /// mimalloc instead of glibc malloc: a node allocates small objects on several threads (actor
 /// messages, JSON, HTTP buffers); glibc's arenas showed in profiles (`_int_malloc`,
-/// `malloc_consolidate`) and held freed memory back.
+/// `malloc_consolidate`) and held freed memory back. With the crate's `override` feature the C
+/// code linked in (SQLite, librdkafka) allocates from mimalloc as well.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
