@@ -773,7 +773,9 @@ impl Store {
         Ok(counts)
     }
 
-    /// The outbox events of one aggregate, oldest first.
+    /// The outbox events of one aggregate, oldest first. For tests and inspection: it scans the
+    /// outbox, which has no index by entity (migration 5 dropped it; nothing on a hot path
+    /// reads it).
     pub async fn outbox_for(&self, aggregate_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
         let sql = self.sql(
             "SELECT seq, aggregate_type, aggregate_id, event_type, payload, created_at, traceparent \

@@ -61,7 +61,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "fewer index pages per write: no index no query uses",
+        name: "fewer index pages per write: drop indexes the node's queries do not use",
         sqlite: SQLITE_V5,
         postgres: &["DROP INDEX IF EXISTS outbox_aggregate"],
         mysql: &["DROP INDEX IF EXISTS outbox_aggregate ON outbox"],
@@ -71,9 +71,10 @@ pub const MIGRATIONS: &[Migration] = &[
 /// Every index entry a write adds lands on a page the commit writes out whole (on SQLite, a
 /// WAL frame: two `pwrite`s). Entries keyed by a hash (an order id) or spread over the 64
 /// shards land on a different page each, so they cost about a page per row, where a row
-/// appended in key order shares its page with the rest of the batch. A create wrote 4.1 WAL
-/// frames per order with these indexes and 1.7 without them (issue 10).
-/// - `outbox_aggregate`: no query reads the outbox by entity (consumers read the events topic).
+/// appended in key order shares its page with the rest of the batch. A create wrote about 4.8
+/// WAL frames per order with these indexes and 2.0 without them (issue 10, BENCHMARKS.md).
+/// - `outbox_aggregate`: the node never reads the outbox by entity (consumers read the events
+///   topic); only the tests' `Store::outbox_for` does, on outboxes of a few rows.
 /// - `orders_shard_status`: only a cluster's shard takeover reads orders by shard, and SQLite
 ///   never serves a cluster (PostgreSQL and MySQL keep it).
 /// - `outbox_unshipped` becomes a partial index of the rows still to ship, in `seq` order: new
