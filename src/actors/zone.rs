@@ -25,7 +25,8 @@
 //! remembers the route of each rider it stacked (the accepted offer's stops, less pickups done
 //! and orders the rider no longer carries); the offer a rider sees carries that whole route.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -134,6 +135,12 @@ pub struct ZoneActor {
     tick: Option<actix::SpawnHandle>,
     /// `stacked`: the stops still ahead of riders this zone stacked orders on.
     routes: HashMap<String, Vec<dispatch::Stop>>,
+    /// When each offer made expires (`serial` tells a live offer from one since answered).
+    expiries: BinaryHeap<Reverse<(Instant, u64, String)>>,
+    /// The one timer that fires at the earliest expiry, and when. One timer per offer made an
+    /// actix context poll thousands of them on every message to a busy zone (each poll of a
+    /// `Sleep` re-registers its waker): in `lifecycle` that was the hottest code of the node.
+    expiry_timer: Option<(Instant, actix::SpawnHandle)>,
 }
 
 /// The policy `settings` names. The settings were validated when the node started, so this
@@ -175,6 +182,8 @@ impl Entity for ZoneActor {
             again: false,
             scheduled: false,
             routes: HashMap::new(),
+            expiries: BinaryHeap::new(),
+            expiry_timer: None,
         }
     }
 
@@ -496,8 +505,46 @@ impl ZoneActor {
         metrics::DISPATCH_OFFERS
             .with_label_values(&["offered"])
             .inc();
-        let order = o.order_id;
-        ctx.run_later(ttl, move |act, ctx| act.expire(&order, serial, ctx));
+        self.expiries
+            .push(Reverse((Instant::now() + ttl, serial, o.order_id)));
+        self.arm_expiry(ctx);
+    }
+
+    /// Makes the expiry timer fire at the earliest expiry still queued.
+    fn arm_expiry(&mut self, ctx: &mut Context<Self>) {
+        let Some(Reverse((due, _, _))) = self.expiries.peek() else {
+            return;
+        };
+        let due = *due;
+        if self.expiry_timer.as_ref().is_some_and(|(at, _)| *at <= due) {
+            return;
+        }
+        if let Some((_, h)) = self.expiry_timer.take() {
+            ctx.cancel_future(h);
+        }
+        let wait = due.saturating_duration_since(Instant::now());
+        let h = ctx.run_later(wait, |act, ctx| act.expire_due(ctx));
+        self.expiry_timer = Some((due, h));
+    }
+
+    /// Expires every offer whose time has come, then waits for the next.
+    fn expire_due(&mut self, ctx: &mut Context<Self>) {
+        self.expiry_timer = None;
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while self
+            .expiries
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
+            if let Some(Reverse((_, serial, order))) = self.expiries.pop() {
+                due.push((order, serial));
+            }
+        }
+        for (order, serial) in due {
+            self.expire(&order, serial, ctx);
+        }
+        self.arm_expiry(ctx);
     }
 
     /// Withdraws the offer out for `order_id` (if any), freeing its rider, and tells the rider.
@@ -596,6 +643,9 @@ impl Supervised for ZoneActor {
         self.pending.clear();
         self.queue.clear();
         self.routes.clear();
+        // The offers are gone with `pending`; the restart dropped the context's timers too.
+        self.expiries.clear();
+        self.expiry_timer = None;
         // A round still computing belongs to the old state: its result is dropped.
         self.round += 1;
         self.running = false;
