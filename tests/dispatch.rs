@@ -1,6 +1,7 @@
 //! Automatic dispatch against a real node: the nearest idle rider gets the offer, declines and
-//! expiries move it on and are not asked again, two orders never hold one rider, an order with no
-//! rider waits until one comes online, and a released order goes back into dispatch.
+//! expiries move it on and are not asked again, every unanswered offer expires on time (and an
+//! answered one never does), two orders never hold one rider, an order with no rider waits until
+//! one comes online, and a released order goes back into dispatch.
 
 mod common;
 
@@ -122,6 +123,64 @@ async fn the_nearest_idle_rider_is_offered_first_and_declines_and_expiry_move_on
     let o = app.get(&format!("/v1/orders/{oid}"), &app.admin).await;
     assert_eq!(o.body["rider_id"], fresh.as_str());
     drop(fresh_t);
+}
+
+/// A zone serves all its offers' expiries with one timer. An offer answered early leaves its
+/// deadline queued: when it comes it must withdraw nothing, and the later expiries must still
+/// come, each no earlier than the `expires_at` its rider was shown; two offers out at once
+/// both expire.
+#[actix_rt::test]
+async fn every_unanswered_offer_expires_on_time_and_an_answered_one_never_does() {
+    let app = TestApp::spawn(dispatch_config(400).await).await;
+    let (mid, mtoken) = app.merchant_with_stock("bao", 100).await;
+    let (a, a_t, mut a_feed) = rider(&app, 100.0).await;
+    let (b, _b_t, mut b_feed) = rider(&app, 1_000.0).await;
+    let (c, _c_t, mut c_feed) = rider(&app, 2_000.0).await;
+
+    let first = app.accepted_order("c0", &mid, &mtoken, "bao").await;
+    assert_eq!(
+        a_feed.expect_type("offer", 5).await["order_id"],
+        first.as_str()
+    );
+    let r = app
+        .post(&format!("/v1/riders/{a}/offers/{first}/accept"), &a_t, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let second = app.accepted_order("c1", &mid, &mtoken, "bao").await;
+    let third = app.accepted_order("c2", &mid, &mtoken, "bao").await;
+    let b_offer = b_feed.expect_type("offer", 5).await;
+    let c_offer = c_feed.expect_type("offer", 5).await;
+    let mut offered = vec![
+        b_offer["order_id"].as_str().expect("order id").to_string(),
+        c_offer["order_id"].as_str().expect("order id").to_string(),
+    ];
+    offered.sort();
+    let mut orders = vec![second.clone(), third.clone()];
+    orders.sort();
+    assert_eq!(offered, orders, "one offer each to {b} and {c}");
+
+    for (feed, offer) in [(&mut b_feed, &b_offer), (&mut c_feed, &c_offer)] {
+        let w = feed.expect_type("offer_withdrawn", 5).await;
+        let seen = waimai::domain::now_ms();
+        assert_eq!(w["reason"], "expired");
+        assert_eq!(w["order_id"], offer["order_id"]);
+        let expires_at = offer["expires_at"].as_i64().expect("expires_at");
+        assert!(
+            seen + 50 >= expires_at,
+            "withdrawn at {seen}, before the offer's expires_at {expires_at}"
+        );
+    }
+    // The accepted offer's deadline (400 ms after it was made) has passed by now; its rider
+    // was told of the assignment and of nothing withdrawn.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+    while let Ok(frame) = tokio::time::timeout_at(until, a_feed.next(60)).await {
+        match frame {
+            Frame::Json(v) => assert_ne!(v["type"], "offer_withdrawn", "{v}"),
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(app.status_of(&first).await, "rider_assigned");
 }
 
 #[actix_rt::test]
