@@ -26,6 +26,7 @@
 //! and orders the rider no longer carries); the offer a rider sees carries that whole route.
 
 use std::cmp::Reverse;
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -532,14 +533,12 @@ impl ZoneActor {
         self.expiry_timer = None;
         let now = Instant::now();
         let mut due = Vec::new();
-        while self
-            .expiries
-            .peek()
-            .is_some_and(|Reverse((at, _, _))| *at <= now)
-        {
-            if let Some(Reverse((_, serial, order))) = self.expiries.pop() {
-                due.push((order, serial));
+        while let Some(next) = self.expiries.peek_mut() {
+            if next.0 .0 > now {
+                break;
             }
+            let Reverse((_, serial, order)) = PeekMut::pop(next);
+            due.push((order, serial));
         }
         for (order, serial) in due {
             self.expire(&order, serial, ctx);

@@ -1092,8 +1092,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| unique(e, format!("simulated intent {intent_id}")))?;
-            let shard = crate::cluster::shard_of(order_id, cx.shards);
-            sim_schedule(conn, b, shard, callbacks).await?;
+            sim_schedule(conn, cx, order_id, callbacks).await?;
         }
         Write::SimRefund {
             refund_id,
@@ -1117,8 +1116,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| unique(e, format!("simulated refund {refund_id}")))?;
-            let shard = crate::cluster::shard_of(order_id, cx.shards);
-            sim_schedule(conn, b, shard, callbacks).await?;
+            sim_schedule(conn, cx, order_id, callbacks).await?;
         }
         Write::SimCallbackRetry { seq, due_at } => {
             let sql = dialect(
@@ -1151,16 +1149,17 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
     Ok(())
 }
 
-/// Schedules the simulated provider's callbacks `(event_id, due_at, body)` for an order of
-/// `shard` (an intent's or a refund's).
+/// Schedules the simulated provider's callbacks `(event_id, due_at, body)` for `order_id` (an
+/// intent's or a refund's), stamped with the order's shard.
 async fn sim_schedule(
     conn: &mut AnyConnection,
-    b: Backend,
-    shard: u32,
+    cx: &Context,
+    order_id: &str,
     callbacks: &[(String, i64, String)],
 ) -> Result<(), StoreError> {
+    let shard = crate::cluster::shard_of(order_id, cx.shards);
     let sql = dialect(
-        b,
+        cx.backend,
         "INSERT INTO sim_callbacks (event_id, shard, due_at, attempts, body) \
          VALUES (?, ?, ?, 0, ?)",
     );
