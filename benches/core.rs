@@ -425,7 +425,7 @@ fn order_change(merchant_id: &str) -> Vec<Write> {
         aggregate_type: "order".into(),
         aggregate_id: id.clone(),
         event_type: "order_created".into(),
-        payload: json!({"id": id, "merchant_id": merchant_id, "total_cents": 2000}),
+        payload: json!({"id": id, "merchant_id": merchant_id, "total_cents": 2000}).into(),
         created_at: now,
         traceparent: None,
     };

@@ -256,6 +256,7 @@ async fn full_lifecycle_with_ownership_checks() {
         .map(|e| {
             e.event
                 .payload
+                .value()
                 .get("to")
                 .and_then(|t| t.as_str())
                 .unwrap_or("created")

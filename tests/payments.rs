@@ -47,7 +47,7 @@ async fn transitions_to(app: &TestApp, oid: &str, to: &str) -> usize {
     let events = app.node.store.outbox_for(oid).await.expect("outbox");
     events
         .iter()
-        .filter(|e| e.event.payload["to"] == to)
+        .filter(|e| e.event.payload.value()["to"] == to)
         .count()
 }
 

@@ -183,7 +183,7 @@ fn event(aggregate_id: &str, event_type: &str, payload: serde_json::Value) -> Ou
         aggregate_type: "order".into(),
         aggregate_id: aggregate_id.to_string(),
         event_type: event_type.to_string(),
-        payload,
+        payload: payload.into(),
         created_at: 1_700_000_000_999,
         traceparent: None,
     }
@@ -1538,7 +1538,7 @@ async fn check_outbox_shipping(store: &Store) {
     assert!(rows.iter().all(|r| r.shard == shard));
     assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq), "oldest first");
     assert_eq!(rows[0].event.aggregate_id, *mine[0]);
-    assert_eq!(rows[0].event.payload["version"], 1);
+    assert_eq!(rows[0].event.payload.value()["version"], 1);
     let all: Vec<u32> = (0..n).collect();
     let (pending, oldest) = store.outbox_backlog(&all).await.unwrap();
     assert_eq!((pending, oldest), (40, Some(1_700_000_000_999)));

@@ -101,7 +101,7 @@ async fn a_deadline_survives_a_restart_of_the_node() {
     let events = app.node.store.outbox_for(&oid).await.expect("outbox");
     let cancels = events
         .iter()
-        .filter(|e| e.event.payload["event"] == "payment_timeout")
+        .filter(|e| e.event.payload.value()["event"] == "payment_timeout")
         .count();
     assert_eq!(cancels, 1, "one cancellation event");
 }

@@ -24,7 +24,7 @@ use crate::messages::{
     UnreserveStock,
 };
 use crate::metrics;
-use crate::model::{MenuItem, Merchant, OrderLine, OutboxEvent};
+use crate::model::{MenuItem, Merchant, OrderLine, OutboxEvent, Payload};
 use crate::store::{Refusal, ShardEpoch, StoreError, Write};
 
 // ---- actor ----
@@ -251,7 +251,8 @@ impl MerchantActor {
                 "name": next.name,
                 "version": next.version,
                 "location": next.location,
-            }),
+            })
+            .into(),
             created_at: now_ms(),
             traceparent: None,
         };
@@ -468,7 +469,7 @@ impl Handler<SetMenu> for MerchantActor {
                     aggregate_type: "merchant".into(),
                     aggregate_id: act.id.clone(),
                     event_type: "menu_updated".into(),
-                    payload: serde_json::to_value(&items).unwrap_or_default(),
+                    payload: Payload::of(&items),
                     created_at: now_ms(),
                     traceparent: None,
                 }));

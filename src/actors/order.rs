@@ -22,7 +22,7 @@ use crate::messages::{
     RestockItems, StartPayment, StockFence,
 };
 use crate::metrics;
-use crate::model::{Order, OutboxEvent};
+use crate::model::{Order, OutboxEvent, Payload};
 use crate::payments::{intent_id_for, refund_id_for, Intent, IntentStatus, PayError};
 use crate::store::{PaymentRow, RefundRow, ShardEpoch, StoreError, Write};
 
@@ -255,6 +255,21 @@ impl OrderActor {
     }
 }
 
+/// The payload of an `order_status_changed` event.
+#[derive(serde::Serialize)]
+struct StatusChanged<'a> {
+    order_id: &'a str,
+    merchant_id: &'a str,
+    customer_id: &'a str,
+    rider_id: Option<&'a str>,
+    previous_rider_id: Option<&'a str>,
+    event: OrderEvent,
+    from: OrderStatus,
+    to: OrderStatus,
+    version: i64,
+    order: &'a Order,
+}
+
 /// Persists `event` applied to `o` (the stock release fenced with `fence`, if any).
 async fn commit_step(
     deps: &Deps,
@@ -292,10 +307,17 @@ async fn commit_step(
         aggregate_type: "order".into(),
         aggregate_id: o.id.clone(),
         event_type: "order_status_changed".into(),
-        payload: serde_json::json!({
-            "order_id": o.id, "merchant_id": o.merchant_id, "customer_id": o.customer_id,
-            "rider_id": next.rider_id, "previous_rider_id": o.rider_id, "event": event,
-            "from": o.status, "to": to, "version": next.version, "order": next,
+        payload: Payload::of(&StatusChanged {
+            order_id: &o.id,
+            merchant_id: &o.merchant_id,
+            customer_id: &o.customer_id,
+            rider_id: next.rider_id.as_deref(),
+            previous_rider_id: o.rider_id.as_deref(),
+            event,
+            from: o.status,
+            to,
+            version: next.version,
+            order: &next,
         }),
         created_at: next.updated_at,
         traceparent: None,
@@ -468,7 +490,7 @@ pub fn creation(draft: &OrderDraft, r: &Reservation) -> (Order, Vec<Write>) {
         aggregate_type: "order".into(),
         aggregate_id: order.id.clone(),
         event_type: "order_created".into(),
-        payload: serde_json::to_value(&order).unwrap_or_default(),
+        payload: Payload::of(&order),
         created_at: now,
         traceparent: None,
     }));
@@ -479,14 +501,19 @@ pub fn creation(draft: &OrderDraft, r: &Reservation) -> (Order, Vec<Write>) {
 /// order's announcements follow its commit order: live sockets (order, merchant and rider
 /// topics), the order's deadline, and its zone's dispatcher.
 fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
-    tracing::info_span!(
-        target: "waimai::realtime",
-        "ws.publish",
-        otel.name = "publish to sockets",
-        order = %after.id,
-        status = ?after.status,
-    )
-    .in_scope(|| deps.events.order_changed(before, after));
+    // A span of its own only inside a sampled trace (as for the actor's and the commit's).
+    if crate::telemetry::is_sampled(&tracing::Span::current()) {
+        tracing::info_span!(
+            target: "waimai::realtime",
+            "ws.publish",
+            otel.name = "publish to sockets",
+            order = %after.id,
+            status = ?after.status,
+        )
+        .in_scope(|| deps.events.order_changed(before, after));
+    } else {
+        deps.events.order_changed(before, after);
+    }
     deps.timers.do_send(Arm {
         order_id: after.id.clone(),
         version: after.version,

@@ -260,13 +260,11 @@ impl RiderActor {
                 Topic::Order(order.clone()),
                 "rider_location",
                 Some((order.as_str(), None, None)),
-                || {
-                    wire::fields(&wire::RiderLocation {
-                        order_id: order.clone(),
-                        rider_id: r.id.clone(),
-                        lat: loc.lat,
-                        lng: loc.lng,
-                    })
+                || wire::RiderLocation {
+                    order_id: order.clone(),
+                    rider_id: r.id.clone(),
+                    lat: loc.lat,
+                    lng: loc.lng,
                 },
             );
         }
@@ -314,7 +312,8 @@ impl RiderActor {
             event_type: event.into(),
             payload: serde_json::json!({
                 "online": next.online, "current_order": next.current_order, "version": next.version
-            }),
+            })
+            .into(),
             created_at: now_ms(),
             traceparent: None,
         });

@@ -496,11 +496,9 @@ impl ZoneActor {
             Topic::Rider(rider.clone()),
             "offer",
             Some((offer.order_id.as_str(), None, None)),
-            || {
-                wire::fields(&wire::OfferMade {
-                    rider_id: rider.clone(),
-                    offer: offer.clone(),
-                })
+            || wire::OfferMade {
+                rider_id: rider.clone(),
+                offer: offer.clone(),
             },
         );
         metrics::DISPATCH_OFFERS
@@ -554,12 +552,10 @@ impl ZoneActor {
             Topic::Rider(out.rider.clone()),
             "offer_withdrawn",
             Some((order_id, None, None)),
-            || {
-                wire::fields(&wire::OfferWithdrawn {
-                    rider_id: out.rider.clone(),
-                    order_id: order_id.to_string(),
-                    reason: reason.to_string(),
-                })
+            || wire::OfferWithdrawn {
+                rider_id: out.rider.clone(),
+                order_id: order_id.to_string(),
+                reason: reason.to_string(),
             },
         );
         Some(out.rider)

@@ -97,14 +97,15 @@ pub struct EventRecord {
 impl EventRecord {
     /// The record of an outbox row.
     pub fn from_outbox(seq: i64, e: &OutboxEvent) -> Self {
+        let payload = e.payload.value();
         EventRecord {
             seq,
             aggregate_type: e.aggregate_type.clone(),
             aggregate_id: e.aggregate_id.clone(),
             event_type: e.event_type.clone(),
-            version: e.payload.get("version").and_then(|v| v.as_i64()),
+            version: payload.get("version").and_then(|v| v.as_i64()),
             created_at: e.created_at,
-            payload: e.payload.clone(),
+            payload,
         }
     }
 }

@@ -110,12 +110,12 @@ impl Fanout {
     }
 
     /// A live event of `kind` for `topic`. `fields` is only built when it can reach someone.
-    pub fn live(
+    pub fn live<F: serde::Serialize>(
         &self,
         topic: Topic,
         kind: &str,
         order: Option<(&str, Option<i64>, Option<OrderStatus>)>,
-        fields: impl FnOnce() -> Value,
+        fields: impl FnOnce() -> F,
     ) {
         match self {
             Fanout::Local(hub) => hub.publish(topic, kind, order, fields),
@@ -123,7 +123,7 @@ impl Fanout {
                 topic,
                 kind: kind.to_string(),
                 order_id: order.map(|o| o.0.to_string()),
-                fields: fields(),
+                fields: messages::fields(&fields()),
             }),
         }
     }
@@ -141,14 +141,14 @@ pub fn publish_order(
     hub.ops().order(from, after);
     let order_ref = Some((after.id.as_str(), Some(after.version), Some(after.status)));
     hub.publish(Topic::Order(after.id.clone()), "status", order_ref, || {
-        messages::fields(&messages::StatusChanged {
+        messages::StatusChanged {
             order_id: after.id.clone(),
             version: after.version,
             status: after.status,
             from,
             rider_id: after.rider_id.clone(),
             at: after.updated_at,
-        })
+        }
     });
     if from.is_some() {
         let kind = match after.status {
@@ -162,16 +162,14 @@ pub fn publish_order(
             Topic::Merchant(after.merchant_id.clone()),
             kind,
             order_ref,
-            || {
-                messages::fields(&messages::MerchantOrderEvent {
-                    order_id: after.id.clone(),
-                    merchant_id: after.merchant_id.clone(),
-                    version: after.version,
-                    status: after.status,
-                    from,
-                    rider_id: after.rider_id.clone(),
-                    order: (kind == "new_order").then(|| after.clone()),
-                })
+            || messages::MerchantOrderEvent {
+                order_id: after.id.clone(),
+                merchant_id: after.merchant_id.clone(),
+                version: after.version,
+                status: after.status,
+                from,
+                rider_id: after.rider_id.clone(),
+                order: (kind == "new_order").then(|| after.clone()),
             },
         );
     }
@@ -185,14 +183,14 @@ pub fn publish_order(
             "order_updated"
         };
         hub.publish(Topic::Rider(rider.to_string()), kind, order_ref, || {
-            messages::fields(&messages::RiderOrderEvent {
+            messages::RiderOrderEvent {
                 order_id: after.id.clone(),
                 rider_id: rider.to_string(),
                 version: after.version,
                 status: after.status,
                 pickup_merchant_id: after.merchant_id.clone(),
                 dropoff: after.deliver_to,
-            })
+            }
         });
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::actors::order_machine::OrderStatus;
 use crate::config::StoreConfig;
 use crate::domain::Location;
-use crate::model::{MenuItem, Merchant, Order, OutboxEvent, OutboxRow, Rider};
+use crate::model::{MenuItem, Merchant, Order, OutboxEvent, OutboxRow, Payload, Rider};
 
 pub use payments::{PaymentRow, RefundRow, SimCallback};
 pub use writer::Write;
@@ -295,6 +295,16 @@ struct Inner {
     breaker: std::sync::OnceLock<crate::breaker::Breaker>,
 }
 
+/// Connection options for `url` without sqlx's per-statement log record. Each statement asked
+/// `log` and `tracing` whether `sqlx::query` was enabled at debug level and, through
+/// `tracing_log`, ran the subscriber's filters to be told no (about 2% of a node in
+/// `lifecycle`). Slow statements (over a second) are still logged as warnings.
+fn quiet_options(url: &str) -> Result<sqlx::any::AnyConnectOptions, StoreError> {
+    use sqlx::ConnectOptions;
+    let opts: sqlx::any::AnyConnectOptions = url.parse()?;
+    Ok(opts.log_statements(log::LevelFilter::Off))
+}
+
 impl Store {
     /// Connects, creating the SQLite file's folder if needed, and starts the group-commit writers.
     /// `shards` is the shard count rows are stamped with (`shards.count`).
@@ -338,7 +348,7 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect(&url)
+            .connect_with(quiet_options(&url)?)
             .await?;
         // SQLite has one writer; more tasks would only queue on its lock.
         let writers = if backend == Backend::Sqlite {
@@ -795,7 +805,7 @@ impl Store {
                         aggregate_type: r.try_get("aggregate_type")?,
                         aggregate_id: r.try_get("aggregate_id")?,
                         event_type: r.try_get("event_type")?,
-                        payload: serde_json::from_str(&payload)
+                        payload: Payload::from_text(payload)
                             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                         created_at: r.try_get("created_at")?,
                         traceparent: opt_text(r, "traceparent")?,
@@ -962,7 +972,7 @@ impl Store {
                         aggregate_type: text(r, "aggregate_type")?,
                         aggregate_id: text(r, "aggregate_id")?,
                         event_type: text(r, "event_type")?,
-                        payload: serde_json::from_str(&payload)
+                        payload: Payload::from_text(payload)
                             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                         created_at: r.try_get("created_at")?,
                         traceparent: opt_text(r, "traceparent")?,

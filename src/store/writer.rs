@@ -734,7 +734,7 @@ async fn bulk_events(
                 .bind(&ev.aggregate_type)
                 .bind(&ev.aggregate_id)
                 .bind(&ev.event_type)
-                .bind(ev.payload.to_string())
+                .bind(ev.payload.as_str())
                 .bind(ev.created_at)
                 .bind(i64::from(crate::cluster::shard_of(
                     &ev.aggregate_id,
