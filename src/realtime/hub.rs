@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::actors::order_machine::OrderStatus;
@@ -191,7 +190,7 @@ impl Hub {
             order_id: order.map(|o| o.0.to_string()),
             version: order.and_then(|o| o.1),
             status: order.and_then(|o| o.2),
-            text: frame(fields(), kind, seq, now_ms()),
+            text: super::messages::text(kind, &fields(), Some((seq, now_ms()))),
         });
         subs.retain(|s| match s.tx.try_send(event.clone()) {
             Ok(()) => true,
@@ -207,43 +206,10 @@ impl Hub {
     }
 }
 
-/// A message's text: `fields` (an object) with its `type`, `seq` and `ts`, written straight to
-/// text (building a `Value` map and writing that out was most of a publish's cost). Fields that
-/// are not an object go under `data`.
-fn frame<F: serde::Serialize>(fields: F, kind: &str, seq: u64, ts: i64) -> String {
-    #[derive(serde::Serialize)]
-    struct Framed<'a, F> {
-        #[serde(flatten)]
-        fields: F,
-        #[serde(rename = "type")]
-        kind: &'a str,
-        seq: u64,
-        ts: i64,
-    }
-    match serde_json::to_string(&Framed {
-        fields: &fields,
-        kind,
-        seq,
-        ts,
-    }) {
-        Ok(text) => text,
-        Err(_) => {
-            let mut m = serde_json::Map::new();
-            m.insert(
-                "data".into(),
-                serde_json::to_value(&fields).unwrap_or_default(),
-            );
-            m.insert("type".into(), Value::from(kind));
-            m.insert("seq".into(), Value::from(seq));
-            m.insert("ts".into(), Value::from(ts));
-            Value::Object(m).to_string()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[tokio::test]
     async fn events_reach_subscribers_in_order_and_a_full_queue_cuts_off() {
@@ -273,15 +239,14 @@ mod tests {
             rider_id: Option<&'static str>,
             lat: f64,
         }
-        let text = frame(
-            Moved {
+        let text = super::super::messages::text(
+            "rider_location",
+            &Moved {
                 order_id: "o1",
                 rider_id: None,
                 lat: 31.5,
             },
-            "rider_location",
-            7,
-            1_700,
+            Some((7, 1_700)),
         );
         let v: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(
@@ -290,13 +255,13 @@ mod tests {
                 "type": "rider_location", "seq": 7, "ts": 1_700})
         );
         // An object built as a `Value` frames the same way; anything else goes under `data`.
-        let text = frame(serde_json::json!({"a": 1}), "x", 1, 2);
+        let text = super::super::messages::text("x", &serde_json::json!({"a": 1}), Some((1, 2)));
         let v: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(
             v,
             serde_json::json!({"a": 1, "type": "x", "seq": 1, "ts": 2})
         );
-        let text = frame(vec![1, 2], "x", 1, 2);
+        let text = super::super::messages::text("x", &vec![1, 2], Some((1, 2)));
         let v: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(
             v,

@@ -172,18 +172,43 @@ pub struct CommandError {
     pub ts: i64,
 }
 
-/// The JSON fields of `msg` (an object), for the hub's `publish`.
+/// The JSON fields of `msg` (an object), for a live event that travels between nodes.
 pub fn fields<T: Serialize>(msg: &T) -> Value {
     serde_json::to_value(msg).unwrap_or_default()
 }
 
 /// `msg` as the text of a message of `type` `kind`.
 pub fn with_type<T: Serialize>(kind: &str, msg: &T) -> String {
-    let mut v = fields(msg);
-    if let Value::Object(m) = &mut v {
-        m.insert("type".into(), Value::from(kind));
+    text(kind, msg, None)
+}
+
+/// The text of a message of `type` `kind`: the fields of `msg` (an object; anything else goes
+/// under `data`), its `type`, and the hub's `seq` and `ts` when `stamp` gives them. Written
+/// straight to text through a flattened wrapper, with no `Value` map in between.
+pub fn text<T: Serialize>(kind: &str, msg: &T, stamp: Option<(u64, i64)>) -> String {
+    #[derive(Serialize)]
+    struct Framed<'a, T> {
+        #[serde(flatten)]
+        fields: &'a T,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ts: Option<i64>,
     }
-    v.to_string()
+    let (seq, ts) = stamp.unzip();
+    let framed = Framed {
+        fields: msg,
+        kind,
+        seq,
+        ts,
+    };
+    serde_json::to_string(&framed).unwrap_or_else(|_| {
+        // Only an object flattens.
+        let data = serde_json::json!({ "data": fields(msg) });
+        text(kind, &data, stamp)
+    })
 }
 
 /// Which socket sends a message.
