@@ -193,6 +193,11 @@ pub struct StoreConfig {
     pub writers: usize,
     /// Changes that may wait for the writer before callers are slowed down.
     pub queue_depth: usize,
+    /// Outbox rows written longer ago than this are deleted (on a cluster only shipped ones);
+    /// 0 keeps them forever. See `store::prune`.
+    pub outbox_keep_ms: u64,
+    /// How often the outbox pruner runs, ms.
+    pub prune_ms: u64,
 }
 
 /// Which lock backend grants stock leases.

@@ -362,6 +362,17 @@ pub static OUTBOX_SHIPPED: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+/// Outbox rows deleted by the retention pruner.
+pub static OUTBOX_PRUNED: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_outbox_pruned_total",
+            "Outbox rows deleted by the retention pruner (store.outbox_keep_ms)"
+        ),
+        "pruned",
+    )
+});
+
 /// Outbox rows of this node's shards not shipped yet.
 pub static OUTBOX_PENDING: Lazy<IntGauge> = Lazy::new(|| {
     must(

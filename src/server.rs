@@ -225,6 +225,19 @@ impl Node {
             }
         };
         tasks.push(tokio::spawn(sample_order_ages(store.clone())));
+        tasks.push(tokio::spawn(crate::store::prune::run(
+            store.clone(),
+            crate::store::prune::Retention {
+                keep: Duration::from_millis(config.store.outbox_keep_ms),
+                every: Duration::from_millis(config.store.prune_ms),
+                shipped_only: clustered,
+            },
+            {
+                // One node of a cluster prunes: the owner of shard 0 (None: a single node).
+                let served = served.clone();
+                move || served().is_none_or(|s| s.contains(&0))
+            },
+        )));
         tasks.push(tokio::spawn(crate::payments::reconcile::run(
             store.clone(),
             router.clone(),

@@ -190,6 +190,49 @@ async fn idle_actors_are_passivated_and_reload_from_the_store() {
     assert_eq!(r.status, 409, "{}", r.body);
 }
 
+/// A single node's outbox does not grow forever: rows older than `store.outbox_keep_ms` are
+/// deleted by the pruner, and the orders they told of stay.
+#[actix_rt::test]
+async fn old_outbox_rows_are_pruned_and_their_orders_stay() {
+    let url = fresh_db(Db::Sqlite).await;
+    let mut cfg = config(&url, LockBackendKind::Local);
+    cfg.store.outbox_keep_ms = 1;
+    cfg.store.prune_ms = 50;
+    let app = TestApp::spawn(cfg).await;
+    let (mid, _) = app.merchant_with_stock("s", 5).await;
+    let r = app.order("alice", &mid, "s", 2, None).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let oid = r.body["id"].as_str().expect("id").to_string();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !app
+        .node
+        .store
+        .outbox_for(&oid)
+        .await
+        .expect("outbox")
+        .is_empty()
+        || !app
+            .node
+            .store
+            .outbox_for(&mid)
+            .await
+            .expect("outbox")
+            .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the outbox was never pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(app.metrics().await.contains("waimai_outbox_pruned_total"));
+    let alice = app.token(Role::Customer, "alice");
+    let r = app.get(&format!("/v1/orders/{oid}"), &alice).await;
+    assert_eq!(r.body["status"], "pending_payment", "{}", r.body);
+    let r = app
+        .post(&format!("/v1/orders/{oid}/pay"), &alice, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 /// An order actor started by a create does not read the store first; a retry of a create
 /// whose answer was lost, arriving after the actor was passivated, must still be answered from
 /// the stored order (not refused for stock, not created twice).

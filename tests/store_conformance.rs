@@ -16,7 +16,7 @@ use waimai::actors::order_machine::OrderStatus;
 use waimai::config::LockBackendKind;
 use waimai::domain::Location;
 use waimai::model::{MenuItem, Merchant, Order, OrderLine, OutboxEvent, Rider};
-use waimai::store::{NodeRow, ShardEpoch, Store, StoreError, Write};
+use waimai::store::{NodeRow, PaymentRow, ShardEpoch, Store, StoreError, Write};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -89,6 +89,8 @@ conformance! {
     check_shard_epochs => sqlite_shard_epochs, postgres_shard_epochs, mysql_shard_epochs;
     check_fenced_jobs_in_one_batch => sqlite_fenced_jobs_in_one_batch, postgres_fenced_jobs_in_one_batch, mysql_fenced_jobs_in_one_batch;
     check_outbox_shipping => sqlite_outbox_shipping, postgres_outbox_shipping, mysql_outbox_shipping;
+    check_outbox_retention => sqlite_outbox_retention, postgres_outbox_retention, mysql_outbox_retention;
+    check_payment_notice_context => sqlite_payment_notice_context, postgres_payment_notice_context, mysql_payment_notice_context;
     check_orders_of_shards => sqlite_orders_of_shards, postgres_orders_of_shards, mysql_orders_of_shards;
     check_cluster_nodes => sqlite_cluster_nodes, postgres_cluster_nodes, mysql_cluster_nodes;
     check_sim_provider_writes => sqlite_sim_provider_writes, postgres_sim_provider_writes, mysql_sim_provider_writes;
@@ -1549,6 +1551,107 @@ async fn check_outbox_shipping(store: &Store) {
     assert!(store.unshipped(&[shard], 100).await.unwrap().is_empty());
     let (pending, _) = store.outbox_backlog(&all).await.unwrap();
     assert_eq!(pending, 40 - mine.len() as i64);
+}
+
+/// The retention pruner deletes old rows only: on a cluster only shipped ones, on a single node
+/// all of them. Old rows that must stay at the front never stop a pass (it steps past them,
+/// a small range at a time), and young rows are never touched.
+async fn check_outbox_retention(store: &Store) {
+    let old = 1_700_000_000_999;
+    let young = old + 10_000_000;
+    // 5 old rows, 30 old rows, 10 young rows, in seq order.
+    let ids: Vec<String> = (0..45).map(|_| id("agg")).collect();
+    for (i, a) in ids.iter().enumerate() {
+        let mut e = event(a, "order_created", json!({"version": 1}));
+        e.created_at = if i < 35 { old } else { young };
+        store.commit(vec![Write::Event(e)]).await.expect("event");
+    }
+    let all: Vec<u32> = (0..store.shard_count()).collect();
+    let mut unshipped = store.unshipped(&all, 100).await.unwrap();
+    assert_eq!(unshipped.len(), 45);
+    unshipped.sort_by_key(|r| r.seq);
+    // The first 5 (old) stay unshipped; the other 30 old ones and the young ones are shipped.
+    let shipped: Vec<i64> = unshipped[5..].iter().map(|r| r.seq).collect();
+    store.mark_shipped(&shipped).await.unwrap();
+    let left = |store: &Store| {
+        let (store, ids) = (store.clone(), ids.clone());
+        async move {
+            let mut kept = Vec::new();
+            for (i, a) in ids.iter().enumerate() {
+                if !store.outbox_for(a).await.unwrap().is_empty() {
+                    kept.push(i);
+                }
+            }
+            kept
+        }
+    };
+
+    // A cluster's pass: shipped old rows go, in ranges of 4 seqs past the 5 that stay.
+    let steps = store.prune_outbox(young, true, 4).await.expect("prune");
+    assert!(steps >= 8, "several small ranges: {steps}");
+    let kept = left(store).await;
+    let expect: Vec<usize> = (0..5).chain(35..45).collect();
+    assert_eq!(kept, expect, "unshipped old rows and young rows stay");
+
+    // Nothing older is left to delete: a second pass changes nothing.
+    store
+        .prune_outbox(young, true, 4)
+        .await
+        .expect("prune again");
+    assert_eq!(left(store).await, expect);
+
+    // A single node's pass: every old row goes, shipped or not; young rows stay.
+    store
+        .prune_outbox(young, false, 2_000)
+        .await
+        .expect("prune all");
+    let expect: Vec<usize> = (35..45).collect();
+    assert_eq!(left(store).await, expect);
+    assert_eq!(store.unshipped(&all, 100).await.unwrap().len(), 0);
+}
+
+/// A provider event's one read: whether the event was applied already, and the order's
+/// intents oldest first (none for an order never paid for).
+async fn check_payment_notice_context(store: &Store) {
+    let oid = id("o");
+    let intent = |n: i64| PaymentRow {
+        intent_id: format!("{oid}_pi{n}"),
+        order_id: oid.clone(),
+        amount_cents: 1200,
+        method: "card".into(),
+        status: "open".into(),
+        created_at: 1_700_000_000_000 + n,
+        updated_at: 1_700_000_000_000 + n,
+    };
+    assert_eq!(
+        store.payment_notice_context("evt_x", &oid).await.unwrap(),
+        (false, Vec::new())
+    );
+    store
+        .commit(vec![Write::InsertPayment(intent(2))])
+        .await
+        .expect("second intent");
+    store
+        .commit(vec![Write::InsertPayment(intent(1))])
+        .await
+        .expect("first intent");
+    let (seen, rows) = store.payment_notice_context("evt_a", &oid).await.unwrap();
+    assert!(!seen);
+    assert_eq!(rows, vec![intent(1), intent(2)], "oldest first");
+    store
+        .commit(vec![Write::PaymentEvent {
+            event_id: "evt_a".into(),
+            intent_id: intent(1).intent_id,
+            kind: "payment.succeeded".into(),
+            at: 1_700_000_000_100,
+        }])
+        .await
+        .expect("event");
+    let (seen, rows) = store.payment_notice_context("evt_a", &oid).await.unwrap();
+    assert!(seen, "an applied event is seen");
+    assert_eq!(rows.len(), 2);
+    let (seen, _) = store.payment_notice_context("evt_b", &oid).await.unwrap();
+    assert!(!seen, "another event is not");
 }
 
 /// Orders are stamped with their shard: a node taking a shard over finds its orders waiting

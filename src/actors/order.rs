@@ -872,7 +872,8 @@ impl Handler<PaymentNotice> for OrderActor {
         let (deps, fence) = (self.deps.clone(), self.fence);
         let ev = msg.event;
         let fut = async move {
-            if deps.store.payment_event_seen(&ev.id).await? {
+            let (seen, intents) = deps.store.payment_notice_context(&ev.id, &o.id).await?;
+            if seen {
                 metrics::PAYMENTS
                     .with_label_values(&["duplicate_event"])
                     .inc();
@@ -885,7 +886,6 @@ impl Handler<PaymentNotice> for OrderActor {
                 kind: ev.kind.clone(),
                 at: now,
             };
-            let intents = deps.store.payments_of(&o.id).await?;
             let Some(intent) = intents.iter().find(|p| p.intent_id == ev.data.intent_id) else {
                 return Err(Error::Invalid(format!(
                     "intent {} is not a payment of order {}",

@@ -235,7 +235,8 @@ impl Provider for SimProvider {
                 refund_id: None,
             };
             let callbacks = self.schedule(&method, kind, data, format!("evt_{id}"), now);
-            self.store
+            let created = self
+                .store
                 .sim_create_intent(
                     &id,
                     &order_id,
@@ -247,7 +248,17 @@ impl Provider for SimProvider {
                 )
                 .await
                 .map_err(unavailable)?;
-            // Created now or earlier: answer with what the provider holds.
+            if created {
+                // Taken now: the provider holds exactly this (no read back).
+                return Ok(Intent {
+                    id,
+                    order_id,
+                    amount_cents,
+                    method,
+                    status,
+                });
+            }
+            // Taken earlier (a retry): answer with what the provider holds.
             self.intent(&id).await
         })
     }

@@ -11,6 +11,7 @@
 
 mod loader;
 mod payments;
+pub mod prune;
 mod schema;
 mod writer;
 
@@ -1352,7 +1353,7 @@ mod tests {
     use super::*;
 
     /// The relay reads unshipped rows through the partial index, in its order: no scan of the
-    /// whole outbox (which keeps every shipped row) and no sort.
+    /// whole outbox (which keeps shipped rows for `store.outbox_keep_ms`) and no sort.
     #[tokio::test]
     async fn relay_reads_the_partial_index_on_sqlite() {
         let dir = std::env::temp_dir().join(format!("waimai-plan-{}", uuid::Uuid::new_v4()));

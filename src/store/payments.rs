@@ -118,14 +118,32 @@ impl Store {
         row.as_ref().map(refund_from).transpose()
     }
 
-    /// Whether a provider event was already applied.
-    pub async fn payment_event_seen(&self, event_id: &str) -> Result<bool, StoreError> {
-        let sql = self.sql("SELECT event_id FROM payment_events WHERE event_id = ?");
-        Ok(sqlx::query(&sql)
+    /// What a provider event needs to be applied, in one read: whether it was applied already,
+    /// and every intent of its order, oldest first.
+    pub async fn payment_notice_context(
+        &self,
+        event_id: &str,
+        order_id: &str,
+    ) -> Result<(bool, Vec<PaymentRow>), StoreError> {
+        let sql = self.sql(&format!(
+            "SELECT {PAYMENT_COLUMNS}, \
+             (SELECT COUNT(*) FROM payment_events WHERE event_id = ?) AS seen \
+             FROM payments WHERE order_id = ? ORDER BY created_at"
+        ));
+        let rows = sqlx::query(&sql)
             .bind(event_id)
-            .fetch_optional(self.pool())
-            .await?
-            .is_some())
+            .bind(order_id)
+            .fetch_all(self.pool())
+            .await?;
+        let seen = match rows.first() {
+            Some(r) => r.try_get::<i64, _>("seen")? > 0,
+            // No intent, so no event of one was ever recorded (the caller refuses it).
+            None => false,
+        };
+        Ok((
+            seen,
+            rows.iter().map(payment_from).collect::<Result<_, _>>()?,
+        ))
     }
 
     /// Intents of `shards` (all shards when `None`) still open and created before `before`.

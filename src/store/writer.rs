@@ -100,6 +100,14 @@ pub enum Write {
     SimCallbacksDelivered(Vec<i64>),
     /// A simulated provider's callback the node did not accept: tried again at `due_at`.
     SimCallbackRetry { seq: i64, due_at: i64 },
+    /// Deletes the outbox rows with `from <= seq < to` written before `before` (only the
+    /// shipped ones when `shipped_only`): the retention pruner's step (`store::prune`).
+    PruneOutbox {
+        from: i64,
+        to: i64,
+        before: i64,
+        shipped_only: bool,
+    },
 }
 
 impl Write {
@@ -126,7 +134,8 @@ impl Write {
             | Write::SimIntent { .. }
             | Write::SimRefund { .. }
             | Write::SimCallbacksDelivered(_)
-            | Write::SimCallbackRetry { .. } => None,
+            | Write::SimCallbackRetry { .. }
+            | Write::PruneOutbox { .. } => None,
         }
     }
 }
@@ -1144,6 +1153,30 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
                 }
                 q.execute(&mut *conn).await?;
             }
+        }
+        Write::PruneOutbox {
+            from,
+            to,
+            before,
+            shipped_only,
+        } => {
+            // A range of the primary key: bounded work whatever the outbox holds.
+            let sql = dialect(
+                b,
+                if *shipped_only {
+                    "DELETE FROM outbox WHERE seq >= ? AND seq < ? AND created_at < ? \
+                     AND published = 1"
+                } else {
+                    "DELETE FROM outbox WHERE seq >= ? AND seq < ? AND created_at < ?"
+                },
+            );
+            let done = sqlx::query(&sql)
+                .bind(*from)
+                .bind(*to)
+                .bind(*before)
+                .execute(&mut *conn)
+                .await?;
+            metrics::OUTBOX_PRUNED.inc_by(done.rows_affected());
         }
     }
     Ok(())
