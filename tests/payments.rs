@@ -116,6 +116,28 @@ async fn pay_answers_once_the_signed_callback_marked_the_order_paid() {
     assert_eq!(r.status, 422, "an unknown method: {}", r.body);
 }
 
+/// The first `pay` of an order this node just placed skips reading its payments (there can be
+/// none); pays racing it still find the one intent it made: one charge, one `paid`.
+#[actix_rt::test]
+async fn parallel_pays_of_a_fresh_order_charge_once() {
+    let app = TestApp::spawn(cfg(|_| {}).await).await;
+    let (_, _, oid) = order(&app, "ann", 5).await;
+    let answers = futures::future::join_all((0..8).map(|_| pay(&app, "ann", &oid, "card"))).await;
+    for r in &answers {
+        assert!(
+            r.status == 200 || r.status == 409,
+            "paid, or refused as paid already: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    assert!(answers.iter().any(|r| r.status == 200));
+    let intents = app.node.store.payments_of(&oid).await.expect("payments");
+    assert_eq!(intents.len(), 1, "one intent: {intents:?}");
+    assert_eq!(intents[0].status, "succeeded");
+    assert_eq!(transitions_to(&app, &oid, "paid").await, 1);
+}
+
 #[actix_rt::test]
 async fn the_payment_route_creates_an_intent_and_rejects_unknown_methods() {
     let app = TestApp::spawn(cfg(|c| c.payments.sim_late_ms = 60_000).await).await;

@@ -38,6 +38,23 @@ pub struct OrderActor {
     fence: Option<ShardEpoch>,
     /// Persisted state once loaded.
     state: Loaded<Order>,
+    /// What this life knows of the order's payments without reading them.
+    payments: KnownPayments,
+}
+
+/// An order's payment rows as its actor knows them. Only the order's actor writes them (`pay`
+/// inserts, a provider event moves one), one message at a time, so what this life wrote and
+/// has not seen changed since is what the store holds: the first `pay` of an order placed in
+/// this life and the provider's first event about the intent it made need no read.
+#[derive(Debug, Default)]
+enum KnownPayments {
+    /// Read them (a loaded order, or anything since).
+    #[default]
+    Unknown,
+    /// This life inserted the order: it has no payment.
+    None,
+    /// This life made this intent and no provider event was applied since.
+    Made(PaymentRow),
 }
 
 impl Entity for OrderActor {
@@ -49,6 +66,7 @@ impl Entity for OrderActor {
             deps,
             fence,
             state: Loaded::Loading,
+            payments: KnownPayments::Unknown,
         }
     }
 
@@ -186,6 +204,7 @@ impl OrderActor {
     /// Reads the state from the store; the mailbox waits until it is loaded.
     fn load(&mut self, ctx: &mut Context<Self>) {
         self.state = Loaded::Loading;
+        self.payments = KnownPayments::Unknown;
         let store = self.deps.store.clone();
         let id = self.id.clone();
         ctx.wait(
@@ -727,6 +746,7 @@ impl Handler<PlaceOrder> for OrderActor {
                     Ok((order, replayed)) => {
                         if !replayed {
                             announce(&act.deps, None, &order);
+                            act.payments = KnownPayments::None;
                         }
                         act.state = Loaded::Present(order.clone());
                         Ok(Placed { order, replayed })
@@ -805,8 +825,12 @@ impl Handler<StartPayment> for OrderActor {
         }
         let deps = self.deps.clone();
         let fence = self.fence;
+        let known = std::mem::take(&mut self.payments);
         let fut = async move {
-            let existing = deps.store.payments_of(&o.id).await?;
+            let existing = match known {
+                KnownPayments::None => Vec::new(),
+                _ => deps.store.payments_of(&o.id).await?,
+            };
             // Money taken, or a payment under way: never a second charge.
             let live = existing
                 .iter()
@@ -827,7 +851,7 @@ impl Handler<StartPayment> for OrderActor {
                         status: IntentStatus::parse(&p.status).unwrap_or(IntentStatus::Open),
                     },
                 };
-                return Ok(PaymentStarted { intent, order: o });
+                return Ok((PaymentStarted { intent, order: o }, None));
             }
             // Our record first, then the provider: no charge we do not know about.
             let now = now_ms();
@@ -855,9 +879,18 @@ impl Handler<StartPayment> for OrderActor {
             metrics::PAYMENTS
                 .with_label_values(&["intent_created"])
                 .inc();
-            Ok(PaymentStarted { intent, order: o })
+            Ok((PaymentStarted { intent, order: o }, Some(row)))
         };
-        AtomicResponse::new(Box::pin(fut.in_current_span().into_actor(self)))
+        AtomicResponse::new(Box::pin(fut.in_current_span().into_actor(self).map(
+            |res: Result<(PaymentStarted, Option<PaymentRow>)>, act, _| {
+                res.map(|(started, made)| {
+                    if let Some(row) = made {
+                        act.payments = KnownPayments::Made(row);
+                    }
+                    started
+                })
+            },
+        )))
     }
 }
 
@@ -870,9 +903,17 @@ impl Handler<PaymentNotice> for OrderActor {
             Err(e) => return ready(Err(e)),
         };
         let (deps, fence) = (self.deps.clone(), self.fence);
+        let known = std::mem::take(&mut self.payments);
         let ev = msg.event;
         let fut = async move {
-            let (seen, intents) = deps.store.payment_notice_context(&ev.id, &o.id).await?;
+            let (seen, intents) = match known {
+                // The first event about the intent this life made: not applied yet, and its
+                // row is as it was written.
+                KnownPayments::Made(row) if row.intent_id == ev.data.intent_id => {
+                    (false, vec![row])
+                }
+                _ => deps.store.payment_notice_context(&ev.id, &o.id).await?,
+            };
             if seen {
                 metrics::PAYMENTS
                     .with_label_values(&["duplicate_event"])
