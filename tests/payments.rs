@@ -117,7 +117,8 @@ async fn pay_answers_once_the_signed_callback_marked_the_order_paid() {
 }
 
 /// The first `pay` of an order this node just placed skips reading its payments (there can be
-/// none); pays racing it still find the one intent it made: one charge, one `paid`.
+/// none); pays racing it still find the one intent it made: one charge, one `paid`, and while
+/// the order is unpaid, the same intent for every pay.
 #[actix_rt::test]
 async fn parallel_pays_of_a_fresh_order_charge_once() {
     let app = TestApp::spawn(cfg(|_| {}).await).await;
@@ -136,6 +137,20 @@ async fn parallel_pays_of_a_fresh_order_charge_once() {
     assert_eq!(intents.len(), 1, "one intent: {intents:?}");
     assert_eq!(intents[0].status, "succeeded");
     assert_eq!(transitions_to(&app, &oid, "paid").await, 1);
+
+    // With a provider that never calls back the order stays unpaid, so every pay after the
+    // first must find the open intent the first one made: all answer 202 with that intent (a
+    // second attempt at the same intent would be refused as a duplicate, 409).
+    let (_, _, oid) = order(&app, "ann", 5).await;
+    let answers =
+        futures::future::join_all((0..8).map(|_| pay(&app, "ann", &oid, "card_silent"))).await;
+    for r in &answers {
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert_eq!(r.body["payment"]["id"], answers[0].body["payment"]["id"]);
+    }
+    let intents = app.node.store.payments_of(&oid).await.expect("payments");
+    assert_eq!(intents.len(), 1, "one intent: {intents:?}");
+    assert_eq!(intents[0].status, "open");
 }
 
 #[actix_rt::test]

@@ -209,6 +209,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::realtime::messages;
     use serde_json::Value;
 
     #[tokio::test]
@@ -239,7 +240,7 @@ mod tests {
             rider_id: Option<&'static str>,
             lat: f64,
         }
-        let text = super::super::messages::text(
+        let text = messages::text(
             "rider_location",
             &Moved {
                 order_id: "o1",
@@ -255,13 +256,13 @@ mod tests {
                 "type": "rider_location", "seq": 7, "ts": 1_700})
         );
         // An object built as a `Value` frames the same way; anything else goes under `data`.
-        let text = super::super::messages::text("x", &serde_json::json!({"a": 1}), Some((1, 2)));
+        let text = messages::text("x", &serde_json::json!({"a": 1}), Some((1, 2)));
         let v: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(
             v,
             serde_json::json!({"a": 1, "type": "x", "seq": 1, "ts": 2})
         );
-        let text = super::super::messages::text("x", &vec![1, 2], Some((1, 2)));
+        let text = messages::text("x", &vec![1, 2], Some((1, 2)));
         let v: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(
             v,

@@ -21,6 +21,7 @@ use sqlx::Row;
 
 use super::{Store, StoreError, Write};
 use crate::domain::now_ms;
+use crate::metrics;
 
 /// Seqs per step: one step is one statement in one group commit.
 pub const RANGE: i64 = 2_000;
@@ -52,6 +53,9 @@ impl Store {
                 break;
             }
             let to = from.saturating_add(range.max(1));
+            // What the step will delete, read first: the writer cannot say what a committed
+            // statement deleted (a batch that fails in bulk runs it twice).
+            let n = self.prunable_rows(from, to, before, shipped_only).await?;
             self.commit(vec![Write::PruneOutbox {
                 from,
                 to,
@@ -59,10 +63,34 @@ impl Store {
                 shipped_only,
             }])
             .await?;
+            metrics::OUTBOX_PRUNED.inc_by(n);
             steps += 1;
             next = self.first_outbox_row(to).await?;
         }
         Ok(steps)
+    }
+
+    /// How many rows a step over `from <= seq < to` deletes (on a cluster, a row the relay marks
+    /// shipped in between is deleted and not counted).
+    async fn prunable_rows(
+        &self,
+        from: i64,
+        to: i64,
+        before: i64,
+        shipped_only: bool,
+    ) -> Result<u64, StoreError> {
+        let sql = self.sql(&format!(
+            "SELECT COUNT(*) AS n FROM outbox WHERE {}",
+            prunable(shipped_only)
+        ));
+        let n: i64 = sqlx::query(&sql)
+            .bind(from)
+            .bind(to)
+            .bind(before)
+            .fetch_one(&self.inner.pool)
+            .await?
+            .try_get("n")?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// The first outbox row at or after `seq`: its seq and when it was written.
@@ -75,6 +103,16 @@ impl Store {
             .await?;
         row.map(|r| Ok((r.try_get("seq")?, r.try_get("created_at")?)))
             .transpose()
+    }
+}
+
+/// The rows one step deletes, binding `from`, `to` and `before`: the writer's `DELETE` and the
+/// count before it share it.
+pub(super) fn prunable(shipped_only: bool) -> &'static str {
+    if shipped_only {
+        "seq >= ? AND seq < ? AND created_at < ? AND published = 1"
+    } else {
+        "seq >= ? AND seq < ? AND created_at < ?"
     }
 }
 

@@ -1160,23 +1160,21 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             before,
             shipped_only,
         } => {
-            // A range of the primary key: bounded work whatever the outbox holds.
+            // A range of the primary key: bounded work whatever the outbox holds. Counted by the
+            // pruner once committed (this attempt may yet be rolled back and replayed).
             let sql = dialect(
                 b,
-                if *shipped_only {
-                    "DELETE FROM outbox WHERE seq >= ? AND seq < ? AND created_at < ? \
-                     AND published = 1"
-                } else {
-                    "DELETE FROM outbox WHERE seq >= ? AND seq < ? AND created_at < ?"
-                },
+                &format!(
+                    "DELETE FROM outbox WHERE {}",
+                    super::prune::prunable(*shipped_only)
+                ),
             );
-            let done = sqlx::query(&sql)
+            sqlx::query(&sql)
                 .bind(*from)
                 .bind(*to)
                 .bind(*before)
                 .execute(&mut *conn)
                 .await?;
-            metrics::OUTBOX_PRUNED.inc_by(done.rows_affected());
         }
     }
     Ok(())
