@@ -395,6 +395,17 @@ pub static OUTBOX_OLDEST_SECONDS: Lazy<Gauge> = Lazy::new(|| {
     )
 });
 
+/// Kafka producers built to replace one that failed fatally.
+pub static KAFKA_PRODUCER_REBUILT: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_kafka_producer_rebuilt_total",
+            "Kafka producers built to replace one that failed fatally (e.g. idempotence sequence desynchronization)"
+        ),
+        "producer_rebuilt",
+    )
+});
+
 /// Live events (offers, positions) that could not be queued for the events topic.
 pub static LIVE_EVENTS_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
     must(
@@ -596,6 +607,7 @@ pub fn render() -> String {
     Lazy::force(&OUTBOX_PENDING);
     Lazy::force(&OUTBOX_OLDEST_SECONDS);
     Lazy::force(&LIVE_EVENTS_DROPPED);
+    Lazy::force(&KAFKA_PRODUCER_REBUILT);
     Lazy::force(&OUTBOX_SHIP_DELAY);
     Lazy::force(&EVENTS_FEED_DELAY);
     Lazy::force(&PAYMENTS);

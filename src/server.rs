@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter};
-use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
 
 use crate::actors::lock::LockActor;
@@ -71,6 +70,8 @@ pub struct Node {
     sim: Option<Arc<crate::payments::sim::SimProvider>>,
     /// The node's part in a cluster, if it is in one.
     cluster: Option<Cluster>,
+    /// In a cluster, the producer the outbox relay and live events share.
+    producer: Option<Arc<bus::producer::Producer>>,
     /// Tasks to stop at shutdown (the events feed, samplers).
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The threads the shards run on.
@@ -82,6 +83,7 @@ struct ClusterParts {
     kafka: rdkafka::ClientConfig,
     dir: Arc<Directory>,
     relay: Arc<bus::relay::Relay>,
+    producer: Arc<bus::producer::Producer>,
     lag: Arc<AtomicI64>,
 }
 
@@ -200,6 +202,7 @@ impl Node {
             })
             .collect();
         router.attach(shards);
+        let producer = parts.as_ref().map(|p| p.producer.clone());
         let cluster = match parts {
             Some(p) => Some(
                 Cluster::start(
@@ -290,6 +293,7 @@ impl Node {
             gateway,
             sim: Some(sim),
             cluster,
+            producer,
             tasks,
             arbiters,
         })
@@ -389,6 +393,11 @@ impl Node {
         }
         #[cfg(unix)]
         hangups.abort();
+    }
+
+    /// In a cluster, the Kafka producer this node ships events with.
+    pub fn kafka_producer(&self) -> Option<Arc<bus::producer::Producer>> {
+        self.producer.clone()
     }
 
     /// This node's id (in a cluster, as configured or derived from the listen address).
@@ -560,7 +569,7 @@ async fn connect_bus(
         // Without idempotence, one request in flight keeps each partition in order.
         producer.set("max.in.flight.requests.per.connection", "1");
     }
-    let producer: FutureProducer = producer.create().map_err(BusError::from)?;
+    let producer = bus::producer::Producer::new(producer).map_err(BusError::from)?;
     let lag = Arc::new(AtomicI64::new(0));
     let feed = {
         let (kafka, topic, wait, lag) = (
@@ -611,7 +620,7 @@ async fn connect_bus(
     ));
     let relay = Arc::new(bus::relay::Relay::new(
         store.clone(),
-        producer,
+        producer.clone(),
         events_topic,
         dir.clone(),
         breaker,
@@ -623,6 +632,7 @@ async fn connect_bus(
             kafka,
             dir,
             relay,
+            producer,
             lag,
         },
         feed,

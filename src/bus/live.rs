@@ -4,10 +4,13 @@
 //! While the `kafka` circuit breaker is open they are dropped at once (counted in
 //! `waimai_live_events_dropped_total`) instead of queueing in the producer.
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::Arc;
+
+use rdkafka::producer::FutureRecord;
 
 use crate::breaker::Breaker;
 
+use super::producer::Producer;
 use super::EventRecord;
 use crate::cluster::shard_of;
 use crate::domain::now_ms;
@@ -16,7 +19,7 @@ use crate::realtime::{LiveEvent, LiveSink, Topic};
 
 /// Produces live events to the events topic.
 pub struct KafkaLive {
-    producer: FutureProducer,
+    producer: Arc<Producer>,
     topic: String,
     shards: u32,
     breaker: Breaker,
@@ -24,7 +27,7 @@ pub struct KafkaLive {
 
 impl KafkaLive {
     /// A sink producing to `topic` (with `shards` partitions), through `breaker`.
-    pub fn new(producer: FutureProducer, topic: String, shards: u32, breaker: Breaker) -> Self {
+    pub fn new(producer: Arc<Producer>, topic: String, shards: u32, breaker: Breaker) -> Self {
         KafkaLive {
             producer,
             topic,
@@ -56,7 +59,7 @@ impl LiveSink for KafkaLive {
             return;
         };
         let partition = shard_of(&key, self.shards) as i32;
-        let sent = self.producer.send_result(
+        let sent = self.producer.get().send_result(
             FutureRecord::to(&self.topic)
                 .partition(partition)
                 .key(key.as_bytes())
@@ -65,11 +68,13 @@ impl LiveSink for KafkaLive {
         match sent {
             // Nobody waits for the delivery; its outcome only informs the breaker.
             Ok(delivery) => {
-                tokio::spawn(super::delivered(delivery, pass));
+                let owner = self.producer.clone();
+                tokio::spawn(async move { super::delivered(delivery, pass, &owner).await });
             }
             Err((e, _)) => {
                 pass.done(false, || format!("producing: {e}"));
                 metrics::LIVE_EVENTS_DROPPED.inc();
+                self.producer.check();
             }
         }
     }

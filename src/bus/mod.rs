@@ -9,10 +9,13 @@
 //!   its websocket hub; it also reports its consumer lag.
 //! - [`live`]: live events that are not persisted (offers, rider positions) go to the same
 //!   topic directly.
+//! - [`producer`]: the producer the relay and the live events share, rebuilt when librdkafka
+//!   declares it dead (a fatal error such as an idempotence sequence desynchronization).
 //! - [`topics`]: creates the topics (or checks their partition count) at start.
 
 pub mod feed;
 pub mod live;
+pub mod producer;
 pub mod relay;
 pub mod topics;
 
@@ -54,13 +57,18 @@ pub enum BusError {
 }
 
 /// Waits for a produced message's delivery and reports it to the `kafka` breaker through
-/// `pass`; whether the broker acknowledged it.
+/// `pass`; whether the broker acknowledged it. A failed delivery has `producer` checked for a
+/// fatal error (and rebuilt if it died).
 pub(crate) async fn delivered(
     delivery: rdkafka::producer::DeliveryFuture,
     pass: crate::breaker::Pass,
+    producer: &producer::Producer,
 ) -> bool {
     let outcome = delivery.await;
     let ok = matches!(outcome, Ok(Ok(_)));
+    if !ok {
+        producer.check();
+    }
     pass.done(ok, || match outcome {
         Ok(Err((e, _))) => format!("delivery failed: {e}"),
         _ => "delivery cancelled".to_string(),

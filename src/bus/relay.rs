@@ -20,11 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use super::TRACEPARENT;
 use tokio::sync::{mpsc, Notify};
 
+use super::producer::Producer;
 use super::EventRecord;
 use crate::breaker::{Breaker, BreakerError};
 use crate::cluster::Directory;
@@ -57,7 +58,8 @@ struct Ledger {
 /// Ships outbox rows of owned shards.
 pub struct Relay {
     store: Store,
-    producer: FutureProducer,
+    /// Rebuilt when it fails fatally (see `bus::producer`).
+    producer: Arc<Producer>,
     topic: String,
     dir: Arc<Directory>,
     /// Around the broker (`waimai_breaker_state{dependency="kafka"}`): while it is open the
@@ -85,7 +87,7 @@ impl Relay {
     /// A relay producing with `producer` (`acks=all`) to `topic`, through `breaker`.
     pub fn new(
         store: Store,
-        producer: FutureProducer,
+        producer: Arc<Producer>,
         topic: String,
         dir: Arc<Directory>,
         breaker: Breaker,
@@ -160,6 +162,7 @@ impl Relay {
             .await
             .map_err(|e| RoundError::Failed(e.to_string()))?;
         let mut sent = 0;
+        let producer = self.producer.get();
         for row in rows {
             {
                 let l = lock(&self.ledger);
@@ -193,12 +196,13 @@ impl Relay {
                     value: Some(tp.as_bytes()),
                 }));
             }
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => {
                     let acks = acks.clone();
                     let (seq, created) = (row.seq, row.event.created_at);
+                    let owner = self.producer.clone();
                     tokio::spawn(async move {
-                        let ok = super::delivered(delivery, pass).await;
+                        let ok = super::delivered(delivery, pass, &owner).await;
                         let _ = acks.send((seq, created, ok));
                     });
                     sent += 1;
@@ -206,6 +210,8 @@ impl Relay {
                 Err((e, _)) => {
                     pass.done(false, || format!("producing: {e}"));
                     lock(&self.ledger).in_flight.remove(&row.seq);
+                    drop(producer);
+                    self.producer.check();
                     return Err(RoundError::Failed(format!(
                         "producing to {}: {e}",
                         self.topic

@@ -4,14 +4,17 @@
 //! load; a paused node fenced out when it resumes; a node joining under load; nodes starting
 //! together on an empty database; a trace that follows a command across nodes and through the
 //! events topic; browse answers on every node following a merchant's changes made through
-//! another; a stalled broker opening the Kafka circuit breaker with nothing lost.
+//! another; a stalled broker opening the Kafka circuit breaker with nothing lost; a producer
+//! that fails fatally being rebuilt with no event left behind.
 //!
 //! The tests run one at a time (each starts its own broker and nodes; together they would
 //! only fight over two cores).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod harness;
-#[path = "../common/otlp.rs"]
-mod otlp;
+
+use common::otlp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -1296,4 +1299,100 @@ async fn a_stalled_broker_opens_the_kafka_breaker_and_every_event_ships_after() 
          closed {drained:?} after it resumed ({} orders taken meanwhile)",
         orders.len()
     );
+}
+
+/// librdkafka declares an idempotent producer dead when the broker and the producer disagree on
+/// its sequence numbers (nisshi once answered `OutOfOrderSequenceNumber` in CI): every later
+/// send fails. The node must build a new producer and ship every event the dead one left
+/// behind. The fatal error is raised with librdkafka's own test hook on the producer of a node
+/// running in this process.
+#[actix_rt::test]
+async fn a_producer_that_fails_fatally_is_rebuilt_and_every_event_ships() {
+    use rdkafka::bindings as rd;
+    use rdkafka::producer::Producer as _;
+    use sqlx::Connection;
+
+    let _one = SERIAL.lock().await;
+    let broker = harness::Broker::start();
+    let db = harness::fresh_pg().await;
+    let id = unique();
+    let mut cfg = common::config(&db, waimai::config::LockBackendKind::Redis);
+    cfg.cluster.enabled = true;
+    cfg.cluster.brokers = broker.addr.clone();
+    cfg.cluster.group = format!("waimai-ct-{id}");
+    cfg.cluster.topic_prefix = format!("waimai-ct-{id}");
+    cfg.cluster.refresh_ms = 500;
+    assert!(
+        cfg.cluster.idempotent_producer,
+        "the default producer is idempotent"
+    );
+    let app = common::TestApp::spawn(cfg).await;
+    let producer = app
+        .node
+        .kafka_producer()
+        .expect("a cluster node has a producer");
+
+    let unshipped = || async {
+        let mut db = sqlx::AnyConnection::connect(&db).await.ok()?;
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox WHERE published = 0")
+            .fetch_one(&mut db)
+            .await
+            .ok()
+    };
+    let (mid, _) = app.merchant_with_stock("tea", 100).await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        let r = app.order("ada", &mid, "tea", 1, None).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        orders.push(r.body["id"].as_str().expect("id").to_string());
+    }
+    eventually(30, "the first events shipped", || async {
+        (unshipped().await? == 0).then_some(())
+    })
+    .await;
+    assert_eq!(producer.generation(), 0);
+
+    // Kill the producer in use, as a sequence desynchronization does.
+    let dead = producer.get();
+    let raised = unsafe {
+        rd::rd_kafka_test_fatal_error(
+            dead.client().native_ptr(),
+            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            c"test: sequence desynchronization".as_ptr(),
+        )
+    };
+    assert_eq!(raised, rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+    assert!(
+        dead.client().fatal_error().is_some(),
+        "the producer is dead"
+    );
+    drop(dead);
+
+    for _ in 0..5 {
+        let r = app.order("ada", &mid, "tea", 1, None).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        orders.push(r.body["id"].as_str().expect("id").to_string());
+    }
+    eventually(30, "every event shipped by a new producer", || async {
+        (unshipped().await? == 0).then_some(())
+    })
+    .await;
+    assert_eq!(producer.generation(), 1, "rebuilt once");
+    assert!(producer.get().client().fatal_error().is_none());
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("waimai_kafka_producer_rebuilt_total 1"),
+        "the rebuild is counted"
+    );
+    let mut conn = sqlx::AnyConnection::connect(&db).await.expect("db");
+    let shipped: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM outbox WHERE event_type = 'order_created' AND published = 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("outbox");
+    for oid in &orders {
+        assert!(shipped.contains(oid), "order {oid} never shipped");
+    }
+    app.shutdown().await;
 }
