@@ -132,12 +132,6 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .with_threads(false)
         .with_location(false)
         .with_tracked_inactivity(false)
-        // Entering a span would also make its OpenTelemetry context the thread's current one
-        // (starting the span and pushing a guard on every poll of every instrumented future).
-        // Nothing here reads the current context: trace context is always taken from a
-        // tracing span (`traceparent`, `is_sampled`, `link_to`), and a new span's parent is its
-        // tracing parent. About 5% of a node's CPU in `lifecycle`.
-        .with_context_activation(false)
         .with_filter(
             tracing_subscriber::filter::dynamic_filter_fn(move |m, _| waimai_spans(m))
                 .with_callsite_filter(move |m| {
