@@ -1340,16 +1340,24 @@ async fn a_producer_that_fails_fatally_is_rebuilt_and_every_event_ships() {
             .ok()
     };
     let (mid, _) = app.merchant_with_stock("tea", 100).await;
-    let mut orders = Vec::new();
-    for _ in 0..3 {
-        let r = app.order("ada", &mid, "tea", 1, None).await;
-        assert_eq!(r.status, 201, "{}", r.body);
-        orders.push(r.body["id"].as_str().expect("id").to_string());
-    }
-    eventually(30, "the first events shipped", || async {
-        (unshipped().await? == 0).then_some(())
-    })
-    .await;
+    // Places `n` orders and waits until the outbox holds nothing unshipped.
+    let place_and_ship = |n: usize, what: &'static str| {
+        let (app, mid, unshipped) = (&app, &mid, &unshipped);
+        async move {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                let r = app.order("ada", mid, "tea", 1, None).await;
+                assert_eq!(r.status, 201, "{}", r.body);
+                ids.push(r.body["id"].as_str().expect("id").to_string());
+            }
+            eventually(30, what, || async {
+                (unshipped().await? == 0).then_some(())
+            })
+            .await;
+            ids
+        }
+    };
+    let mut orders = place_and_ship(3, "the first events shipped").await;
     assert_eq!(producer.generation(), 0);
 
     // Kill the producer in use, as a sequence desynchronization does.
@@ -1368,15 +1376,7 @@ async fn a_producer_that_fails_fatally_is_rebuilt_and_every_event_ships() {
     );
     drop(dead);
 
-    for _ in 0..5 {
-        let r = app.order("ada", &mid, "tea", 1, None).await;
-        assert_eq!(r.status, 201, "{}", r.body);
-        orders.push(r.body["id"].as_str().expect("id").to_string());
-    }
-    eventually(30, "every event shipped by a new producer", || async {
-        (unshipped().await? == 0).then_some(())
-    })
-    .await;
+    orders.extend(place_and_ship(5, "every event shipped by a new producer").await);
     assert_eq!(producer.generation(), 1, "rebuilt once");
     assert!(producer.get().client().fatal_error().is_none());
     let metrics = app.metrics().await;
