@@ -59,7 +59,7 @@ impl LiveSink for KafkaLive {
             return;
         };
         let partition = shard_of(&key, self.shards) as i32;
-        let sent = self.producer.get().send_result(
+        let sent = self.producer.send(
             FutureRecord::to(&self.topic)
                 .partition(partition)
                 .key(key.as_bytes())
@@ -68,13 +68,11 @@ impl LiveSink for KafkaLive {
         match sent {
             // Nobody waits for the delivery; its outcome only informs the breaker.
             Ok(delivery) => {
-                let owner = self.producer.clone();
-                tokio::spawn(async move { super::delivered(delivery, pass, &owner).await });
+                tokio::spawn(super::delivered(delivery, pass, self.producer.clone()));
             }
             Err((e, _)) => {
                 pass.done(false, || format!("producing: {e}"));
                 metrics::LIVE_EVENTS_DROPPED.inc();
-                self.producer.check();
             }
         }
     }

@@ -62,7 +62,7 @@ pub enum BusError {
 pub(crate) async fn delivered(
     delivery: rdkafka::producer::DeliveryFuture,
     pass: crate::breaker::Pass,
-    producer: &producer::Producer,
+    producer: std::sync::Arc<producer::Producer>,
 ) -> bool {
     let outcome = delivery.await;
     let ok = matches!(outcome, Ok(Ok(_)));

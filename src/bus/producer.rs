@@ -3,9 +3,9 @@
 //! An idempotent producer can fail fatally: when the broker answers a produce with
 //! `OutOfOrderSequenceNumber` (its view of the producer's sequence numbers and ours went apart),
 //! librdkafka raises a fatal error and every later send and delivery on that producer fails,
-//! for good. Retrying on it only fills the logs while events stop. So after any failed send or
-//! delivery the relay and the live sink call [`Producer::check`]: if the producer in use has a
-//! fatal error, a new one is built from the same settings (a new producer id, sequences from
+//! for good. Retrying on it only fills the logs while events stop. So every send goes through
+//! [`Producer::send`], and a failed send or delivery calls [`Producer::check`]: if the producer
+//! in use has a fatal error, a new one is built from the same settings (a new producer id, sequences from
 //! zero) and every later send uses it. The rows the dead producer did not get acknowledged are
 //! still unshipped in the outbox and are sent again; consumers de-duplicate by (entity,
 //! version). Counted in `waimai_kafka_producer_rebuilt_total`.
@@ -13,7 +13,8 @@
 use std::sync::{Arc, RwLock};
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::ClientConfig;
 
 use crate::metrics;
@@ -40,12 +41,30 @@ impl Producer {
         self.read().1.clone()
     }
 
+    /// Queues `record` on the producer in use; a refusal has the producer checked (and rebuilt
+    /// if it died) before it is returned.
+    #[allow(clippy::result_large_err)] // rdkafka's own shape: the record comes back
+    pub fn send<'a, K, P>(
+        &self,
+        record: FutureRecord<'a, K, P>,
+    ) -> Result<DeliveryFuture, (KafkaError, FutureRecord<'a, K, P>)>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let sent = self.get().send_result(record);
+        if sent.is_err() {
+            self.check();
+        }
+        sent
+    }
+
     /// How many times the producer was rebuilt.
     pub fn generation(&self) -> u64 {
         self.read().0
     }
 
-    /// After a failed send or delivery: if the producer in use died (a fatal error), builds a
+    /// After a failed delivery (`send` does it for a refused send): if the producer in use died (a fatal error), builds a
     /// new one in its place. Whether it did.
     pub fn check(&self) -> bool {
         let (generation, producer) = {
@@ -76,7 +95,8 @@ impl Producer {
         };
         metrics::KAFKA_PRODUCER_REBUILT.inc();
         tracing::warn!(?code, %reason, generation = generation + 1, "the Kafka producer failed fatally; built a new one (unacknowledged events are sent again)");
-        dispose(producer);
+        // `old` and `producer` are the same one: the last handle goes off the async threads.
+        drop(producer);
         dispose(old);
         true
     }

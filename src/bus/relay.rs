@@ -162,7 +162,6 @@ impl Relay {
             .await
             .map_err(|e| RoundError::Failed(e.to_string()))?;
         let mut sent = 0;
-        let producer = self.producer.get();
         for row in rows {
             {
                 let l = lock(&self.ledger);
@@ -196,13 +195,13 @@ impl Relay {
                     value: Some(tp.as_bytes()),
                 }));
             }
-            match producer.send_result(record) {
+            match self.producer.send(record) {
                 Ok(delivery) => {
                     let acks = acks.clone();
                     let (seq, created) = (row.seq, row.event.created_at);
-                    let owner = self.producer.clone();
+                    let producer = self.producer.clone();
                     tokio::spawn(async move {
-                        let ok = super::delivered(delivery, pass, &owner).await;
+                        let ok = super::delivered(delivery, pass, producer).await;
                         let _ = acks.send((seq, created, ok));
                     });
                     sent += 1;
@@ -210,8 +209,6 @@ impl Relay {
                 Err((e, _)) => {
                     pass.done(false, || format!("producing: {e}"));
                     lock(&self.ledger).in_flight.remove(&row.seq);
-                    drop(producer);
-                    self.producer.check();
                     return Err(RoundError::Failed(format!(
                         "producing to {}: {e}",
                         self.topic

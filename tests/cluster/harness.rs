@@ -591,6 +591,16 @@ impl Cluster {
     }
 }
 
+/// The orders whose `order_created` outbox row is marked shipped (the broker acknowledged it).
+pub async fn shipped_orders(db: &mut sqlx::AnyConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT aggregate_id FROM outbox WHERE event_type = 'order_created' AND published = 1",
+    )
+    .fetch_all(db)
+    .await
+    .expect("outbox")
+}
+
 /// Panics unless Redis answers.
 pub async fn require_redis() {
     let url =

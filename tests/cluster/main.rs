@@ -1283,14 +1283,8 @@ async fn a_stalled_broker_opens_the_kafka_breaker_and_every_event_ships_after() 
         },
     )
     .await;
-    let mut db = c.db().await;
     // Every order's creation is on the topic: each order was shipped, none lost.
-    let shipped: Vec<String> = sqlx::query_scalar(
-        "SELECT aggregate_id FROM outbox WHERE event_type = 'order_created' AND published = 1",
-    )
-    .fetch_all(&mut db)
-    .await
-    .expect("outbox");
+    let shipped = harness::shipped_orders(&mut c.db().await).await;
     for oid in &orders {
         assert!(shipped.contains(oid), "order {oid} never shipped");
     }
@@ -1385,12 +1379,7 @@ async fn a_producer_that_fails_fatally_is_rebuilt_and_every_event_ships() {
         "the rebuild is counted"
     );
     let mut conn = sqlx::AnyConnection::connect(&db).await.expect("db");
-    let shipped: Vec<String> = sqlx::query_scalar(
-        "SELECT aggregate_id FROM outbox WHERE event_type = 'order_created' AND published = 1",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .expect("outbox");
+    let shipped = harness::shipped_orders(&mut conn).await;
     for oid in &orders {
         assert!(shipped.contains(oid), "order {oid} never shipped");
     }
