@@ -97,6 +97,19 @@ pub static STORE_BATCH_SECONDS: Lazy<Histogram> = Lazy::new(|| {
     )
 });
 
+/// Batches the SQLite fast writer ran, by outcome: `committed`, or `rolled_back` (then run
+/// change by change through sqlx, which reports the change that failed).
+pub static STORE_FAST_BATCHES: Lazy<IntCounterVec> = Lazy::new(|| {
+    must(
+        register_int_counter_vec!(
+            "waimai_store_fast_batches_total",
+            "Batches the SQLite fast writer ran, by outcome",
+            &["outcome"]
+        ),
+        "fast_batches",
+    )
+});
+
 /// Changes the store refused (conflicts, stale fences, errors).
 pub static STORE_WRITE_FAILURES: Lazy<IntCounter> = Lazy::new(|| {
     must(
@@ -582,6 +595,7 @@ pub fn render() -> String {
     Lazy::force(&STORE_BATCH_SIZE);
     Lazy::force(&STORE_BATCH_SECONDS);
     Lazy::force(&STORE_WRITE_FAILURES);
+    Lazy::force(&STORE_FAST_BATCHES);
     Lazy::force(&LOCK_OPS);
     Lazy::force(&ORDER_TRANSITIONS);
     Lazy::force(&WS_OPEN);

@@ -100,6 +100,56 @@ conformance! {
 // Fixtures
 // ---------------------------------------------------------------------------------------------
 
+/// On SQLite with a file, batches are committed by the fast writer (`store/sqlite_writer.rs`);
+/// a batch it rolls back goes change by change through sqlx, which names the change that
+/// failed, and its neighbours still commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_batches_take_the_fast_writer_and_its_failures_the_per_change_path() {
+    let fast = |outcome: &str| {
+        waimai::metrics::STORE_FAST_BATCHES
+            .with_label_values(&[outcome])
+            .get()
+    };
+    let store = open(Db::Sqlite).await;
+    let (committed, rolled_back) = (fast("committed"), fast("rolled_back"));
+    let v1 = order(&id("o"), &id("m"));
+    store
+        .commit(vec![Write::InsertOrder(v1.clone())])
+        .await
+        .expect("insert");
+    assert!(
+        fast("committed") > committed,
+        "the insert was committed by the fast writer"
+    );
+
+    let mut v2 = v1.clone();
+    v2.status = OrderStatus::Paid;
+    v2.version = 2;
+    let mut stale = v1.clone();
+    stale.status = OrderStatus::Cancelled;
+    stale.version = 8;
+    let (good, bad) = tokio::join!(
+        store.commit(vec![Write::UpdateOrder {
+            order: v2.clone(),
+            expected_version: 1,
+        }]),
+        store.commit(vec![Write::UpdateOrder {
+            order: stale,
+            expected_version: 7,
+        }]),
+    );
+    good.expect("the current version applies, whatever batch it shared");
+    assert!(
+        matches!(bad, Err(StoreError::VersionConflict { kind: "order", .. })),
+        "a stale version conflicts, got {bad:?}"
+    );
+    assert!(
+        fast("rolled_back") > rolled_back,
+        "the conflict rolled a fast batch back"
+    );
+    assert_eq!(store.load_order(&v1.id).await.unwrap(), Some(v2));
+}
+
 fn id(kind: &str) -> String {
     format!("{kind}-{}", unique())
 }

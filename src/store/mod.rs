@@ -5,7 +5,9 @@
 //! group-commit writers (`writer.rs`), one queue each, partitioned by merchant, apply many to a
 //! transaction: in bulk first, and one savepoint per change if anything in the bulk attempt
 //! fails, so one conflicting change never sinks its batch neighbours. Writers and loaders run on
-//! a thread of their own (`waimai-store`).
+//! a thread of their own (`waimai-store`). On SQLite with a file, a batch is first tried on a
+//! rusqlite connection on a thread of its own (`sqlite_writer.rs`), without sqlx's round trip per
+//! statement; only a batch it rolls back goes through sqlx.
 //! Every update checks a version (`WHERE id = ? AND version = ?`) and every stock write a fencing
 //! token (`WHERE fence <= ?`).
 
@@ -13,6 +15,7 @@ mod loader;
 mod payments;
 pub mod prune;
 mod schema;
+mod sqlite_writer;
 mod writer;
 
 use std::sync::Arc;
@@ -382,6 +385,12 @@ impl Store {
         // statement's completion waited in the run queue behind hundreds of HTTP tasks, and a
         // batch is a chain of statements: under load the writer spent most of its time
         // waiting to be polled, not writing. Here it is polled as soon as its statement is done.
+        // SQLite on a file: the writer's fast path (`sqlite_writer.rs`), one batch per round trip.
+        let mut fast = if backend == Backend::Sqlite {
+            sqlite_writer::FastWriter::start(&url, shards)
+        } else {
+            None
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -395,9 +404,9 @@ impl Store {
                             tokio::spawn(loader::run(store_pool.clone(), backend, loads.clone()))
                         })
                         .collect();
-                    let writers = receivers
-                        .into_iter()
-                        .map(|rx| writer::run(store_pool.clone(), writer_ctx.clone(), rx));
+                    let writers = receivers.into_iter().map(|rx| {
+                        writer::run(store_pool.clone(), writer_ctx.clone(), rx, fast.take())
+                    });
                     futures::future::join_all(writers).await;
                     let _ = flushed.send(());
                     // Reads keep working until the last handle to the store is dropped.

@@ -140,6 +140,87 @@ impl Write {
     }
 }
 
+/// The statements both writers run (in `?` form; `dialect` renumbers them for PostgreSQL), so
+/// the sqlx path and SQLite's fast path (`sqlite_writer.rs`) cannot drift apart.
+pub(super) mod sql {
+    /// A versioned order update.
+    pub const UPDATE_ORDER: &str =
+        "UPDATE orders SET rider_id = ?, status = ?, version = ?, updated_at = ? WHERE id = ? \
+         AND version = ?";
+
+    /// A new merchant.
+    pub const INSERT_MERCHANT: &str =
+        "INSERT INTO merchants (id, name, lat, lng, is_open, version, created_at) VALUES (?, \
+         ?, ?, ?, ?, ?, ?)";
+
+    /// A versioned merchant update.
+    pub const UPDATE_MERCHANT: &str =
+        "UPDATE merchants SET name = ?, lat = ?, lng = ?, is_open = ?, version = ? WHERE id = \
+         ? AND version = ?";
+
+    /// A fenced SKU replacement.
+    pub const PUT_SKU: &str =
+        "UPDATE skus SET name = ?, price_cents = ?, stock = ?, fence = ? WHERE merchant_id = \
+         ? AND sku = ? AND fence <= ?";
+
+    /// A new SKU.
+    pub const INSERT_SKU: &str =
+        "INSERT INTO skus (merchant_id, sku, name, price_cents, stock, fence) VALUES (?, ?, \
+         ?, ?, ?, ?)";
+
+    /// A fenced SKU removal.
+    pub const DELETE_SKU: &str =
+        "DELETE FROM skus WHERE merchant_id = ? AND sku = ? AND fence <= ?";
+
+    /// A fenced stock change that never goes below zero.
+    pub const ADJUST_STOCK: &str =
+        "UPDATE skus SET stock = stock + ?, fence = ? WHERE merchant_id = ? AND sku = ? AND \
+         fence <= ? AND stock + ? >= 0";
+
+    /// A payment intent.
+    pub const INSERT_PAYMENT: &str =
+        "INSERT INTO payments (intent_id, order_id, amount_cents, method, status, shard, \
+         created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+
+    /// A payment intent's new status.
+    pub const SET_PAYMENT_STATUS: &str =
+        "UPDATE payments SET status = ?, updated_at = ? WHERE intent_id = ?";
+
+    /// A provider event, applied once.
+    pub const INSERT_PAYMENT_EVENT: &str =
+        "INSERT INTO payment_events (event_id, intent_id, kind, received_at) VALUES (?, ?, ?, \
+         ?)";
+
+    /// A refund for the saga.
+    pub const INSERT_REFUND: &str =
+        "INSERT INTO refunds (refund_id, order_id, intent_id, amount_cents, status, attempts, \
+         next_attempt_at, shard, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, \
+         ?)";
+
+    /// A refund's new status.
+    pub const SET_REFUND_STATUS: &str =
+        "UPDATE refunds SET status = ?, updated_at = ? WHERE refund_id = ?";
+
+    /// The simulated provider's intent.
+    pub const INSERT_SIM_INTENT: &str =
+        "INSERT INTO sim_intents (intent_id, order_id, amount_cents, method, status, \
+         created_at) VALUES (?, ?, ?, ?, ?, ?)";
+
+    /// The simulated provider's refund.
+    pub const INSERT_SIM_REFUND: &str =
+        "INSERT INTO sim_refunds (refund_id, intent_id, order_id, amount_cents, status, \
+         created_at) VALUES (?, ?, ?, ?, 'succeeded', ?)";
+
+    /// A simulated callback tried again later.
+    pub const SIM_CALLBACK_RETRY: &str =
+        "UPDATE sim_callbacks SET due_at = ?, attempts = attempts + 1 WHERE seq = ?";
+
+    /// A simulated callback scheduled.
+    pub const INSERT_SIM_CALLBACK: &str =
+        "INSERT INTO sim_callbacks (event_id, shard, due_at, attempts, body) VALUES (?, ?, ?, \
+         0, ?)";
+}
+
 /// A queued change and where to send its outcome.
 pub(super) struct Job {
     /// The statements, applied all or nothing.
@@ -181,8 +262,15 @@ pub(super) async fn take_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Opt
     Some(batch)
 }
 
-/// Runs until the queue is closed and drained.
-pub(super) async fn run(pool: AnyPool, cx: Context, mut rx: mpsc::Receiver<Job>) {
+/// Runs until the queue is closed and drained. With `fast` (SQLite on a file), each batch is
+/// first tried on the fast writer's own connection; the sqlx path runs only the batches it
+/// rolled back, change by change.
+pub(super) async fn run(
+    pool: AnyPool,
+    cx: Context,
+    mut rx: mpsc::Receiver<Job>,
+    fast: Option<super::sqlite_writer::FastWriter>,
+) {
     let mut conn: Option<PoolConnection<Any>> = None;
     loop {
         let Some(batch) = take_batch(&mut rx, cx.batch_max).await else {
@@ -193,28 +281,43 @@ pub(super) async fn run(pool: AnyPool, cx: Context, mut rx: mpsc::Receiver<Job>)
         metrics::STORE_QUEUE_DEPTH.sub(batch.len() as i64);
         let started = Instant::now();
         let size = batch.len();
-        // One connection per writer for as long as it works: its page cache (SQLite) and
-        // prepared statements stay warm instead of rotating through the pool's connections.
-        let acquired = match conn.take() {
-            Some(c) => Ok(c),
-            None => pool.acquire().await,
+        let span = batch_span(&batch);
+        let (batch, committed) = match &fast {
+            Some(f) => tracing::Instrument::instrument(f.commit(batch), span.clone()).await,
+            None => (batch, None),
         };
-        let outcomes = match acquired {
-            Ok(mut c) => {
-                let outcomes = tracing::Instrument::instrument(
-                    commit_batch(&mut c, &cx, &batch),
-                    batch_span(&batch),
-                )
-                .await;
-                if !outcomes.iter().any(connection_broken) {
-                    conn = Some(c);
-                }
-                outcomes
-            }
-            Err(e) => batch
+        let outcomes = match committed {
+            Some(allowed) => batch
                 .iter()
-                .map(|_| Err(StoreError::Database(clone_err(&e))))
+                .zip(allowed)
+                .map(|(j, ok)| if ok { Ok(()) } else { Err(fenced(j)) })
                 .collect(),
+            None => {
+                // One connection per writer for as long as it works: its page cache (SQLite)
+                // and prepared statements stay warm instead of rotating through the pool's
+                // connections.
+                let acquired = match conn.take() {
+                    Some(c) => Ok(c),
+                    None => pool.acquire().await,
+                };
+                match acquired {
+                    Ok(mut c) => {
+                        let outcomes = tracing::Instrument::instrument(
+                            commit_batch(&mut c, &cx, &batch, fast.is_none()),
+                            span,
+                        )
+                        .await;
+                        if !outcomes.iter().any(connection_broken) {
+                            conn = Some(c);
+                        }
+                        outcomes
+                    }
+                    Err(e) => batch
+                        .iter()
+                        .map(|_| Err(StoreError::Database(clone_err(&e))))
+                        .collect(),
+                }
+            }
         };
         metrics::STORE_BATCH_SIZE.observe(size as f64);
         metrics::STORE_BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -272,15 +375,18 @@ const DEADLOCK_ATTEMPTS: u32 = 8;
 /// database then aborts one of them: PostgreSQL fails one statement, MySQL rolls back the whole
 /// transaction. Either way the victim is not any one change's fault, and nothing of the batch has
 /// been acknowledged yet, so the whole batch is rolled back and run again.
+///
+/// `bulk`: try the whole batch in one go first (not when the fast writer just did).
 async fn commit_batch(
     conn: &mut AnyConnection,
     cx: &Context,
     batch: &[Job],
+    bulk: bool,
 ) -> Vec<Result<(), StoreError>> {
     let mut attempt = 1;
     loop {
         let retry = attempt < DEADLOCK_ATTEMPTS;
-        match try_batch(conn, cx, batch, retry).await {
+        match try_batch(conn, cx, batch, retry, bulk).await {
             Some(outcomes) => return outcomes,
             None => {
                 let pause = rand::random::<u64>() % (5 * u64::from(attempt)) + 1;
@@ -365,6 +471,7 @@ async fn try_batch(
     cx: &Context,
     batch: &[Job],
     retry: bool,
+    bulk: bool,
 ) -> Option<Vec<Result<(), StoreError>>> {
     let backend = cx.backend;
     let fail_all = |e: &sqlx::Error| {
@@ -376,7 +483,7 @@ async fn try_batch(
         )
     };
     let single = batch.len() == 1;
-    if !single {
+    if !single && bulk {
         match try_bulk(conn, cx, batch).await {
             Bulk::Committed(allowed) => {
                 return Some(
@@ -791,11 +898,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             order: o,
             expected_version,
         } => {
-            let sql = dialect(
-                b,
-                "UPDATE orders SET rider_id = ?, status = ?, version = ?, updated_at = ? \
-                 WHERE id = ? AND version = ?",
-            );
+            let sql = dialect(b, sql::UPDATE_ORDER);
             let done = sqlx::query(&sql)
                 .bind(&o.rider_id)
                 .bind(o.status.as_str())
@@ -813,11 +916,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             }
         }
         Write::InsertMerchant(m) => {
-            let sql = dialect(
-                b,
-                "INSERT INTO merchants (id, name, lat, lng, is_open, version, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            );
+            let sql = dialect(b, sql::INSERT_MERCHANT);
             sqlx::query(&sql)
                 .bind(&m.id)
                 .bind(&m.name)
@@ -834,11 +933,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             merchant: m,
             expected_version,
         } => {
-            let sql = dialect(
-                b,
-                "UPDATE merchants SET name = ?, lat = ?, lng = ?, is_open = ?, version = ? \
-                 WHERE id = ? AND version = ?",
-            );
+            let sql = dialect(b, sql::UPDATE_MERCHANT);
             let done = sqlx::query(&sql)
                 .bind(&m.name)
                 .bind(m.location.lat)
@@ -861,11 +956,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             item,
             fence,
         } => {
-            let sql = dialect(
-                b,
-                "UPDATE skus SET name = ?, price_cents = ?, stock = ?, fence = ? \
-                 WHERE merchant_id = ? AND sku = ? AND fence <= ?",
-            );
+            let sql = dialect(b, sql::PUT_SKU);
             let done = sqlx::query(&sql)
                 .bind(&item.name)
                 .bind(item.price_cents)
@@ -884,11 +975,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
                         token: *fence,
                     });
                 }
-                let sql = dialect(
-                    b,
-                    "INSERT INTO skus (merchant_id, sku, name, price_cents, stock, fence) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                );
+                let sql = dialect(b, sql::INSERT_SKU);
                 sqlx::query(&sql)
                     .bind(merchant_id)
                     .bind(&item.sku)
@@ -906,10 +993,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             sku,
             fence,
         } => {
-            let sql = dialect(
-                b,
-                "DELETE FROM skus WHERE merchant_id = ? AND sku = ? AND fence <= ?",
-            );
+            let sql = dialect(b, sql::DELETE_SKU);
             let done = sqlx::query(&sql)
                 .bind(merchant_id)
                 .bind(sku)
@@ -985,11 +1069,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
         }
         Write::Event(ev) => bulk_events(conn, cx, &[ev]).await?,
         Write::InsertPayment(p) => {
-            let sql = dialect(
-                b,
-                "INSERT INTO payments (intent_id, order_id, amount_cents, method, status, shard, \
-                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            );
+            let sql = dialect(b, sql::INSERT_PAYMENT);
             sqlx::query(&sql)
                 .bind(&p.intent_id)
                 .bind(&p.order_id)
@@ -1008,10 +1088,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             status,
             at,
         } => {
-            let sql = dialect(
-                b,
-                "UPDATE payments SET status = ?, updated_at = ? WHERE intent_id = ?",
-            );
+            let sql = dialect(b, sql::SET_PAYMENT_STATUS);
             sqlx::query(&sql)
                 .bind(status)
                 .bind(*at)
@@ -1025,11 +1102,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             kind,
             at,
         } => {
-            let sql = dialect(
-                b,
-                "INSERT INTO payment_events (event_id, intent_id, kind, received_at) \
-                 VALUES (?, ?, ?, ?)",
-            );
+            let sql = dialect(b, sql::INSERT_PAYMENT_EVENT);
             sqlx::query(&sql)
                 .bind(event_id)
                 .bind(intent_id)
@@ -1040,12 +1113,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
                 .map_err(|e| unique(e, format!("payment event {event_id}")))?;
         }
         Write::InsertRefund(r) => {
-            let sql = dialect(
-                b,
-                "INSERT INTO refunds (refund_id, order_id, intent_id, amount_cents, status, \
-                 attempts, next_attempt_at, shard, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            );
+            let sql = dialect(b, sql::INSERT_REFUND);
             sqlx::query(&sql)
                 .bind(&r.refund_id)
                 .bind(&r.order_id)
@@ -1066,10 +1134,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             status,
             at,
         } => {
-            let sql = dialect(
-                b,
-                "UPDATE refunds SET status = ?, updated_at = ? WHERE refund_id = ?",
-            );
+            let sql = dialect(b, sql::SET_REFUND_STATUS);
             sqlx::query(&sql)
                 .bind(status)
                 .bind(*at)
@@ -1086,11 +1151,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             created_at,
             callbacks,
         } => {
-            let sql = dialect(
-                b,
-                "INSERT INTO sim_intents (intent_id, order_id, amount_cents, method, status, \
-                 created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            );
+            let sql = dialect(b, sql::INSERT_SIM_INTENT);
             sqlx::query(&sql)
                 .bind(intent_id)
                 .bind(order_id)
@@ -1111,11 +1172,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             created_at,
             callbacks,
         } => {
-            let sql = dialect(
-                b,
-                "INSERT INTO sim_refunds (refund_id, intent_id, order_id, amount_cents, status, \
-                 created_at) VALUES (?, ?, ?, ?, 'succeeded', ?)",
-            );
+            let sql = dialect(b, sql::INSERT_SIM_REFUND);
             sqlx::query(&sql)
                 .bind(refund_id)
                 .bind(intent_id)
@@ -1128,10 +1185,7 @@ async fn apply_one(conn: &mut AnyConnection, cx: &Context, w: &Write) -> Result<
             sim_schedule(conn, cx, order_id, callbacks).await?;
         }
         Write::SimCallbackRetry { seq, due_at } => {
-            let sql = dialect(
-                b,
-                "UPDATE sim_callbacks SET due_at = ?, attempts = attempts + 1 WHERE seq = ?",
-            );
+            let sql = dialect(b, sql::SIM_CALLBACK_RETRY);
             sqlx::query(&sql)
                 .bind(*due_at)
                 .bind(*seq)
@@ -1189,11 +1243,7 @@ async fn sim_schedule(
     callbacks: &[(String, i64, String)],
 ) -> Result<(), StoreError> {
     let shard = crate::cluster::shard_of(order_id, cx.shards);
-    let sql = dialect(
-        cx.backend,
-        "INSERT INTO sim_callbacks (event_id, shard, due_at, attempts, body) \
-         VALUES (?, ?, ?, 0, ?)",
-    );
+    let sql = dialect(cx.backend, sql::INSERT_SIM_CALLBACK);
     for (event_id, due, body) in callbacks {
         sqlx::query(&sql)
             .bind(event_id)
@@ -1215,11 +1265,7 @@ async fn adjust_stock(
     delta: i64,
     fence: i64,
 ) -> Result<(), StoreError> {
-    let sql = dialect(
-        b,
-        "UPDATE skus SET stock = stock + ?, fence = ? \
-         WHERE merchant_id = ? AND sku = ? AND fence <= ? AND stock + ? >= 0",
-    );
+    let sql = dialect(b, sql::ADJUST_STOCK);
     let done = sqlx::query(&sql)
         .bind(delta)
         .bind(fence)
