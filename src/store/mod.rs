@@ -385,12 +385,19 @@ impl Store {
         // statement's completion waited in the run queue behind hundreds of HTTP tasks, and a
         // batch is a chain of statements: under load the writer spent most of its time
         // waiting to be polled, not writing. Here it is polled as soon as its statement is done.
-        // SQLite on a file: the writer's fast path (`sqlite_writer.rs`), one batch per round trip.
-        let mut fast = if backend == Backend::Sqlite {
-            sqlite_writer::FastWriter::start(&url, shards)
-        } else {
-            None
-        };
+        // SQLite on a file: the writer's fast path (`sqlite_writer.rs`), one batch per round
+        // trip. It opens the very file the pool has open, as SQLite itself names it (so a URL's
+        // own spelling can never send it to another file); an in-memory database has no name.
+        let mut fast = None;
+        if backend == Backend::Sqlite {
+            let (file,): (String,) =
+                sqlx::query_as("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                    .fetch_one(&pool)
+                    .await?;
+            if !file.is_empty() {
+                fast = sqlite_writer::FastWriter::start(&file, shards);
+            }
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -34,12 +34,10 @@ pub(super) struct FastWriter {
 }
 
 impl FastWriter {
-    /// Opens the database file of `url` on a new thread. `None` for an in-memory database
-    /// (another connection would see another database) or when the file cannot be opened; the
-    /// writer then uses sqlx alone.
-    pub fn start(url: &str, shards: u32) -> Option<FastWriter> {
-        let path = file_of(url)?;
-        let conn = match open(&path) {
+    /// Opens the database file at `path` (which the pool already has open) on a new thread.
+    /// `None` when it cannot be opened; the writer then uses sqlx alone.
+    pub fn start(path: &str, shards: u32) -> Option<FastWriter> {
+        let conn = match open(path) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(path, error = %e, "SQLite fast writer unavailable; using sqlx");
@@ -85,25 +83,12 @@ impl FastWriter {
     }
 }
 
-/// The file path of a `sqlite:` URL, or `None` for an in-memory database.
-fn file_of(url: &str) -> Option<String> {
-    let rest = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path.contains(":memory:") || url.contains("mode=memory") {
-        return None;
-    }
-    Some(path.to_string())
-}
-
 /// Opens the file with the settings of the pool's connections (`Store::connect`).
 fn open(path: &str) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        // No CREATE: the file exists, the pool made it.
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute_batch(
@@ -504,23 +489,4 @@ fn sim_schedule(
         )?;
     }
     Ok(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_files_get_a_fast_writer() {
-        assert_eq!(
-            file_of("sqlite://data/waimai.db?mode=rwc").as_deref(),
-            Some("data/waimai.db")
-        );
-        assert_eq!(
-            file_of("sqlite:///tmp/x/w.db").as_deref(),
-            Some("/tmp/x/w.db")
-        );
-        assert_eq!(file_of("sqlite::memory:"), None);
-        assert_eq!(file_of("sqlite://shared?mode=memory&cache=shared"), None);
-    }
 }
