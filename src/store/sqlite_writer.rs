@@ -3,8 +3,8 @@
 //! without leaving the thread.
 //!
 //! Through sqlx, each statement of a batch was a round trip between the store's thread and the
-//! connection's worker thread: about ten per batch of nine orders, and at 6,000 orders/s the
-//! writer was busy 87% of the time. Here a batch costs one round trip.
+//! connection's worker thread: about ten per batch of nine orders. Here a batch costs one round
+//! trip (in `lifecycle`, +19% whole orders/s and -16% node CPU per order; see BENCHMARKS.md).
 //!
 //! It is only the optimistic attempt. If anything in it fails (a version conflict, a guard on
 //! stock or fence, a duplicate key, a busy database), it is rolled back, nothing of it has been
