@@ -16,7 +16,7 @@ use waimai::actors::order_machine::OrderStatus;
 use waimai::config::LockBackendKind;
 use waimai::domain::Location;
 use waimai::model::{MenuItem, Merchant, Order, OrderLine, OutboxEvent, Rider};
-use waimai::store::{NodeRow, PaymentRow, ShardEpoch, Store, StoreError, Write};
+use waimai::store::{FastBatches, NodeRow, PaymentRow, ShardEpoch, Store, StoreError, Write};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -121,6 +121,15 @@ async fn sqlite_batches_take_the_fast_writer_and_its_failures_the_per_change_pat
         fast("committed") > committed,
         "the insert was committed by the fast writer"
     );
+    // The same, counted for this store alone (other tests share the process's metric).
+    assert_eq!(
+        store.fast_batches(),
+        Some(FastBatches {
+            committed: 1,
+            rolled_back: 0
+        }),
+        "this store's insert was committed by its fast writer"
+    );
 
     let mut v2 = v1.clone();
     v2.status = OrderStatus::Paid;
@@ -147,6 +156,12 @@ async fn sqlite_batches_take_the_fast_writer_and_its_failures_the_per_change_pat
         fast("rolled_back") > rolled_back,
         "the conflict rolled a fast batch back"
     );
+    // Whether the two updates shared a batch or not, exactly one fast batch held the stale one.
+    let counts = store
+        .fast_batches()
+        .expect("a SQLite file has a fast writer");
+    assert_eq!(counts.rolled_back, 1, "{counts:?}");
+    assert!((1..=2).contains(&counts.committed), "{counts:?}");
     assert_eq!(store.load_order(&v1.id).await.unwrap(), Some(v2));
 }
 

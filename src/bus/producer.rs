@@ -5,8 +5,8 @@
 //! librdkafka raises a fatal error and every later send and delivery on that producer fails,
 //! for good. Retrying on it only fills the logs while events stop. So every send goes through
 //! [`Producer::send`], and a failed send or delivery calls [`Producer::check`]: if the producer
-//! in use has a fatal error, a new one is built from the same settings (a new producer id, sequences from
-//! zero) and every later send uses it. The rows the dead producer did not get acknowledged are
+//! in use has a fatal error, a new one is built from the same settings (a new producer id,
+//! sequences from zero) and every later send uses it. The rows the dead producer did not get acknowledged are
 //! still unshipped in the outbox and are sent again; consumers de-duplicate by (entity,
 //! version). Counted in `waimai_kafka_producer_rebuilt_total`.
 
@@ -64,8 +64,8 @@ impl Producer {
         self.read().0
     }
 
-    /// After a failed delivery (`send` does it for a refused send): if the producer in use died (a fatal error), builds a
-    /// new one in its place. Whether it did.
+    /// After a failed delivery (`send` does it for a refused send): if the producer in use died
+    /// (a fatal error), builds a new one in its place. Whether it did.
     pub fn check(&self) -> bool {
         let (generation, producer) = {
             let c = self.read();

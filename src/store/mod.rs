@@ -16,6 +16,7 @@ mod payments;
 pub mod prune;
 mod schema;
 mod sqlite_writer;
+pub use sqlite_writer::FastBatches;
 mod writer;
 
 use std::sync::Arc;
@@ -297,7 +298,30 @@ struct Inner {
     queued: Arc<std::sync::atomic::AtomicI64>,
     /// The circuit breaker around commits and entity loads, once the node installs one.
     breaker: std::sync::OnceLock<crate::breaker::Breaker>,
+    /// What SQLite's fast writer did, when there is one.
+    fast: Option<Arc<sqlite_writer::FastCounts>>,
 }
+
+/// The settings of every SQLite connection: the pool's and the fast writer's
+/// (`sqlite_writer.rs`).
+///
+/// A bigger page cache (32 MiB, grown only as used) and the first 64 MiB of the file
+/// memory-mapped: without them the writer re-read and spilled pages through read()/write() calls
+/// on every batch (seen in perf as pread/pagerStress). The map is kept small because mapped pages
+/// count in the node's RSS (a full map showed the whole database file there once reads had
+/// touched it). Statement journals (multi-row statements inside a transaction) in memory rather
+/// than temp files (`subjournalPageIfRequired` was 4.6% of the writer's profile), and
+/// checkpoints every 16 MiB of WAL instead of 4 MiB: hot index pages are written back once per
+/// checkpoint, not once per 4 MiB.
+const SQLITE_PRAGMAS: &[&str] = &[
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA cache_size = -32768",
+    "PRAGMA mmap_size = 67108864",
+    "PRAGMA temp_store = MEMORY",
+    "PRAGMA wal_autocheckpoint = 4000",
+];
 
 /// Connection options for `url` without sqlx's per-statement log record. Each statement asked
 /// `log` and `tracing` whether `sqlx::query` was enabled at debug level and, through
@@ -330,24 +354,9 @@ impl Store {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        // A bigger page cache (32 MiB, grown only as used) and the first
-                        // 64 MiB of the file memory-mapped: without them the writer re-read
-                        // and spilled pages through read()/write() calls on every batch (seen
-                        // in perf as pread/pagerStress). The map is kept small because mapped
-                        // pages count in the node's RSS (a full map showed the whole database
-                        // file there once reads had touched it).
-                        conn.execute("PRAGMA cache_size = -32768").await?;
-                        conn.execute("PRAGMA mmap_size = 67108864").await?;
-                        // Statement journals (multi-row statements inside a transaction) in
-                        // memory rather than temp files (`subjournalPageIfRequired` was 4.6% of
-                        // the writer's profile), and checkpoints every 16 MiB of WAL instead of
-                        // 4 MiB: hot index pages are written back once per checkpoint, not once
-                        // per 4 MiB.
-                        conn.execute("PRAGMA temp_store = MEMORY").await?;
-                        conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
+                        for pragma in SQLITE_PRAGMAS {
+                            conn.execute(*pragma).await?;
+                        }
                     }
                     Ok(())
                 })
@@ -398,6 +407,7 @@ impl Store {
                 fast = sqlite_writer::FastWriter::start(&file, shards);
             }
         }
+        let fast_counts = fast.as_ref().map(|f| f.counts());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -411,6 +421,7 @@ impl Store {
                             tokio::spawn(loader::run(store_pool.clone(), backend, loads.clone()))
                         })
                         .collect();
+                    // SQLite has one writer: the first (and only) one takes the fast writer.
                     let writers = receivers.into_iter().map(|rx| {
                         writer::run(store_pool.clone(), writer_ctx.clone(), rx, fast.take())
                     });
@@ -432,6 +443,7 @@ impl Store {
                 outbox,
                 queued,
                 breaker: std::sync::OnceLock::new(),
+                fast: fast_counts,
             }),
         })
     }
@@ -585,6 +597,13 @@ impl Store {
             return Err(StoreError::Closed);
         }
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Batches SQLite's fast writer committed and rolled back, in this store (the metric
+    /// `waimai_store_fast_batches_total` adds up every store of the process); `None` without
+    /// a fast writer (another backend, or an in-memory database).
+    pub fn fast_batches(&self) -> Option<FastBatches> {
+        self.inner.fast.as_ref().map(|c| c.get())
     }
 
     /// Changes queued for the writers and not yet taken into a batch.

@@ -13,8 +13,10 @@
 //! on every backend, and this one only has to know how to apply a change that succeeds.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use prometheus::IntCounter;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
@@ -31,6 +33,59 @@ type Request = (Vec<Job>, oneshot::Sender<Answer>);
 /// The handle the writer keeps; the thread ends when it is dropped.
 pub(super) struct FastWriter {
     requests: std::sync::mpsc::Sender<Request>,
+    counts: Arc<FastCounts>,
+}
+
+/// How many batches a store's fast writer committed and rolled back (see
+/// `Store::fast_batches`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FastBatches {
+    /// Committed in one go.
+    pub committed: u64,
+    /// Rolled back and replayed change by change through sqlx.
+    pub rolled_back: u64,
+}
+
+/// The fast writer's counts: its own, and the process-wide metric's.
+pub(super) struct FastCounts {
+    committed: AtomicU64,
+    rolled_back: AtomicU64,
+    committed_metric: IntCounter,
+    rolled_back_metric: IntCounter,
+}
+
+impl FastCounts {
+    fn new() -> FastCounts {
+        let metric = |outcome| {
+            crate::metrics::STORE_FAST_BATCHES
+                .with_label_values(&[outcome])
+                .clone()
+        };
+        FastCounts {
+            committed: AtomicU64::new(0),
+            rolled_back: AtomicU64::new(0),
+            committed_metric: metric("committed"),
+            rolled_back_metric: metric("rolled_back"),
+        }
+    }
+
+    fn count(&self, committed: bool) {
+        if committed {
+            self.committed.fetch_add(1, Ordering::Relaxed);
+            self.committed_metric.inc();
+        } else {
+            self.rolled_back.fetch_add(1, Ordering::Relaxed);
+            self.rolled_back_metric.inc();
+        }
+    }
+
+    /// The counts so far.
+    pub(super) fn get(&self) -> FastBatches {
+        FastBatches {
+            committed: self.committed.load(Ordering::Relaxed),
+            rolled_back: self.rolled_back.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl FastWriter {
@@ -45,30 +100,30 @@ impl FastWriter {
             }
         };
         let (requests, rx) = std::sync::mpsc::channel::<Request>();
+        let counts = Arc::new(FastCounts::new());
+        let counted = counts.clone();
         let spawned = std::thread::Builder::new()
             .name("waimai-sqlite".into())
             .spawn(move || {
                 let mut conn = conn;
                 while let Ok((batch, reply)) = rx.recv() {
                     let outcome = commit(&mut conn, shards, &batch);
-                    let label = if outcome.is_some() {
-                        "committed"
-                    } else {
-                        "rolled_back"
-                    };
-                    crate::metrics::STORE_FAST_BATCHES
-                        .with_label_values(&[label])
-                        .inc();
+                    counted.count(outcome.is_some());
                     let _ = reply.send((batch, outcome));
                 }
             });
         match spawned {
-            Ok(_) => Some(FastWriter { requests }),
+            Ok(_) => Some(FastWriter { requests, counts }),
             Err(e) => {
                 tracing::warn!(error = %e, "SQLite fast writer thread; using sqlx");
                 None
             }
         }
+    }
+
+    /// Its counts, shared with the thread.
+    pub fn counts(&self) -> Arc<FastCounts> {
+        self.counts.clone()
     }
 
     /// Runs `batch` on the thread. The jobs always come back, unless the thread is gone, in
@@ -83,26 +138,24 @@ impl FastWriter {
     }
 }
 
-/// Opens the file with the settings of the pool's connections (`Store::connect`).
+/// Opens the file with the settings of the pool's connections (`SQLITE_PRAGMAS`).
 fn open(path: &str) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         // No CREATE: the file exists, the pool made it.
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768; \
-         PRAGMA mmap_size = 67108864; PRAGMA temp_store = MEMORY; \
-         PRAGMA wal_autocheckpoint = 4000;",
-    )?;
+    for pragma in super::SQLITE_PRAGMAS {
+        conn.execute_batch(pragma)?;
+    }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
 /// One attempt at the batch; `None` if it was rolled back.
 fn commit(conn: &mut Connection, shards: u32, batch: &[Job]) -> Option<Vec<bool>> {
-    if conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::debug!(error = %e, "fast SQLite batch not begun; per-change path");
         return None;
     }
     let applied = fences(conn, batch).and_then(|allowed| {

@@ -287,36 +287,15 @@ pub(super) async fn run(
             None => (batch, None),
         };
         let outcomes = match committed {
-            Some(allowed) => batch
-                .iter()
-                .zip(allowed)
-                .map(|(j, ok)| if ok { Ok(()) } else { Err(fenced(j)) })
-                .collect(),
+            Some(allowed) => committed_outcomes(&batch, allowed),
+            // After a fast rollback, straight to the per-change path (no second bulk try).
             None => {
-                // One connection per writer for as long as it works: its page cache (SQLite)
-                // and prepared statements stay warm instead of rotating through the pool's
-                // connections.
-                let acquired = match conn.take() {
-                    Some(c) => Ok(c),
-                    None => pool.acquire().await,
-                };
-                match acquired {
-                    Ok(mut c) => {
-                        let outcomes = tracing::Instrument::instrument(
-                            commit_batch(&mut c, &cx, &batch, fast.is_none()),
-                            span,
-                        )
-                        .await;
-                        if !outcomes.iter().any(connection_broken) {
-                            conn = Some(c);
-                        }
-                        outcomes
-                    }
-                    Err(e) => batch
-                        .iter()
-                        .map(|_| Err(StoreError::Database(clone_err(&e))))
-                        .collect(),
-                }
+                let bulk = fast.is_none();
+                tracing::Instrument::instrument(
+                    commit_on_kept(&pool, &mut conn, &cx, &batch, bulk),
+                    span,
+                )
+                .await
             }
         };
         metrics::STORE_BATCH_SIZE.observe(size as f64);
@@ -335,6 +314,45 @@ pub(super) async fn run(
             let _ = job.reply.send(outcome);
         }
     }
+}
+
+/// Commits `batch` through sqlx on the writer's kept connection, taking a fresh one from the
+/// pool when there is none. One connection per writer for as long as it works: its page cache
+/// (SQLite) and prepared statements stay warm instead of rotating through the pool's
+/// connections.
+async fn commit_on_kept(
+    pool: &AnyPool,
+    kept: &mut Option<PoolConnection<Any>>,
+    cx: &Context,
+    batch: &[Job],
+    bulk: bool,
+) -> Vec<Result<(), StoreError>> {
+    let acquired = match kept.take() {
+        Some(c) => Ok(c),
+        None => pool.acquire().await,
+    };
+    match acquired {
+        Ok(mut c) => {
+            let outcomes = commit_batch(&mut c, cx, batch, bulk).await;
+            if !outcomes.iter().any(connection_broken) {
+                *kept = Some(c);
+            }
+            outcomes
+        }
+        Err(e) => batch
+            .iter()
+            .map(|_| Err(StoreError::Database(clone_err(&e))))
+            .collect(),
+    }
+}
+
+/// The outcomes of a committed batch: `allowed[i]` false means job `i`'s fence refused it.
+fn committed_outcomes(batch: &[Job], allowed: Vec<bool>) -> Vec<Result<(), StoreError>> {
+    batch
+        .iter()
+        .zip(allowed)
+        .map(|(j, ok)| if ok { Ok(()) } else { Err(fenced(j)) })
+        .collect()
 }
 
 /// One span per batch that carries traced commits, linked to each of them (a batch serves many
@@ -485,15 +503,7 @@ async fn try_batch(
     let single = batch.len() == 1;
     if !single && bulk {
         match try_bulk(conn, cx, batch).await {
-            Bulk::Committed(allowed) => {
-                return Some(
-                    batch
-                        .iter()
-                        .zip(allowed)
-                        .map(|(j, ok)| if ok { Ok(()) } else { Err(fenced(j)) })
-                        .collect(),
-                )
-            }
+            Bulk::Committed(allowed) => return Some(committed_outcomes(batch, allowed)),
             Bulk::Deadlock if retry => return None,
             Bulk::CommitFailed(e) => return fail_all(&e),
             Bulk::Deadlock | Bulk::Fallback => {} // per-change path below finds the culprit
