@@ -99,6 +99,16 @@ pub static STORE_BATCH_SECONDS: Lazy<Histogram> = Lazy::new(|| {
 
 /// Batches the SQLite fast writer ran, by outcome: `committed`, or `rolled_back` (then run
 /// change by change through sqlx, which reports the change that failed).
+pub static STORE_WAL_CHECKPOINTS: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_store_wal_checkpoints_total",
+            "Checkpoints of the SQLite checkpointer thread that copied WAL pages into the database"
+        ),
+        "wal_checkpoints",
+    )
+});
+
 pub static STORE_FAST_BATCHES: Lazy<IntCounterVec> = Lazy::new(|| {
     must(
         register_int_counter_vec!(
@@ -596,6 +606,7 @@ pub fn render() -> String {
     Lazy::force(&STORE_BATCH_SECONDS);
     Lazy::force(&STORE_WRITE_FAILURES);
     Lazy::force(&STORE_FAST_BATCHES);
+    Lazy::force(&STORE_WAL_CHECKPOINTS);
     Lazy::force(&LOCK_OPS);
     Lazy::force(&ORDER_TRANSITIONS);
     Lazy::force(&WS_OPEN);

@@ -165,6 +165,45 @@ async fn sqlite_batches_take_the_fast_writer_and_its_failures_the_per_change_pat
     assert_eq!(store.load_order(&v1.id).await.unwrap(), Some(v2));
 }
 
+/// On SQLite with a file, a thread of its own copies the WAL into the database file, long
+/// before the fast writer's own automatic checkpoint (a backstop at 40,000 pages) would, and
+/// outside the writer's transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_by_a_thread_of_its_own() {
+    let url = fresh_db(Db::Sqlite).await;
+    let file = std::path::PathBuf::from(url.trim_start_matches("sqlite://"));
+    let cfg = common::config(&url, LockBackendKind::Local);
+    let store = Store::connect(&cfg.store, cfg.shards.count)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    let merchant = id("m");
+    let orders: Vec<Order> = (0..200).map(|_| order(&id("o"), &merchant)).collect();
+    for chunk in orders.chunks(20) {
+        let writes = chunk.iter().cloned().map(Write::InsertOrder).collect();
+        store.commit(writes).await.expect("insert");
+    }
+    // A few hundred pages: far below any automatic checkpoint, so only the thread copies them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.wal_checkpoints() == Some(0) || size() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint copied the WAL into {}: {:?} checkpoints, {} -> {} bytes",
+            file.display(),
+            store.wal_checkpoints(),
+            before,
+            size()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for o in &orders {
+        assert_eq!(store.load_order(&o.id).await.unwrap().as_ref(), Some(o));
+    }
+    assert!(waimai::metrics::STORE_WAL_CHECKPOINTS.get() >= 1);
+}
+
 fn id(kind: &str) -> String {
     format!("{kind}-{}", unique())
 }

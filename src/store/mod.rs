@@ -606,6 +606,12 @@ impl Store {
         self.inner.fast.as_ref().map(|c| c.get())
     }
 
+    /// Checkpoints of SQLite's checkpointer thread that copied WAL pages into the database
+    /// file, in this store; `None` without a fast writer.
+    pub fn wal_checkpoints(&self) -> Option<u64> {
+        self.inner.fast.as_ref().map(|c| c.checkpoints())
+    }
+
     /// Changes queued for the writers and not yet taken into a batch.
     pub fn queued(&self) -> i64 {
         self.inner.queued.load(std::sync::atomic::Ordering::Relaxed)
