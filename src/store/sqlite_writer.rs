@@ -34,8 +34,11 @@ use crate::model::{Order, OutboxEvent};
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
-/// The fast writer's own automatic checkpoint, in pages: only a backstop for a checkpointer
-/// that fell behind (`SQLITE_PRAGMAS` sets 4,000 for every connection).
+/// The fast writer's own automatic checkpoint, in pages (`SQLITE_PRAGMAS` sets 4,000 for every
+/// connection). A backstop for a checkpointer that fell behind, and more: the WAL is rewound
+/// only when a write transaction begins with every page of it copied, and under steady writes
+/// only a checkpoint run right after the writer's own COMMIT gets there. Off (0), one 15 s run
+/// left a WAL of 1.14 GB; at 40,000 the WAL file stays near 160 MB.
 const BACKSTOP_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 40000";
 
 /// What the thread answers: the jobs back, and `Some(allowed)` when the batch committed
