@@ -97,8 +97,8 @@ pub static STORE_BATCH_SECONDS: Lazy<Histogram> = Lazy::new(|| {
     )
 });
 
-/// Batches the SQLite fast writer ran, by outcome: `committed`, or `rolled_back` (then run
-/// change by change through sqlx, which reports the change that failed).
+/// Checkpoints of the SQLite checkpointer thread (`store/sqlite_writer.rs`) that copied WAL
+/// pages into the database file.
 pub static STORE_WAL_CHECKPOINTS: Lazy<IntCounter> = Lazy::new(|| {
     must(
         register_int_counter!(
@@ -109,6 +109,8 @@ pub static STORE_WAL_CHECKPOINTS: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+/// Batches the SQLite fast writer ran, by outcome: `committed`, or `rolled_back` (then run
+/// change by change through sqlx, which reports the change that failed).
 pub static STORE_FAST_BATCHES: Lazy<IntCounterVec> = Lazy::new(|| {
     must(
         register_int_counter_vec!(

@@ -6,9 +6,9 @@
 //! for good. Retrying on it only fills the logs while events stop. So every send goes through
 //! [`Producer::send`], and a failed send or delivery calls [`Producer::check`]: if the producer
 //! in use has a fatal error, a new one is built from the same settings (a new producer id,
-//! sequences from zero) and every later send uses it. The rows the dead producer did not get acknowledged are
-//! still unshipped in the outbox and are sent again; consumers de-duplicate by (entity,
-//! version). Counted in `waimai_kafka_producer_rebuilt_total`.
+//! sequences from zero) and every later send uses it. The rows the dead producer did not get
+//! acknowledged are still unshipped in the outbox and are sent again; consumers de-duplicate by
+//! (entity, version). Counted in `waimai_kafka_producer_rebuilt_total`.
 
 use std::sync::{Arc, RwLock};
 

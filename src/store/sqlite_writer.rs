@@ -17,11 +17,11 @@
 //! database file. SQLite's automatic checkpoint ran inside the fast writer's COMMIT every 4,000
 //! pages, and while it copied and synced, every batch waited: at 6,000 creates/s that was about
 //! seven batches a second over 10 ms, and a p90 of 19-28 ms instead of 4-7 ms (BENCHMARKS.md).
-//! The writer's own automatic checkpoint stays, at 40,000 pages, as a backstop.
+//! The writer's own automatic checkpoint stays, at 40,000 pages (`BACKSTOP_AUTOCHECKPOINT`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -132,12 +132,18 @@ impl FastWriter {
         };
         let (requests, rx) = std::sync::mpsc::channel::<Request>();
         let counts = Arc::new(FastCounts::new());
-        // The checkpointer runs as long as the writer's thread does.
-        let alive = Arc::new(());
-        if let Err(e) = start_checkpointer(path, Arc::downgrade(&alive), counts.clone())
-            .and_then(|()| conn.execute_batch(BACKSTOP_AUTOCHECKPOINT))
-        {
-            tracing::warn!(path, error = %e, "no SQLite checkpointer; the writer checkpoints");
+        // The checkpointer runs as long as the writer's thread holds `alive`; it stops as soon
+        // as the thread ends (or is never spawned) and drops it.
+        let (alive, stop) = std::sync::mpsc::channel::<()>();
+        match start_checkpointer(path, stop, counts.clone()) {
+            Ok(()) => {
+                if let Err(e) = conn.execute_batch(BACKSTOP_AUTOCHECKPOINT) {
+                    tracing::warn!(path, error = %e, "writer checkpoints at 4,000 pages");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path, error = %e, "no SQLite checkpointer; the writer checkpoints")
+            }
         }
         let counted = counts.clone();
         let spawned = std::thread::Builder::new()
@@ -179,22 +185,23 @@ impl FastWriter {
 
 /// Starts the checkpointer thread on a connection of its own: a PASSIVE checkpoint every
 /// `CHECKPOINT_EVERY` (it never waits for the writer or for readers; what a reader still needs
-/// is copied at a later round), until `alive` is gone.
+/// is copied at a later round), until `stop`'s sender is dropped.
 fn start_checkpointer(
     path: &str,
-    alive: Weak<()>,
+    stop: std::sync::mpsc::Receiver<()>,
     counts: Arc<FastCounts>,
-) -> rusqlite::Result<()> {
-    let conn = open(path)?;
+) -> Result<(), String> {
+    let conn = open(path).map_err(|e| e.to_string())?;
     // Never checkpoints on its own account: it writes nothing.
-    conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+        .map_err(|e| e.to_string())?;
     let spawned = std::thread::Builder::new()
         .name("waimai-ckpt".into())
         .spawn(move || {
+            use std::sync::mpsc::RecvTimeoutError;
             // What the previous round saw: (frames in the WAL, frames copied from it).
             let mut seen = (0_i64, 0_i64);
-            while alive.upgrade().is_some() {
-                std::thread::sleep(CHECKPOINT_EVERY);
+            while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
                 let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                     Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                 });
@@ -211,12 +218,9 @@ fn start_checkpointer(
                 }
             }
         });
-    spawned.map(|_| ()).map_err(|e| {
-        rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-            Some(format!("checkpointer thread: {e}")),
-        )
-    })
+    spawned
+        .map(|_| ())
+        .map_err(|e| format!("checkpointer thread: {e}"))
 }
 
 /// Opens the file with the settings of the pool's connections (`SQLITE_PRAGMAS`).
