@@ -10,9 +10,12 @@
 //!
 //! Trace ids always exist (they are what the logs and responses show); spans leave the node
 //! only when `telemetry.otlp_endpoint` is set, through a batch exporter speaking OTLP over
-//! HTTP/protobuf on its own thread.
+//! HTTP/protobuf on its own thread. Without an endpoint the OpenTelemetry layer is not
+//! installed at all: a small layer of our own (`Ids`) keeps each span's trace id, span id and
+//! sampled flag, which is all the logs, the answers and the hops between nodes need.
 
 use std::collections::HashMap;
+use std::num::{NonZeroU128, NonZeroU64};
 use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator;
@@ -20,10 +23,12 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::Deserialize;
+use tracing::span::{Attributes, Id};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// The W3C header name.
 pub const TRACEPARENT: &str = "traceparent";
@@ -73,13 +78,17 @@ pub enum TelemetryError {
 
 /// Keeps the exporter alive; `shutdown` (or drop) flushes the spans still buffered.
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    /// `None` when nothing is exported.
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
     /// Exports what is buffered and stops the exporter.
     pub fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+        let Some(provider) = &self.provider else {
+            return;
+        };
+        if let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(5)) {
             tracing::debug!(error = %e, "tracer provider shutdown");
         }
     }
@@ -95,7 +104,6 @@ impl Drop for Telemetry {
 /// `log_level`), and trace context on waimai's own spans (exported when an endpoint is set).
 pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let provider = provider(cfg)?;
-    let tracer = provider.tracer("waimai");
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.log_level.clone());
     // The filter can be swapped later (a config reload changing `log_level`).
@@ -120,34 +128,23 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .boxed(),
         _ => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
     };
-    // Only waimai's spans carry trace context (a dependency's spans and events stay out).
-    // The filter answers `sometimes` (never `always`) for the spans it takes, so no callsite
-    // caches `Interest::always`: with per-layer filters, such a callsite skips `enabled()` and
-    // its span is judged by whatever the previous `enabled()` call left behind (tokio-rs/tracing
-    // #2519; sqlx's `log_enabled!` calls through tracing-log trigger it), which silently dropped
-    // request spans from both layers on PostgreSQL.
-    let waimai_spans = |m: &tracing::Metadata<'_>| m.is_span() && m.target().starts_with("waimai");
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_threads(false)
-        .with_location(false)
-        .with_tracked_inactivity(false)
-        .with_filter(
-            tracing_subscriber::filter::dynamic_filter_fn(move |m, _| waimai_spans(m))
-                .with_callsite_filter(move |m| {
-                    if waimai_spans(m) {
-                        tracing::subscriber::Interest::sometimes()
-                    } else {
-                        tracing::subscriber::Interest::never()
-                    }
-                })
-                // waimai's spans are all `info_span!`. Without a hint this layer wanted every
-                // level, so the subscriber's max level was TRACE and so was `log`'s.
-                .with_max_level_hint(tracing::level_filters::LevelFilter::INFO),
-        );
+    // Only waimai's spans carry trace context (a dependency's spans and events stay out): the
+    // OpenTelemetry layer when spans are exported, else the `Ids` layer.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("waimai"))
+            .with_threads(false)
+            .with_location(false)
+            .with_tracked_inactivity(false)
+            .with_filter(waimai_spans())
+    });
+    let ids = provider
+        .is_none()
+        .then(|| IdsLayer.with_filter(waimai_spans()));
     tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
+        .with(ids)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     // `log` records (tungstenite logs every websocket frame at trace level, sqlx every
@@ -156,6 +153,109 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     // every layer's filter (about 2% of a node's CPU in `lifecycle`).
     log::set_max_level(log_max);
     Ok(Telemetry { provider })
+}
+
+/// The filter of the layers that keep trace context: waimai's spans only.
+///
+/// It answers `sometimes` (never `always`) for the spans it takes, so no callsite caches
+/// `Interest::always`: with per-layer filters, such a callsite skips `enabled()` and its span is
+/// judged by whatever the previous `enabled()` call left behind (tokio-rs/tracing #2519; sqlx's
+/// `log_enabled!` calls through tracing-log trigger it), which silently dropped request spans
+/// from both layers on PostgreSQL.
+fn waimai_spans<S>() -> impl tracing_subscriber::layer::Filter<S> {
+    fn ours(m: &tracing::Metadata<'_>) -> bool {
+        m.is_span() && m.target().starts_with("waimai")
+    }
+    tracing_subscriber::filter::dynamic_filter_fn(|m, _| ours(m))
+        .with_callsite_filter(|m| {
+            if ours(m) {
+                tracing::subscriber::Interest::sometimes()
+            } else {
+                tracing::subscriber::Interest::never()
+            }
+        })
+        // waimai's spans are all `info_span!`. Without a hint this layer wanted every level, so
+        // the subscriber's max level was TRACE and so was `log`'s.
+        .with_max_level_hint(tracing::level_filters::LevelFilter::INFO)
+}
+
+/// The W3C trace context of one span when nothing is exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ids {
+    trace_id: NonZeroU128,
+    span_id: NonZeroU64,
+    /// The caller asked for the trace to be recorded (new traces are not: nothing exports).
+    sampled: bool,
+}
+
+/// Gives every span it sees its `Ids`: the trace and sampled flag of its parent (or a new trace,
+/// unsampled), and a span id of its own.
+///
+/// Without an exporter this is all the OpenTelemetry layer was used for, and it cost far more:
+/// per span it built a span to export (attributes, name, events, timings) that the `AlwaysOff`
+/// sampler then dropped, and every `enter` and `exit` went through it. A node spent about 14% of
+/// its CPU per create there (BENCHMARKS.md).
+struct IdsLayer;
+
+impl<S> Layer<S> for IdsLayer
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        // Under a per-layer filter the context shows only the spans this layer sees.
+        let parent = if let Some(p) = attrs.parent() {
+            ctx.span(p)
+        } else if attrs.is_contextual() {
+            ctx.lookup_current()
+        } else {
+            None
+        };
+        let inherited = parent.and_then(|p| p.extensions().get::<Ids>().copied());
+        let ids = Ids {
+            trace_id: inherited.map_or_else(rand::random, |p| p.trace_id),
+            span_id: rand::random(),
+            sampled: inherited.is_some_and(|p| p.sampled),
+        };
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(ids);
+        }
+    }
+}
+
+/// Runs `f` on the `Ids` of `span`, if the `Ids` layer gave it some.
+fn with_ids<T>(span: &tracing::Span, f: impl FnOnce(&mut Ids) -> T) -> Option<T> {
+    span.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<Registry>()?;
+        let span = registry.span(id)?;
+        let mut ext = span.extensions_mut();
+        ext.get_mut::<Ids>().map(f)
+    })
+    .flatten()
+}
+
+/// The trace id and sampled flag of a W3C `traceparent` value; `None` when it is malformed (as
+/// the standard says: upper-case hex, all-zero ids, version `ff`, or a version-00 value with
+/// more than four fields).
+fn parse_traceparent(tp: &str) -> Option<(NonZeroU128, bool)> {
+    let parts: Vec<&str> = tp.trim().split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let [version, trace, parent, flags, ..] = parts[..] else {
+        return None;
+    };
+    if !hex(version, 2) || version == "ff" || (version == "00" && parts.len() != 4) {
+        return None;
+    }
+    if !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
+        return None;
+    }
+    let trace_id = NonZeroU128::new(u128::from_str_radix(trace, 16).ok()?)?;
+    NonZeroU64::new(u64::from_str_radix(parent, 16).ok()?)?;
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+    Some((trace_id, sampled))
 }
 
 /// Swaps the installed subscriber's log filter; set once by `init`.
@@ -198,24 +298,22 @@ pub fn set_log_level(spec: &str) -> Result<(), TelemetryError> {
     }
 }
 
-fn provider(cfg: &TelemetryConfig) -> Result<SdkTracerProvider, TelemetryError> {
+/// The exporting tracer provider; `None` without an endpoint (the `Ids` layer then keeps the
+/// trace context).
+fn provider(cfg: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, TelemetryError> {
     if !(0.0..=1.0).contains(&cfg.sample_ratio) {
         return Err(TelemetryError::Config(format!(
             "sample_ratio must be within 0..=1, not {}",
             cfg.sample_ratio
         )));
     }
+    if cfg.otlp_endpoint.is_empty() {
+        return Ok(None);
+    }
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(cfg.service_name.clone())
         .build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    if cfg.otlp_endpoint.is_empty() {
-        // Ids for logs and responses, nothing exported (a caller's sampled flag still travels
-        // on, so a downstream service that records keeps the trace).
-        return Ok(builder
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
-            .build());
-    }
     let url = traces_url(&cfg.otlp_endpoint);
     // The blocking HTTP client must not be built on an async runtime's thread.
     let exporter = std::thread::spawn(move || {
@@ -230,12 +328,14 @@ fn provider(cfg: &TelemetryConfig) -> Result<SdkTracerProvider, TelemetryError> 
     .join()
     .map_err(|_| TelemetryError::Exporter("exporter builder panicked".into()))?
     .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-    Ok(builder
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            cfg.sample_ratio,
-        ))))
-        .with_batch_exporter(exporter)
-        .build())
+    Ok(Some(
+        builder
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                cfg.sample_ratio,
+            ))))
+            .with_batch_exporter(exporter)
+            .build(),
+    ))
 }
 
 /// `{base}/v1/traces`, unless the URL already names the traces path.
@@ -253,6 +353,15 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     let Some(tp) = traceparent else {
         return;
     };
+    let continued = with_ids(span, |ids| {
+        if let Some((trace_id, sampled)) = parse_traceparent(tp) {
+            ids.trace_id = trace_id;
+            ids.sampled = sampled;
+        }
+    });
+    if continued.is_some() {
+        return;
+    }
     let mut carrier = HashMap::with_capacity(1);
     carrier.insert(TRACEPARENT.to_string(), tp.to_string());
     let cx = TraceContextPropagator::new().extract(&carrier);
@@ -264,6 +373,14 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
 /// The W3C `traceparent` of `span` (`None` for a span without trace context, such as a
 /// disabled one).
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if let Some(ids) = with_ids(span, |ids| *ids) {
+        return Some(format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            ids.trace_id,
+            ids.span_id,
+            u8::from(ids.sampled)
+        ));
+    }
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     if !sc.is_valid() {
@@ -279,7 +396,11 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 
 /// Whether `span` belongs to a sampled trace (one whose spans are exported).
 pub fn is_sampled(span: &tracing::Span) -> bool {
-    !span.is_none() && span.context().span().span_context().is_sampled()
+    if span.is_none() {
+        return false;
+    }
+    with_ids(span, |ids| ids.sampled)
+        .unwrap_or_else(|| span.context().span().span_context().is_sampled())
 }
 
 /// The `traceparent` of the current span.
@@ -291,7 +412,7 @@ pub fn current_traceparent() -> Option<String> {
 /// then its trace context exists, and recording `otel.name` alone would no longer reach it).
 pub fn rename(span: &tracing::Span, name: &'static str) {
     span.record("otel.name", name);
-    if span.is_none() {
+    if span.is_none() || with_ids(span, |_| ()).is_some() {
         return;
     }
     span.context().span().update_name(name);
@@ -304,6 +425,9 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
 
 /// Links `span` to the span a `traceparent` names (a batch serving many commands links to each).
 pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    if with_ids(span, |_| ()).is_some() {
+        return; // nothing is exported, so there is nothing to link
+    }
     let mut carrier = HashMap::with_capacity(1);
     carrier.insert(TRACEPARENT.to_string(), traceparent.to_string());
     let cx = TraceContextPropagator::new().extract(&carrier);
@@ -328,6 +452,104 @@ mod tests {
             traces_url("http://c:4318/v1/traces"),
             "http://c:4318/v1/traces"
         );
+    }
+
+    #[test]
+    fn a_traceparent_is_parsed_as_the_standard_says() {
+        let tid = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128;
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            parse_traceparent(ok),
+            Some((NonZeroU128::new(tid).unwrap(), true))
+        );
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert_eq!(parse_traceparent(unsampled).map(|p| p.1), Some(false));
+        // A later version may add fields; version 00 may not.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what";
+        assert!(parse_traceparent(later).is_some());
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-not-a-trace-01",
+            "",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad:?}");
+        }
+    }
+
+    /// The parts of a `traceparent`: trace id, span id, flags.
+    fn parts(tp: &str) -> (String, String, String) {
+        let p: Vec<&str> = tp.split('-').collect();
+        assert_eq!(p.len(), 4, "{tp}");
+        assert_eq!(p[0], "00", "{tp}");
+        (p[1].into(), p[2].into(), p[3].into())
+    }
+
+    #[test]
+    fn without_an_exporter_spans_keep_their_trace_context() {
+        let subscriber = tracing_subscriber::registry().with(IdsLayer.with_filter(waimai_spans()));
+        tracing::subscriber::with_default(subscriber, || {
+            // A root span starts an unsampled trace of its own.
+            let root = tracing::info_span!(target: "waimai::test", "root");
+            let tp = traceparent(&root).expect("a root span has a traceparent");
+            let (trace, span_id, flags) = parts(&tp);
+            assert_eq!((trace.len(), span_id.len(), flags.as_str()), (32, 16, "00"));
+            assert!(!is_sampled(&root));
+            assert_eq!(trace_id_of(&tp), Some(trace.as_str()));
+            let other = tracing::info_span!(target: "waimai::test", "other root");
+            assert_ne!(parts(&traceparent(&other).expect("tp")).0, trace);
+
+            // A child (entered parent, or named one) shares the trace, with its own span id.
+            let child = root.in_scope(|| tracing::info_span!(target: "waimai::test", "child"));
+            let (t, s, _) = parts(&traceparent(&child).expect("tp"));
+            assert_eq!(t, trace);
+            assert_ne!(s, span_id);
+            let named = tracing::info_span!(target: "waimai::test", parent: &root, "named");
+            assert_eq!(parts(&traceparent(&named).expect("tp")).0, trace);
+            let detached =
+                root.in_scope(|| tracing::info_span!(target: "waimai::test", parent: None, "d"));
+            assert_ne!(parts(&traceparent(&detached).expect("tp")).0, trace);
+
+            // A caller's context is continued, sampled flag included, and children follow it.
+            let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let req = tracing::info_span!(target: "waimai::test", "request");
+            continue_trace(&req, Some(caller));
+            let (t, s, f) = parts(&traceparent(&req).expect("tp"));
+            assert_eq!(
+                (t.as_str(), f.as_str()),
+                ("4bf92f3577b34da6a3ce929d0e0e4736", "01")
+            );
+            assert_ne!(s, "00f067aa0ba902b7", "the span keeps an id of its own");
+            assert!(is_sampled(&req));
+            let inner = req.in_scope(|| tracing::info_span!(target: "waimai::test", "inner"));
+            assert!(is_sampled(&inner));
+            assert_eq!(parts(&traceparent(&inner).expect("tp")).0, t);
+            assert_eq!(
+                req.in_scope(current_traceparent).map(|tp| parts(&tp).0),
+                Some(t.clone())
+            );
+
+            // A malformed one is ignored: the span keeps the trace it had.
+            let before = traceparent(&other).expect("tp");
+            continue_trace(&other, Some("00-not-a-trace-01"));
+            assert_eq!(traceparent(&other), Some(before));
+
+            // Spans of other crates, and disabled spans, carry no trace context.
+            let theirs = tracing::info_span!(target: "hyper::proto", "theirs");
+            assert_eq!(traceparent(&theirs), None);
+            assert_eq!(traceparent(&tracing::Span::none()), None);
+            assert!(!is_sampled(&tracing::Span::none()));
+            // Renaming and linking are accepted (nothing is exported, so they change nothing).
+            rename(&req, "POST /v1/orders");
+            link_to(&req, caller);
+            assert_eq!(parts(&traceparent(&req).expect("tp")).0, t);
+        });
     }
 
     #[test]

@@ -223,18 +223,23 @@ async fn a_command_is_traced_from_http_through_actors_to_the_store_and_sockets()
     );
 
     // The node's log lines for the request carry its trace id.
+    logs_carry(&node, &tid).await;
+}
+
+/// Waits until one of the node's log lines was written inside a span of trace `tid`.
+async fn logs_carry(node: &NodeProcess, tid: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let found = node.logs.lock().expect("logs").iter().any(|l| {
             serde_json::from_str::<Value>(l).is_ok_and(|v| {
-                v["span"]["trace_id"] == tid.as_str()
+                v["span"]["trace_id"] == tid
                     || v["spans"]
                         .as_array()
-                        .is_some_and(|s| s.iter().any(|s| s["trace_id"] == tid.as_str()))
+                        .is_some_and(|s| s.iter().any(|s| s["trace_id"] == tid))
             })
         });
         if found {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -257,7 +262,15 @@ async fn without_an_endpoint_the_trace_id_is_still_answered() {
         .expect("healthz");
     assert_eq!(r.status(), 200);
     let tp = answered_traceparent(&r);
-    assert_eq!(tp.split('-').nth(1), Some(tid));
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[1], tid, "the caller's trace is continued");
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "under a span id of the node's own"
+    );
+    assert_eq!(parts[3], "01", "and the caller's sampled flag");
+    logs_carry(&node, tid).await;
     // A malformed traceparent starts a new trace instead of failing the request.
     let r = reqwest::Client::new()
         .get(format!("{}/healthz", node.base))
@@ -267,5 +280,12 @@ async fn without_an_endpoint_the_trace_id_is_still_answered() {
         .expect("healthz");
     assert_eq!(r.status(), 200);
     let tp = answered_traceparent(&r);
-    assert_ne!(tp.split('-').nth(1), Some("not"));
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert!(
+        parts[1].len() == 32 && parts[1] != tid && parts[1] != "0".repeat(32),
+        "a new trace: {tp}"
+    );
+    assert_eq!(parts[3], "00", "which nothing records: {tp}");
+    logs_carry(&node, parts[1]).await;
 }
