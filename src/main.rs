@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
                     .expect("tokio runtime")
             });
             system.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(&addr)
+                let listener = waimai::server::bind(&addr)
                     .await
                     .with_context(|| format!("binding {addr}"))?;
                 waimai::serve(cfg, listener, shutdown_signal())

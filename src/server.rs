@@ -716,6 +716,40 @@ pub fn check_secrets(config: &Config, addr: std::net::SocketAddr) -> Result<(), 
     )))
 }
 
+/// Connections the kernel completes and queues for the node before it accepts them (capped by
+/// `net.core.somaxconn`, 4096 on current kernels).
+///
+/// `tokio::net::TcpListener::bind` listens with std's backlog of 128. A load burst that opens
+/// more connections than that at once (the load generator's pool growing under the open model)
+/// overflowed it: the kernel dropped the extra SYNs and each such client retried after TCP's
+/// initial 1 s timeout. That was the ~1 s maximum seen in open-model runs (`nstat`:
+/// `TcpExtListenOverflows`, `TcpExtTCPSynRetrans`; BENCHMARKS.md).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the node's HTTP listener on `addr` (`host:port`) with `LISTEN_BACKLOG`.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std's bind does on Unix: a restarted node rebinds at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
 /// Starts a node, serves until `shutdown`, then shuts it down cleanly.
 pub async fn serve(
     config: Config,
@@ -765,5 +799,49 @@ async fn reload_on_sighup(
             ),
             Err(e) => tracing::error!(error = %e, "config reload (SIGHUP) failed; nothing changed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of connections larger than std's backlog of 128 is queued whole, not dropped:
+    /// every connect completes although the listener accepts none of them yet.
+    #[tokio::test]
+    async fn the_listener_queues_a_burst_of_connections() {
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The kernel caps the backlog at `somaxconn` (4096 since Linux 5.4, 128 before).
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        let burst = cap.min(400);
+        let mut clients = Vec::new();
+        for i in 0..burst {
+            // A dropped SYN is retried after 1 s, then 3 s: 5 s means the queue was full.
+            let c =
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                    .await;
+            match c {
+                Ok(Ok(c)) => clients.push(c),
+                other => panic!("connection {i} was not queued: {other:?}"),
+            }
+        }
+        assert_eq!(clients.len(), burst);
+        let mut accepted = 0;
+        while accepted < burst {
+            listener.accept().await.expect("accept");
+            accepted += 1;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_address_that_cannot_be_bound_is_an_error() {
+        assert!(bind("not an address").await.is_err());
+        let taken = bind("127.0.0.1:0").await.expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        assert!(bind(&format!("127.0.0.1:{port}")).await.is_err());
     }
 }
