@@ -15,6 +15,9 @@
 //! - `lock_lease/{local,redis}`: one lease's grant, renewal and release on each backend (Redis
 //!   at `WAIMAI_TEST_REDIS`, default `redis://127.0.0.1:6379`).
 //! - `json`: encoding and decoding the hot wire types (an order, a status event).
+//! - `request_trace/{ids_layer,opentelemetry_always_off}`: one request's trace context (its
+//!   span, an actor span under it, the answer's `traceparent`) with the node's own layer and
+//!   with the OpenTelemetry layer it replaced when nothing exports.
 //! - `ws_fanout`: one hub event delivered to 1,000 subscribers' queues and drained.
 //!
 //! Run: `cargo bench --bench core`.
@@ -640,6 +643,84 @@ fn bench_hot_path(c: &mut Criterion) {
     g.finish();
 }
 
+// ---- 5c. a request's trace context ----
+
+/// What tracing does for one request on a node without an exporter: the request span (a new
+/// trace, its id recorded for the logs), the actor's span under it, entered and left, and the
+/// answer's `traceparent`. Once with the node's own `Ids` layer, once with the OpenTelemetry
+/// layer and an `AlwaysOff` sampler, which is what a node ran before (BENCHMARKS.md).
+fn bench_request_trace(c: &mut Criterion) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer as _;
+    use waimai::telemetry;
+
+    fn one_request() -> Option<String> {
+        let span = tracing::info_span!(
+            target: "waimai::http",
+            "http",
+            url.path = "/v1/orders",
+            trace_id = tracing::field::Empty
+        );
+        telemetry::continue_trace(&span, None);
+        if let Some(tp) = telemetry::traceparent(&span) {
+            if let Some(id) = telemetry::trace_id_of(&tp) {
+                span.record("trace_id", id);
+            }
+        }
+        let _in = span.enter();
+        telemetry::rename(&span, "POST /v1/orders");
+        let actor = tracing::info_span!(target: "waimai::actor", "actor");
+        actor.in_scope(|| black_box(telemetry::is_sampled(&actor)));
+        telemetry::traceparent(&span)
+    }
+
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::AlwaysOff,
+        )))
+        .build();
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("bench"))
+        .with_threads(false)
+        .with_location(false)
+        .with_tracked_inactivity(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            m.is_span() && m.target().starts_with("waimai")
+        }));
+    let arms = [
+        (
+            "ids_layer",
+            tracing::Dispatch::new(
+                tracing_subscriber::registry().with(telemetry::trace_ids_layer()),
+            ),
+        ),
+        (
+            "opentelemetry_always_off",
+            tracing::Dispatch::new(tracing_subscriber::registry().with(otel)),
+        ),
+    ];
+    let mut g = c.benchmark_group("request_trace");
+    small(&mut g);
+    for (name, dispatch) in arms {
+        tracing::dispatcher::with_default(&dispatch, || {
+            assert!(one_request().is_some(), "{name}: no traceparent");
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(one_request());
+                    }
+                    let elapsed = start.elapsed();
+                    record(&format!("request_trace/{name}"), elapsed, iters);
+                    elapsed
+                })
+            });
+        });
+    }
+    g.finish();
+}
+
 // ---- 6. websocket fan-out through the hub ----
 
 fn bench_fanout(c: &mut Criterion) {
@@ -692,6 +773,7 @@ fn main() {
     bench_locks(&mut c);
     bench_json(&mut c);
     bench_hot_path(&mut c);
+    bench_request_trace(&mut c);
     bench_fanout(&mut c);
     c.final_summary();
     print_summary();
