@@ -650,9 +650,7 @@ fn bench_hot_path(c: &mut Criterion) {
 /// answer's `traceparent`. Once with the node's own `Ids` layer, once with the OpenTelemetry
 /// layer and an `AlwaysOff` sampler, which is what a node ran before (BENCHMARKS.md).
 fn bench_request_trace(c: &mut Criterion) {
-    use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::Layer as _;
     use waimai::telemetry;
 
     fn one_request() -> Option<String> {
@@ -680,14 +678,6 @@ fn bench_request_trace(c: &mut Criterion) {
             opentelemetry_sdk::trace::Sampler::AlwaysOff,
         )))
         .build();
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("bench"))
-        .with_threads(false)
-        .with_location(false)
-        .with_tracked_inactivity(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-            m.is_span() && m.target().starts_with("waimai")
-        }));
     let arms = [
         (
             "ids_layer",
@@ -697,7 +687,9 @@ fn bench_request_trace(c: &mut Criterion) {
         ),
         (
             "opentelemetry_always_off",
-            tracing::Dispatch::new(tracing_subscriber::registry().with(otel)),
+            tracing::Dispatch::new(
+                tracing_subscriber::registry().with(telemetry::exporting_layer(&provider)),
+            ),
         ),
     ];
     let mut g = c.benchmark_group("request_trace");

@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::num::{NonZeroU128, NonZeroU64};
 use std::time::Duration;
 
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::Deserialize;
 use tracing::span::{Attributes, Id};
@@ -104,7 +104,6 @@ impl Drop for Telemetry {
 /// `log_level`), and trace context on waimai's own spans (exported when an endpoint is set).
 pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let provider = provider(cfg)?;
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.log_level.clone());
     // The filter can be swapped later (a config reload changing `log_level`).
     let first = log_filter(&spec)?;
@@ -130,14 +129,7 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     };
     // Only waimai's spans carry trace context (a dependency's spans and events stay out): the
     // OpenTelemetry layer when spans are exported, else the `Ids` layer.
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("waimai"))
-            .with_threads(false)
-            .with_location(false)
-            .with_tracked_inactivity(false)
-            .with_filter(waimai_spans())
-    });
+    let otel = provider.as_ref().map(exporting_layer);
     let ids = provider.is_none().then(trace_ids_layer);
     tracing_subscriber::registry()
         .with(fmt)
@@ -175,6 +167,20 @@ fn waimai_spans<S>() -> impl tracing_subscriber::layer::Filter<S> {
         // waimai's spans are all `info_span!`. Without a hint this layer wanted every level, so
         // the subscriber's max level was TRACE and so was `log`'s.
         .with_max_level_hint(tracing::level_filters::LevelFilter::INFO)
+}
+
+/// The layer `init` installs when spans are exported: OpenTelemetry's, on waimai's spans,
+/// exporting through `provider` (public for the benches, which compare it with the `Ids` layer).
+pub fn exporting_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("waimai"))
+        .with_threads(false)
+        .with_location(false)
+        .with_tracked_inactivity(false)
+        .with_filter(waimai_spans())
 }
 
 /// The layer `init` installs when nothing is exported: trace context on waimai's spans, kept by
@@ -241,10 +247,36 @@ fn with_ids<T>(span: &tracing::Span, f: impl FnOnce(&mut Ids) -> T) -> Option<T>
     .flatten()
 }
 
-/// The trace id and sampled flag of a W3C `traceparent` value; `None` when it is malformed (as
-/// the standard says: upper-case hex, all-zero ids, version `ff`, or a version-00 value with
-/// more than four fields).
-fn parse_traceparent(tp: &str) -> Option<(NonZeroU128, bool)> {
+/// The caller's span, as a W3C `traceparent` value names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Remote {
+    trace_id: NonZeroU128,
+    span_id: NonZeroU64,
+    sampled: bool,
+}
+
+impl Remote {
+    /// The same, for the OpenTelemetry layer (a parent to continue, or a link).
+    fn span_context(&self) -> SpanContext {
+        SpanContext::new(
+            TraceId::from_bytes(self.trace_id.get().to_be_bytes()),
+            SpanId::from_bytes(self.span_id.get().to_be_bytes()),
+            if self.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            true,
+            TraceState::default(),
+        )
+    }
+}
+
+/// Reads a W3C `traceparent` value, for both layers; `None` when it is malformed, as the
+/// standard says: ids of the wrong length or not lower-case hex, all-zero ids, version `ff`,
+/// or a version-00 value with more than four fields. (OpenTelemetry's propagator, used for
+/// this before, took short ids and a leading `+`.)
+fn parse_traceparent(tp: &str) -> Option<Remote> {
     let parts: Vec<&str> = tp.trim().split('-').collect();
     let hex = |s: &str, len: usize| {
         s.len() == len
@@ -260,10 +292,11 @@ fn parse_traceparent(tp: &str) -> Option<(NonZeroU128, bool)> {
     if !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
         return None;
     }
-    let trace_id = NonZeroU128::new(u128::from_str_radix(trace, 16).ok()?)?;
-    NonZeroU64::new(u64::from_str_radix(parent, 16).ok()?)?;
-    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
-    Some((trace_id, sampled))
+    Some(Remote {
+        trace_id: NonZeroU128::new(u128::from_str_radix(trace, 16).ok()?)?,
+        span_id: NonZeroU64::new(u64::from_str_radix(parent, 16).ok()?)?,
+        sampled: u8::from_str_radix(flags, 16).ok()? & 1 == 1,
+    })
 }
 
 /// Swaps the installed subscriber's log filter; set once by `init`.
@@ -358,22 +391,15 @@ fn traces_url(base: &str) -> String {
 /// Makes `span` continue the trace in a W3C `traceparent` value (ignored when malformed, as
 /// the standard asks: the span then starts a new trace).
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(tp) = traceparent else {
+    let Some(remote) = traceparent.and_then(parse_traceparent) else {
         return;
     };
     let continued = with_ids(span, |ids| {
-        if let Some((trace_id, sampled)) = parse_traceparent(tp) {
-            ids.trace_id = trace_id;
-            ids.sampled = sampled;
-        }
+        ids.trace_id = remote.trace_id;
+        ids.sampled = remote.sampled;
     });
-    if continued.is_some() {
-        return;
-    }
-    let mut carrier = HashMap::with_capacity(1);
-    carrier.insert(TRACEPARENT.to_string(), tp.to_string());
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    if cx.span().span_context().is_valid() {
+    if continued.is_none() {
+        let cx = opentelemetry::Context::new().with_remote_span_context(remote.span_context());
         let _ = span.set_parent(cx);
     }
 }
@@ -436,12 +462,8 @@ pub fn link_to(span: &tracing::Span, traceparent: &str) {
     if with_ids(span, |_| ()).is_some() {
         return; // nothing is exported, so there is nothing to link
     }
-    let mut carrier = HashMap::with_capacity(1);
-    carrier.insert(TRACEPARENT.to_string(), traceparent.to_string());
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    let sc = cx.span().span_context().clone();
-    if sc.is_valid() {
-        span.add_link(sc);
+    if let Some(remote) = parse_traceparent(traceparent) {
+        span.add_link(remote.span_context());
     }
 }
 
@@ -466,12 +488,27 @@ mod tests {
     fn a_traceparent_is_parsed_as_the_standard_says() {
         let tid = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128;
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let remote = parse_traceparent(ok).expect("valid");
         assert_eq!(
-            parse_traceparent(ok),
-            Some((NonZeroU128::new(tid).unwrap(), true))
+            (remote.trace_id, remote.sampled),
+            (NonZeroU128::new(tid).unwrap(), true)
         );
+        assert_eq!(remote.span_id.get(), 0x00f0_67aa_0ba9_02b7);
+        let sc = remote.span_context();
+        assert_eq!(
+            (sc.trace_id().to_string(), sc.span_id().to_string()),
+            (
+                "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                "00f067aa0ba902b7".into()
+            )
+        );
+        assert!(sc.is_sampled() && sc.is_remote() && sc.is_valid());
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        assert_eq!(parse_traceparent(unsampled).map(|p| p.1), Some(false));
+        assert_eq!(parse_traceparent(unsampled).map(|p| p.sampled), Some(false));
+        assert!(!parse_traceparent(unsampled)
+            .expect("valid")
+            .span_context()
+            .is_sampled());
         // A later version may add fields; version 00 may not.
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what";
         assert!(parse_traceparent(later).is_some());
