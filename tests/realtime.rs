@@ -6,8 +6,10 @@ mod common;
 
 use common::{config, fresh_db, Db, Frame, TestApp};
 use serde_json::{json, Value};
+use waimai::actors::order_machine::OrderStatus;
 use waimai::config::LockBackendKind;
 use waimai::domain::{now_ms, Role};
+use waimai::realtime::Topic;
 use waimai::Config;
 
 /// Embedded defaults on a fresh SQLite file, with every rider position forwarded.
@@ -539,6 +541,50 @@ async fn a_silent_client_is_dropped_after_two_heartbeats() {
     let (_, (code, why)) = drain(&mut sock, 5).await;
     assert_eq!(code, 1013);
     assert!(why.contains("heartbeat"), "{why}");
+}
+
+/// A burst of events queued on one socket at once: the tracker gets each once and in order,
+/// skips repeats and what its snapshot covered, and closes right after the terminal status
+/// even with more events queued behind it.
+#[actix_rt::test]
+async fn a_burst_of_queued_events_reaches_a_tracker_once_each_and_in_order() {
+    let app = TestApp::spawn(rt_config().await).await;
+    let (mid, _) = app.merchant_with_stock("dumpling", 10).await;
+    let r = app.order("bursty", &mid, "dumpling", 1, None).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let oid = r.body["id"].as_str().expect("id").to_string();
+    let mut track = app
+        .ws(
+            &format!("/v1/orders/{oid}/track"),
+            &app.token(Role::Customer, "bursty"),
+        )
+        .await
+        .expect("track");
+    let v0 = track.json(5).await["version"].as_i64().expect("version");
+    // Published with no await in between, so the socket's task finds them all queued: each
+    // version twice, then one older than the snapshot, the terminal one, and one after it.
+    let publish = |v: i64, status: OrderStatus| {
+        app.node.hub.publish(
+            Topic::Order(oid.clone()),
+            "status",
+            Some((oid.as_str(), Some(v), Some(status))),
+            || json!({"order_id": oid, "version": v, "status": status}),
+        )
+    };
+    for v in v0 + 1..=v0 + 100 {
+        publish(v, OrderStatus::PendingPayment);
+        publish(v, OrderStatus::PendingPayment);
+    }
+    publish(v0, OrderStatus::PendingPayment);
+    publish(v0 + 101, OrderStatus::Cancelled);
+    publish(v0 + 102, OrderStatus::PendingPayment);
+    let (got, close) = drain(&mut track, 10).await;
+    let versions: Vec<i64> = got
+        .iter()
+        .map(|m| m["version"].as_i64().expect("version"))
+        .collect();
+    assert_eq!(versions, (v0 + 1..=v0 + 101).collect::<Vec<_>>());
+    assert_eq!(close, (1000, "order is cancelled".to_string()));
 }
 
 #[actix_rt::test]
