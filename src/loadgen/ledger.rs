@@ -2,7 +2,7 @@
 //! (no response), orders the simulated merchants accepted, and for hot-sku the count of each
 //! answer. The invariant checks compare this with what the node reports afterwards.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -34,16 +34,20 @@ pub(crate) struct Unknown {
     pub lines: Vec<(String, i64)>,
 }
 
+/// B-trees, not hash maps: a hash map of every acknowledged order rehashed all of them under
+/// this lock each time it doubled (at 114,688 and 229,376 orders), and every virtual user
+/// waited behind it. That was the maximum of about 180 ms in `create` runs, while the node
+/// itself answered every create within 100 ms (issue 10, BENCHMARKS.md).
 #[derive(Debug, Default)]
 struct Inner {
     /// Order id -> acknowledgement.
-    acked: HashMap<String, Acked>,
+    acked: BTreeMap<String, Acked>,
     /// Ids acknowledged for two different idempotency keys.
     duplicates: Vec<String>,
     /// Outcome unknown.
     unknown: Vec<Unknown>,
     /// Orders the simulated merchants accepted (their refunds keep the stock).
-    accepted: HashSet<String>,
+    accepted: BTreeSet<String>,
     /// Create answers by kind (`"201"`, `"409 out_of_stock"`, `"transport timeout"`), over the
     /// whole run including warm-up.
     answers: BTreeMap<String, u64>,
