@@ -33,6 +33,27 @@ async fn drain(sock: &mut common::Socket, secs: u64) -> (Vec<Value>, (u16, Strin
     }
 }
 
+/// A new order of one `sku` from a new merchant for `customer`, and the customer's tracking
+/// socket on it (not yet read).
+async fn order_and_track(app: &TestApp, customer: &str, sku: &str) -> (String, common::Socket) {
+    let (mid, _) = app.merchant_with_stock(sku, 10).await;
+    let r = app.order(customer, &mid, sku, 1, None).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let oid = r.body["id"].as_str().expect("id").to_string();
+    let sock = track_as(app, customer, &oid).await;
+    (oid, sock)
+}
+
+/// `customer`'s tracking socket on order `oid` (not yet read).
+async fn track_as(app: &TestApp, customer: &str, oid: &str) -> common::Socket {
+    app.ws(
+        &format!("/v1/orders/{oid}/track"),
+        &app.token(Role::Customer, customer),
+    )
+    .await
+    .expect("track")
+}
+
 #[actix_rt::test]
 async fn tracking_socket_follows_an_order_from_payment_to_completion() {
     let app = TestApp::spawn(rt_config().await).await;
@@ -202,13 +223,7 @@ async fn carried_and_tracked(
         )
         .await;
     assert_eq!(r.status, 200);
-    let track = app
-        .ws(
-            &format!("/v1/orders/{oid}/track"),
-            &app.token(Role::Customer, customer),
-        )
-        .await
-        .expect("track");
+    let track = track_as(app, customer, &oid).await;
     (rid, rtoken, oid, track)
 }
 
@@ -526,16 +541,7 @@ async fn a_silent_client_is_dropped_after_two_heartbeats() {
     let mut cfg = rt_config().await;
     cfg.realtime.heartbeat_ms = 100;
     let app = TestApp::spawn(cfg).await;
-    let (mid, _) = app.merchant_with_stock("tea", 10).await;
-    let r = app.order("fay", &mid, "tea", 1, None).await;
-    let oid = r.body["id"].as_str().expect("id").to_string();
-    let mut sock = app
-        .ws(
-            &format!("/v1/orders/{oid}/track"),
-            &app.token(Role::Customer, "fay"),
-        )
-        .await
-        .expect("track");
+    let (_, mut sock) = order_and_track(&app, "fay", "tea").await;
     // Not reading means not answering pings.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let (_, (code, why)) = drain(&mut sock, 5).await;
@@ -549,17 +555,7 @@ async fn a_silent_client_is_dropped_after_two_heartbeats() {
 #[actix_rt::test]
 async fn a_burst_of_queued_events_reaches_a_tracker_once_each_and_in_order() {
     let app = TestApp::spawn(rt_config().await).await;
-    let (mid, _) = app.merchant_with_stock("dumpling", 10).await;
-    let r = app.order("bursty", &mid, "dumpling", 1, None).await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let oid = r.body["id"].as_str().expect("id").to_string();
-    let mut track = app
-        .ws(
-            &format!("/v1/orders/{oid}/track"),
-            &app.token(Role::Customer, "bursty"),
-        )
-        .await
-        .expect("track");
+    let (oid, mut track) = order_and_track(&app, "bursty", "dumpling").await;
     let v0 = track.json(5).await["version"].as_i64().expect("version");
     // Published with no await in between, so the socket's task finds them all queued: each
     // version twice, then one older than the snapshot, the terminal one, and one after it.
