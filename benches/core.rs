@@ -661,10 +661,8 @@ fn bench_request_trace(c: &mut Criterion) {
             trace_id = tracing::field::Empty
         );
         telemetry::continue_trace(&span, None);
-        if let Some(tp) = telemetry::traceparent(&span) {
-            if let Some(id) = telemetry::trace_id_of(&tp) {
-                span.record("trace_id", id);
-            }
+        if let Some(id) = telemetry::trace_id(&span) {
+            span.record("trace_id", id);
         }
         let _in = span.enter();
         telemetry::rename(&span, "POST /v1/orders");

@@ -236,6 +236,11 @@ where
     }
 }
 
+/// Whether the `Ids` layer keeps the trace context of `span` (nothing is exported).
+fn has_ids(span: &tracing::Span) -> bool {
+    with_ids(span, |_| ()).is_some()
+}
+
 /// Runs `f` on the `Ids` of `span`, if the `Ids` layer gave it some.
 fn with_ids<T>(span: &tracing::Span, f: impl FnOnce(&mut Ids) -> T) -> Option<T> {
     span.with_subscriber(|(id, dispatch)| {
@@ -446,20 +451,24 @@ pub fn current_traceparent() -> Option<String> {
 /// then its trace context exists, and recording `otel.name` alone would no longer reach it).
 pub fn rename(span: &tracing::Span, name: &'static str) {
     span.record("otel.name", name);
-    if span.is_none() || with_ids(span, |_| ()).is_some() {
+    if span.is_none() || has_ids(span) {
         return;
     }
     span.context().span().update_name(name);
 }
 
-/// The trace id (32 hex digits) inside a `traceparent` value.
-pub fn trace_id_of(traceparent: &str) -> Option<&str> {
-    traceparent.split('-').nth(1).filter(|t| t.len() == 32)
+/// The trace id of `span` (32 hex digits), for its log lines; `None` as for `traceparent`.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    if let Some(id) = with_ids(span, |ids| ids.trace_id) {
+        return Some(format!("{id:032x}"));
+    }
+    let sc = span.context().span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
 /// Links `span` to the span a `traceparent` names (a batch serving many commands links to each).
 pub fn link_to(span: &tracing::Span, traceparent: &str) {
-    if with_ids(span, |_| ()).is_some() {
+    if has_ids(span) {
         return; // nothing is exported, so there is nothing to link
     }
     if let Some(remote) = parse_traceparent(traceparent) {
@@ -546,7 +555,7 @@ mod tests {
             let (trace, span_id, flags) = parts(&tp);
             assert_eq!((trace.len(), span_id.len(), flags.as_str()), (32, 16, "00"));
             assert!(!is_sampled(&root));
-            assert_eq!(trace_id_of(&tp), Some(trace.as_str()));
+            assert_eq!(trace_id(&root), Some(trace.clone()));
             let other = tracing::info_span!(target: "waimai::test", "other root");
             assert_ne!(parts(&traceparent(&other).expect("tp")).0, trace);
 
@@ -598,9 +607,18 @@ mod tests {
     }
 
     #[test]
-    fn trace_id_is_read_from_a_traceparent() {
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(trace_id_of(tp), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        assert_eq!(trace_id_of("garbage"), None);
+    fn a_spans_trace_id_is_the_one_it_continues() {
+        let subscriber = tracing_subscriber::registry().with(trace_ids_layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let span = tracing::info_span!(target: "waimai::test", "request");
+            continue_trace(&span, Some(tp));
+            assert_eq!(
+                trace_id(&span).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            );
+            let garbage = tracing::info_span!(target: "garbage", "theirs");
+            assert_eq!(trace_id(&garbage), None);
+        });
     }
 }

@@ -32,9 +32,7 @@ async fn shutdown_loses_nothing_acknowledged_and_a_restart_serves_it() {
     let cfg = config(&url, LockBackendKind::Local);
 
     // First life: take orders, then stop while more are arriving.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = waimai::server::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = actix_rt::spawn(waimai::serve(cfg.clone(), listener, async move {

@@ -25,10 +25,8 @@ pub fn request_span(info: warp::trace::Info) -> tracing::Span {
         .get(telemetry::TRACEPARENT)
         .and_then(|v| v.to_str().ok());
     telemetry::continue_trace(&span, parent);
-    if let Some(tp) = telemetry::traceparent(&span) {
-        if let Some(id) = telemetry::trace_id_of(&tp) {
-            span.record("trace_id", id);
-        }
+    if let Some(id) = telemetry::trace_id(&span) {
+        span.record("trace_id", id);
     }
     span
 }

@@ -152,9 +152,7 @@ impl TestApp {
     /// Starts a node with `cfg` on 127.0.0.1:0.
     pub async fn spawn(cfg: Config) -> TestApp {
         let node = Arc::new(Node::start(cfg).await.expect("node starts"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = waimai::server::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = node.clone();
