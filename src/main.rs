@@ -144,7 +144,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Loadgen(args) => {
-            let rt = tokio::runtime::Runtime::new()?;
+            let rt = args.runtime().context("the load generator's runtime")?;
             let json = args.json.clone();
             let max_errors = args.max_errors;
             let min_rate = args.min_rate;

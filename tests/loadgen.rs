@@ -274,6 +274,69 @@ async fn a_wrong_secret_fails_setup_loudly() {
     );
 }
 
+/// `--threads 1` runs the load generator on a current-thread runtime, as `waimai loadgen` does
+/// with it: a whole open-model run there keeps every order, and the invariants hold.
+#[actix_rt::test]
+async fn a_one_thread_load_generator_runs_a_whole_open_model_run() {
+    let app = TestApp::embedded().await;
+    let base = app.base.clone();
+    let args = parse_args([
+        "create",
+        "--threads",
+        "1",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--merchants",
+        "2",
+        "--target",
+        &base,
+        "--quiet",
+    ])
+    .expect("args");
+    let rt = args.runtime().expect("a runtime");
+    assert_eq!(
+        rt.handle().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::CurrentThread
+    );
+    let auth = app.node.auth.clone();
+    // The load generator's runtime blocks its own thread, as in `main`.
+    let r = tokio::task::spawn_blocking(move || rt.block_on(run_with_auth(args, auth)))
+        .await
+        .expect("the load generator's thread")
+        .expect("run completes");
+    assert_clean(&r);
+    let c = op(&r, "create_order");
+    assert!(c.ok > 0 && c.errors == 0, "{}", r.table());
+    assert!(r.orders.acknowledged >= c.ok);
+}
+
+#[test]
+fn thread_counts_pick_the_runtime() {
+    let runtime = |n: &str| {
+        parse_args(["create", "--threads", n])
+            .expect("args")
+            .runtime()
+    };
+    assert!(runtime("0").is_err(), "--threads 0 is refused");
+    let multi = runtime("2").expect("two workers");
+    assert_eq!(
+        multi.handle().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::MultiThread
+    );
+    let default = parse_args(["create"])
+        .expect("args")
+        .runtime()
+        .expect("default");
+    assert_eq!(
+        default.handle().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::MultiThread
+    );
+}
+
 #[test]
 fn closed_and_open_models_exclude_each_other() {
     assert!(parse_args(["create", "--concurrency", "5", "--rate", "3"]).is_err());

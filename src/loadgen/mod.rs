@@ -158,6 +158,31 @@ pub struct LoadgenArgs {
     /// Seed for positions and choices (default: random).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Threads of the load generator's own runtime (default: one per core). With 1 every task
+    /// runs on one thread, so no answer wakes a parked thread of its own.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl LoadgenArgs {
+    /// The runtime `run` wants: `--threads 1` is a current-thread runtime, otherwise a
+    /// multi-thread one with `--threads` workers (default: one per core).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self.threads {
+            Some(1) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Some(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "--threads must be at least 1",
+            )),
+            Some(n) => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .enable_all()
+                .build(),
+            None => tokio::runtime::Runtime::new(),
+        }
+    }
 }
 
 /// Parses `LoadgenArgs` from words as they would follow `waimai loadgen` (for tests and
