@@ -145,6 +145,8 @@ pub(crate) struct Http {
     turn: std::sync::atomic::AtomicUsize,
     /// A request's whole budget: connecting, sending, the answer's body.
     timeout: Duration,
+    /// Connections opened so far, to every target.
+    opened: std::sync::atomic::AtomicU64,
 }
 
 /// One node: its address and its idle connections.
@@ -223,6 +225,7 @@ impl Http {
             targets,
             turn: std::sync::atomic::AtomicUsize::new(0),
             timeout,
+            opened: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -289,6 +292,8 @@ impl Http {
                 },
                 None => req,
             };
+            self.opened
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut conn = target.connect().await?;
             let resp = send(&mut conn, req).await.map_err(unsent)?;
             read(target, conn, resp).await
@@ -297,6 +302,11 @@ impl Http {
             Ok(outcome) => outcome,
             Err(_) => Err(TransportError("transport timeout".into())),
         }
+    }
+
+    /// Connections opened so far (to every target).
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// GET.

@@ -368,6 +368,10 @@ pub struct Report {
     /// The load generator's own CPU (user + system) per request it made, microseconds, over the
     /// whole run (Linux; `None` elsewhere).
     pub client_cpu_us_per_request: Option<f64>,
+    /// TCP connections the load generator opened to the node(s), setup and invariant checks
+    /// included: a closed model opens about one per user; an open model one more each time
+    /// every open one is busy, so a climb here means requests piled up.
+    pub connections_opened: u64,
 }
 
 impl Report {
@@ -459,6 +463,7 @@ impl Report {
             ws_events,
             hot_sku,
             client_cpu_us_per_request: None,
+            connections_opened: 0,
             invariants: checks
                 .into_iter()
                 .map(|c| InvariantReport {
@@ -546,7 +551,8 @@ impl Report {
         if let Some(us) = self.client_cpu_us_per_request {
             let _ = writeln!(
                 out,
-                "load generator CPU: {us:.1} µs per request (user + system, whole run)"
+                "load generator CPU: {us:.1} µs per request (user + system, whole run); {} connections opened",
+                self.connections_opened
             );
         }
         if let Some(l) = &self.orders.creation_to_delivery {
