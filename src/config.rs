@@ -47,6 +47,8 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     /// Admission control: writes past these depths get a fast 503 `overloaded`.
     pub shed: ShedConfig,
+    /// How many order creations are inside the node at once.
+    pub door: DoorConfig,
     /// Circuit breakers around Redis, the store and the payment provider.
     pub breaker: BreakerConfig,
     /// The read cache of `GET /v1/merchants/{id}`.
@@ -83,6 +85,15 @@ pub struct QuotaConfig {
     pub ip_per_s: f64,
     /// How many from one client IP at once.
     pub ip_burst: u32,
+}
+
+/// The door for creates (`gateway.door`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoorConfig {
+    /// Order creations let into the node at once; later ones wait in arrival order (0: no
+    /// limit).
+    pub creates_in_flight: usize,
 }
 
 /// Load shedding (`gateway.shed`); 0 turns a check off.

@@ -277,6 +277,28 @@ pub static TIMERS_FIRED: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Creates waiting at the gateway's door for a turn inside the node.
+pub static DOOR_WAITING: Lazy<IntGauge> = Lazy::new(|| {
+    must(
+        register_int_gauge!(
+            "waimai_door_waiting",
+            "Order creations waiting at the door (gateway.door.creates_in_flight) for a turn"
+        ),
+        "door_waiting",
+    )
+});
+
+/// Creates that had to wait at the door.
+pub static DOOR_WAITED: Lazy<IntCounter> = Lazy::new(|| {
+    must(
+        register_int_counter!(
+            "waimai_door_waited_total",
+            "Order creations that waited at the door for a turn"
+        ),
+        "door_waited",
+    )
+});
+
 /// Changes waiting for the store's writers.
 pub static STORE_QUEUE_DEPTH: Lazy<IntGauge> = Lazy::new(|| {
     must(
@@ -642,6 +664,8 @@ pub fn render() -> String {
     Lazy::force(&BREAKER_REJECTED);
     Lazy::force(&RATE_LIMITED);
     Lazy::force(&SHED);
+    Lazy::force(&DOOR_WAITING);
+    Lazy::force(&DOOR_WAITED);
     Lazy::force(&BROWSE_CACHE);
     Lazy::force(&BROWSE_LOADS);
     Lazy::force(&STORE_MERCHANT_READS);

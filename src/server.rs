@@ -482,6 +482,7 @@ async fn build_gateway(
     Ok(crate::gateway::Gateway {
         limits,
         admission: crate::gateway::Admission::new(g.shed.clone(), router.clone(), store.clone()),
+        door: crate::gateway::Door::new(g.door.creates_in_flight),
         cache: crate::gateway::BrowseCache::new(
             g.cache.clone(),
             router.clone(),

@@ -243,6 +243,54 @@ async fn writes_past_the_shard_depth_are_shed_fast_and_nothing_accepted_is_lost(
     }
 }
 
+#[actix_rt::test]
+async fn creates_past_the_door_wait_their_turn_and_every_one_is_placed() {
+    let url = fresh_db(Db::Sqlite).await;
+    let mut cfg = config(&url, LockBackendKind::Local);
+    cfg.gateway.door.creates_in_flight = 2;
+    let app = std::sync::Arc::new(TestApp::spawn(cfg).await);
+    let stock = 1_000;
+    let (mid, _) = app.merchant_with_stock("s", stock).await;
+    let waited_before = waimai::metrics::DOOR_WAITED.get();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let app = app.clone();
+            let mid = mid.clone();
+            tokio::spawn(async move {
+                let r = app
+                    .client
+                    .post(format!("{}/v1/orders", app.base))
+                    .bearer_auth(app.token(Role::Customer, &format!("d{i}")))
+                    .json(&serde_json::json!({"merchant_id": mid,
+                        "items": [{"sku": "s", "qty": 1}], "deliver_to": {"lat": 31.2, "lng": 121.5}}))
+                    .send()
+                    .await
+                    .expect("request");
+                r.status().as_u16()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(
+            t.await.expect("task"),
+            201,
+            "a create behind the door is placed"
+        );
+    }
+    assert!(
+        waimai::metrics::DOOR_WAITED.get() > waited_before,
+        "200 creates at once, 2 in at a time: some waited"
+    );
+    let m = app.get(&format!("/v1/merchants/{mid}"), &app.admin).await;
+    assert_eq!(m.body["menu"][0]["stock"], stock - 200, "{}", m.body);
+    assert_eq!(stored_orders(&app, &mid).await, 200);
+    assert!(waimai::metrics::render().contains("waimai_door_waiting 0"));
+    match std::sync::Arc::try_unwrap(app) {
+        Ok(app) => app.shutdown().await,
+        Err(_) => panic!("app still shared"),
+    }
+}
+
 /// Orders of `mid` in the store, whatever their status.
 async fn stored_orders(app: &TestApp, mid: &str) -> i64 {
     let counts = app.node.store.count_orders(mid).await.expect("count");

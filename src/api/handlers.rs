@@ -1041,6 +1041,8 @@ pub(super) async fn create_order(
         .admission
         .check_shards(&[&id, &req.merchant_id])
         .map_err(ApiError::Overloaded)?;
+    // Then a turn inside the node, in arrival order, held until the answer.
+    let _turn = st.gateway.door.enter().await;
     let placed = st
         .router
         .send(

@@ -1,15 +1,18 @@
 //! The front door's defences, in front of the actors: rate limits per caller and per client
-//! IP (`limit`), load shedding (`shed`) and the merchant browse cache (`cache`). Circuit
-//! breakers belong to the dependencies they guard (`crate::breaker`). The `api` module asks
-//! these before it sends a message; none of them touches entity state.
+//! IP (`limit`), load shedding (`shed`), the door that order creations queue at in arrival
+//! order (`door`) and the merchant browse cache (`cache`). Circuit breakers belong to the
+//! dependencies they guard (`crate::breaker`). The `api` module asks these before it sends a
+//! message; none of them touches entity state.
 
 pub mod cache;
+pub mod door;
 pub mod limit;
 pub mod shed;
 
 use std::net::IpAddr;
 
 pub use cache::BrowseCache;
+pub use door::Door;
 pub use limit::{Limited, Limits, RouteClass};
 pub use shed::{Admission, Overloaded};
 
@@ -37,6 +40,8 @@ pub struct Gateway {
     pub limits: Option<Limits>,
     /// Load shedding.
     pub admission: Admission,
+    /// How many creates are inside the node at once.
+    pub door: Door,
     /// The merchant read cache.
     pub cache: BrowseCache,
     /// The merchant catalog (the cache's bloom filter, the browse route's spatial index).
