@@ -96,8 +96,8 @@ pub struct LoadgenArgs {
     /// Open model: most iterations in flight; arrivals beyond it wait (and the wait counts in
     /// their latency). A `create` in flight holds a connection, so this also bounds the
     /// connections, as wrk2's and oha's fixed connections and k6's `maxVUs` do: with 10,000,
-    /// a node briefly behind got thousands of new connections at once, and the extra work of
-    /// opening them kept it behind (open-model runs at 11,500/s collapsed to p99 over 1.2 s
+    /// a node briefly behind got thousands of new connections and creates at once, and with
+    /// them it fell behind for good (open-model runs at 11,500/s collapsed to p99 over 1.2 s
     /// with 10,000 connections opened; with 512 they held). An iteration of `lifecycle` or
     /// `track` lasts a whole order: raise it for those at high rates.
     #[arg(long, default_value_t = 1_024)]
