@@ -200,15 +200,7 @@ async fn writes_past_the_shard_depth_are_shed_fast_and_nothing_accepted_is_lost(
             let app = app.clone();
             let mid = mid.clone();
             tokio::spawn(async move {
-                let r = app
-                    .client
-                    .post(format!("{}/v1/orders", app.base))
-                    .bearer_auth(app.token(Role::Customer, &format!("u{i}")))
-                    .json(&serde_json::json!({"merchant_id": mid,
-                        "items": [{"sku": "s", "qty": 1}], "deliver_to": {"lat": 31.2, "lng": 121.5}}))
-                    .send()
-                    .await
-                    .expect("request");
+                let r = create_one(&app, &mid, &format!("u{i}")).await;
                 let status = r.status().as_u16();
                 let retry = header(&r, "retry-after");
                 let body: serde_json::Value = r.json().await.unwrap_or_default();
@@ -257,16 +249,10 @@ async fn creates_past_the_door_wait_their_turn_and_every_one_is_placed() {
             let app = app.clone();
             let mid = mid.clone();
             tokio::spawn(async move {
-                let r = app
-                    .client
-                    .post(format!("{}/v1/orders", app.base))
-                    .bearer_auth(app.token(Role::Customer, &format!("d{i}")))
-                    .json(&serde_json::json!({"merchant_id": mid,
-                        "items": [{"sku": "s", "qty": 1}], "deliver_to": {"lat": 31.2, "lng": 121.5}}))
-                    .send()
+                create_one(&app, &mid, &format!("d{i}"))
                     .await
-                    .expect("request");
-                r.status().as_u16()
+                    .status()
+                    .as_u16()
             })
         })
         .collect();
@@ -289,6 +275,18 @@ async fn creates_past_the_door_wait_their_turn_and_every_one_is_placed() {
         Ok(app) => app.shutdown().await,
         Err(_) => panic!("app still shared"),
     }
+}
+
+/// `POST /v1/orders` of one unit of `s` from `mid`, as `customer`.
+async fn create_one(app: &TestApp, mid: &str, customer: &str) -> reqwest::Response {
+    app.client
+        .post(format!("{}/v1/orders", app.base))
+        .bearer_auth(app.token(Role::Customer, customer))
+        .json(&serde_json::json!({"merchant_id": mid,
+            "items": [{"sku": "s", "qty": 1}], "deliver_to": {"lat": 31.2, "lng": 121.5}}))
+        .send()
+        .await
+        .expect("request")
 }
 
 /// Orders of `mid` in the store, whatever their status.
