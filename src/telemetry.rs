@@ -420,11 +420,7 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
             u8::from(ids.sampled)
         ));
     }
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    if !sc.is_valid() {
-        return None;
-    }
+    let sc = otel_span_context(span)?;
     Some(format!(
         "00-{}-{}-{:02x}",
         sc.trace_id(),
@@ -462,8 +458,13 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     if let Some(id) = with_ids(span, |ids| ids.trace_id) {
         return Some(format!("{id:032x}"));
     }
+    otel_span_context(span).map(|sc| sc.trace_id().to_string())
+}
+
+/// The OpenTelemetry span context of `span`, when it has a valid one.
+fn otel_span_context(span: &tracing::Span) -> Option<SpanContext> {
     let sc = span.context().span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
+    sc.is_valid().then_some(sc)
 }
 
 /// Links `span` to the span a `traceparent` names (a batch serving many commands links to each).

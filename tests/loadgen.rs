@@ -321,7 +321,10 @@ fn thread_counts_pick_the_runtime() {
             .expect("args")
             .runtime()
     };
-    assert!(runtime("0").is_err(), "--threads 0 is refused");
+    assert!(
+        parse_args(["create", "--threads", "0"]).is_err(),
+        "--threads 0 is refused"
+    );
     let multi = runtime("2").expect("two workers");
     assert_eq!(
         multi.handle().runtime_flavor(),

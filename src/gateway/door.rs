@@ -7,6 +7,10 @@
 //! 10,000 in flight, and never caught up (p99 about 2 s); with the door at 1,024 it held (p99
 //! 76-103 ms). Nothing waiting here has been accepted, so a client that gives up loses
 //! nothing, and the wait counts in the request's own time.
+//!
+//! Only creates go through it: they are the one write whose arrivals nothing bounds. Every
+//! other write acts on an order, merchant or rider that exists, so those in flight are bounded
+//! by the open orders, and in the runs measured they never piled up.
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -115,7 +119,13 @@ mod tests {
     #[tokio::test]
     async fn a_door_of_zero_lets_everything_in() {
         let door = Door::new(0);
-        let turns: Vec<Turn<'_>> = futures::future::join_all((0..1000).map(|_| door.enter())).await;
+        // A door with no slot at all would never let one in: the timeout makes that a failure.
+        let turns: Vec<Turn<'_>> = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            futures::future::join_all((0..1000).map(|_| door.enter())),
+        )
+        .await
+        .expect("1,000 turns at once, none waits");
         assert_eq!(turns.len(), 1000);
     }
 

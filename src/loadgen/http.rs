@@ -292,9 +292,9 @@ impl Http {
                 },
                 None => req,
             };
+            let mut conn = target.connect().await?;
             self.opened
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut conn = target.connect().await?;
             let resp = send(&mut conn, req).await.map_err(unsent)?;
             read(target, conn, resp).await
         };

@@ -100,15 +100,19 @@ impl Ledger {
 
     /// Records a 201 for order `id`.
     pub fn acked(&self, id: &str, order: Acked) {
+        use std::collections::hash_map::Entry;
         let mut part = self.part(id);
-        if let Some(prev) = part.acked.get(id) {
-            if prev.key != order.key {
+        // One lookup: the id is new for nearly every answer (a repeat is a replay).
+        match part.acked.entry(id.to_string()) {
+            Entry::Vacant(v) => {
+                v.insert(order);
+            }
+            Entry::Occupied(prev) if prev.get().key != order.key => {
                 drop(part);
                 self.lock().duplicates.push(id.to_string());
             }
-            return;
+            Entry::Occupied(_) => {}
         }
-        part.acked.insert(id.to_string(), order);
     }
 
     /// Records a create request with no definite answer.
@@ -139,15 +143,10 @@ impl Ledger {
 
     /// All acknowledged orders, by id.
     pub fn acked_orders(&self) -> Vec<(String, Acked)> {
-        let mut all: Vec<(String, Acked)> = self
-            .each_part()
-            .flat_map(|p| {
-                p.acked
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut all = Vec::new();
+        for p in self.each_part() {
+            all.extend(p.acked.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         all
     }

@@ -165,7 +165,7 @@ pub struct LoadgenArgs {
     pub seed: Option<u64>,
     /// Threads of the load generator's own runtime (default: one per core). With 1 every task
     /// runs on one thread, so no answer wakes a parked thread of its own.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub threads: Option<usize>,
 }
 
@@ -174,13 +174,10 @@ impl LoadgenArgs {
     /// multi-thread one with `--threads` workers (default: one per core).
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
         match self.threads {
-            Some(1) => tokio::runtime::Builder::new_current_thread()
+            // `--threads 0` is refused when parsing; built by hand, it means one thread too.
+            Some(0 | 1) => tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build(),
-            Some(0) => Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "--threads must be at least 1",
-            )),
             Some(n) => tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(n)
                 .enable_all()
