@@ -314,6 +314,58 @@ async fn a_one_thread_load_generator_runs_a_whole_open_model_run() {
     assert!(r.orders.acknowledged >= c.ok);
 }
 
+/// `--timeline 250` slices a one-second window in four: every measured create falls in exactly
+/// one slice, and the table prints them.
+#[actix_rt::test]
+async fn the_timeline_accounts_for_every_measured_create_once() {
+    let app = TestApp::embedded().await;
+    let args = parse_args([
+        "create",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--merchants",
+        "2",
+        "--timeline",
+        "250",
+        "--target",
+        &app.base,
+        "--quiet",
+    ])
+    .expect("args");
+    let r = run_with_auth(args, app.node.auth.clone())
+        .await
+        .expect("run completes");
+    assert_clean(&r);
+    let c = op(&r, "create_order");
+    assert!(c.ok > 0, "{}", r.table());
+    assert!(
+        (1..=4).contains(&r.timeline.len()),
+        "a 1 s window in 250 ms slices: {:?}",
+        r.timeline
+    );
+    let counted: u64 = r.timeline.iter().map(|s| s.count).sum();
+    let errors: u64 = r.timeline.iter().map(|s| s.errors).sum();
+    assert_eq!(counted, c.count, "{}", r.table());
+    assert_eq!(errors, c.errors);
+    for (i, s) in r.timeline.iter().enumerate() {
+        assert_eq!(s.from_s, [0.0, 0.25, 0.5, 0.75][i], "{s:?}");
+        assert!(s.p50_ms <= s.p99_ms && s.p99_ms <= s.max_ms, "{s:?}");
+    }
+    assert!(r.table().contains("timeline (from s)"), "{}", r.table());
+    // The window opened after setup, a moment ago.
+    let now = waimai::domain::now_ms();
+    assert!(
+        (now - 60_000..now).contains(&r.window_from_unix_ms),
+        "{} against now {now}",
+        r.window_from_unix_ms
+    );
+    assert!(parse_args(["create", "--timeline", "5"]).is_err());
+}
+
 #[test]
 fn thread_counts_pick_the_runtime() {
     let runtime = |n: &str| {

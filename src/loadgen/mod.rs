@@ -167,6 +167,11 @@ pub struct LoadgenArgs {
     /// runs on one thread, so no answer wakes a parked thread of its own.
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub threads: Option<usize>,
+    /// Adds a timeline to the report: the scenario's main operation in slices of this many
+    /// milliseconds, by (intended) start, each with its count, errors, p50, p99 and max. It
+    /// tells a tail made in a few slices (a stall) from one spread over all of them (queueing).
+    #[arg(long, value_name = "MS", value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(10..=60_000))]
+    pub timeline: Option<u64>,
 }
 
 impl LoadgenArgs {
@@ -431,7 +436,10 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
     let cpu_before = process_cpu();
     let world = setup::build(&plan, &http, &auth, &admin).await?;
     let ctx = Arc::new(Ctx {
-        rec: report::Recorder::new(),
+        rec: report::Recorder::new().with_timeline(
+            plan.args.timeline.map(Duration::from_millis),
+            report::primary_ops(plan.args.scenario),
+        ),
         ledger: ledger::Ledger::default(),
         plan,
         http,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,10 @@ use super::Ctx;
 
 /// Largest latency the histograms hold, µs (an hour).
 const MAX_US: u64 = 3_600_000_000;
+
+/// Largest latency a timeline slice's histogram holds, µs (a minute; longer ones count as a
+/// minute). Slices are many, so they keep 2 significant figures over a shorter range.
+const SLICE_MAX_US: u64 = 60_000_000;
 
 fn histogram() -> Histogram<u64> {
     // 3 significant figures over 1 µs ..= 1 h: the bounds are constants, so this cannot fail.
@@ -74,6 +78,32 @@ struct Stats {
     orders_done: u64,
     /// Creation (intended start) to delivery, per finished order.
     delivery: Option<Histogram<u64>>,
+    /// The timeline: the main operation's answers by the slice their start falls in.
+    slices: Vec<SliceStats>,
+}
+
+/// One slice of the timeline.
+#[derive(Debug)]
+struct SliceStats {
+    hist: Histogram<u32>,
+    errors: u64,
+}
+
+impl SliceStats {
+    fn new() -> SliceStats {
+        // 2 significant figures over 1 µs ..= 1 min: constant bounds, so this cannot fail.
+        let hist = Histogram::new_with_bounds(1, SLICE_MAX_US, 2).unwrap_or_else(|_| {
+            Histogram::new(2).unwrap_or_else(|_| unreachable!("2 significant figures is valid"))
+        });
+        SliceStats { hist, errors: 0 }
+    }
+}
+
+/// What a timeline slices: the slice's length and the operations it follows.
+#[derive(Debug, Clone, Copy)]
+struct Timeline {
+    slice: Duration,
+    ops: &'static [&'static str],
 }
 
 /// The measured window: operations whose (intended) start falls inside it count.
@@ -102,6 +132,21 @@ pub(crate) struct Recorder {
     live_ok: AtomicU64,
     /// Live error count for the progress bar.
     live_errors: AtomicU64,
+    /// Set by `--timeline`.
+    timeline: Option<Timeline>,
+    /// Wall-clock time of the window's start, ms since the Unix epoch.
+    from_unix_ms: AtomicI64,
+}
+
+/// The operations that stand for a scenario: `create_order` (`create`, `hot-sku`),
+/// `whole_order` (`lifecycle`, `track`), the reads (`browse`).
+pub(crate) fn primary_ops(scenario: super::Scenario) -> &'static [&'static str] {
+    use super::Scenario;
+    match scenario {
+        Scenario::Lifecycle | Scenario::Track => &["whole_order"],
+        Scenario::Browse => &[super::scenarios::BROWSE, super::scenarios::BROWSE_NEAR],
+        Scenario::Create | Scenario::HotSku => &[super::scenarios::CREATE_ORDER],
+    }
 }
 
 impl Recorder {
@@ -110,8 +155,25 @@ impl Recorder {
         Recorder::default()
     }
 
+    /// Also keeps a timeline of `ops` in slices of `slice` (none when `None`).
+    pub fn with_timeline(
+        mut self,
+        slice: Option<Duration>,
+        ops: &'static [&'static str],
+    ) -> Recorder {
+        self.timeline = slice
+            .filter(|s| !s.is_zero())
+            .map(|slice| Timeline { slice, ops });
+        self
+    }
+
     /// Starts measuring operations that start within `w`.
     pub fn open(&self, w: Window) {
+        let from_now = w.from.saturating_duration_since(Instant::now());
+        self.from_unix_ms.store(
+            crate::domain::now_ms() + from_now.as_millis() as i64,
+            Ordering::Relaxed,
+        );
         let _ = self.window.set(w);
     }
 
@@ -163,6 +225,7 @@ impl Recorder {
         if !self.measured(started) {
             return;
         }
+        let errored = matches!(class, Class::Error(_));
         let mut g = self.lock();
         let s = g.ops.entry(op).or_insert_with(OpStats::new);
         s.hist.saturating_record(micros(elapsed));
@@ -187,6 +250,20 @@ impl Recorder {
         };
         if let (Some(k), true) = (kind, answers) {
             *g.answers.entry((op, k)).or_default() += 1;
+        }
+        if let (Some(t), Some(w), true) = (self.timeline, self.window(), answers) {
+            if t.ops.contains(&op) {
+                let i = (started.saturating_duration_since(w.from).as_nanos() / t.slice.as_nanos())
+                    as usize;
+                if g.slices.len() <= i {
+                    g.slices.resize_with(i + 1, SliceStats::new);
+                }
+                let slice = &mut g.slices[i];
+                slice
+                    .hist
+                    .saturating_record(micros(elapsed).min(SLICE_MAX_US));
+                slice.errors += u64::from(errored);
+            }
         }
     }
 
@@ -274,6 +351,24 @@ pub struct OpReport {
     pub latency: Latency,
     /// Latency of the accepted (2xx) answers only.
     pub accepted_latency: Latency,
+}
+
+/// One slice of the timeline (`--timeline`): the scenario's main operation, by when it started
+/// (the intended start in an open model).
+#[derive(Debug, Clone, Serialize)]
+pub struct Slice {
+    /// Start of the slice, seconds after the measured window opened.
+    pub from_s: f64,
+    /// Answers to operations that started in it.
+    pub count: u64,
+    /// Of which errors.
+    pub errors: u64,
+    /// Median, ms (2 significant figures).
+    pub p50_ms: f64,
+    /// 99th percentile, ms (2 significant figures).
+    pub p99_ms: f64,
+    /// Largest, ms (2 significant figures; at most a minute).
+    pub max_ms: f64,
 }
 
 /// Answers other than success, by operation and kind.
@@ -372,6 +467,11 @@ pub struct Report {
     /// included: a closed model opens about one per user; an open model one more each time
     /// every open one is busy, so a climb here means requests piled up.
     pub connections_opened: u64,
+    /// When the measured window opened, ms since the Unix epoch: for lining the timeline up
+    /// with the node's logs, metrics or a profile.
+    pub window_from_unix_ms: i64,
+    /// `--timeline`'s slices (empty without it).
+    pub timeline: Vec<Slice>,
 }
 
 impl Report {
@@ -443,6 +543,22 @@ impl Report {
                 other: attempts - succeeded - out_of_stock,
             }
         });
+        let slice_ms = ctx.rec.timeline.map_or(0, |t| t.slice.as_millis() as u64);
+        let ms = |us: u64| us as f64 / 1000.0;
+        let timeline = g
+            .slices
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Slice {
+                // Whole milliseconds, then seconds: 0.3, not 0.30000000000000004.
+                from_s: (i as u64 * slice_ms) as f64 / 1000.0,
+                count: s.hist.len(),
+                errors: s.errors,
+                p50_ms: ms(s.hist.value_at_quantile(0.50)),
+                p99_ms: ms(s.hist.value_at_quantile(0.99)),
+                max_ms: ms(s.hist.max()),
+            })
+            .collect();
         let world = BTreeMap::from([
             ("merchants".to_string(), plan.merchants as i64),
             ("skus_per_merchant".to_string(), plan.skus as i64),
@@ -464,6 +580,8 @@ impl Report {
             hot_sku,
             client_cpu_us_per_request: None,
             connections_opened: 0,
+            window_from_unix_ms: ctx.rec.from_unix_ms.load(Ordering::Relaxed),
+            timeline,
             invariants: checks
                 .into_iter()
                 .map(|c| InvariantReport {
@@ -478,10 +596,10 @@ impl Report {
     /// The rate that stands for the scenario: created orders per second (`create`, `hot-sku`),
     /// whole orders per second (`lifecycle`, `track`), reads per second (`browse`, both kinds).
     pub fn primary_rate(&self) -> f64 {
-        let ops: &[&str] = match self.scenario.as_str() {
-            "lifecycle" | "track" => &["whole_order"],
-            "browse" => &[super::scenarios::BROWSE, super::scenarios::BROWSE_NEAR],
-            _ => &["create_order"],
+        let ops = match self.scenario.as_str() {
+            "lifecycle" | "track" => primary_ops(super::Scenario::Lifecycle),
+            "browse" => primary_ops(super::Scenario::Browse),
+            _ => primary_ops(super::Scenario::Create),
         };
         let ok: u64 = self
             .ops
@@ -555,6 +673,26 @@ impl Report {
                 self.connections_opened
             );
         }
+        if !self.timeline.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{:<22} {:>8} {:>7} {:>9} {:>9} {:>9}",
+                "timeline (from s)", "count", "errors", "p50 ms", "p99 ms", "max ms"
+            );
+            let _ = writeln!(
+                out,
+                "(0 s = {} ms since the Unix epoch)",
+                self.window_from_unix_ms
+            );
+            for s in &self.timeline {
+                let _ = writeln!(
+                    out,
+                    "{:<22.2} {:>8} {:>7} {:>9.1} {:>9.1} {:>9.1}",
+                    s.from_s, s.count, s.errors, s.p50_ms, s.p99_ms, s.max_ms
+                );
+            }
+        }
         if let Some(l) = &self.orders.creation_to_delivery {
             let _ = writeln!(
                 out,
@@ -617,5 +755,53 @@ impl Report {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_slices_the_main_operation_by_start() {
+        let rec =
+            Recorder::new().with_timeline(Some(Duration::from_millis(100)), &["create_order"]);
+        let from = Instant::now() - Duration::from_secs(1);
+        rec.open(Window {
+            from,
+            until: from + Duration::from_secs(10),
+        });
+        let at = |ms: u64| from + Duration::from_millis(ms);
+        rec.op("create_order", at(50), Class::Ok);
+        rec.op("create_order", at(150), Class::Ok);
+        rec.op("create_order", at(160), Class::Error("500 internal".into()));
+        rec.op(
+            "create_order",
+            at(450),
+            Class::Shed("503 overloaded".into()),
+        );
+        // Not the main operation; a sub-row of one already counted; before the window.
+        rec.op("get_order", at(20), Class::Ok);
+        rec.sub_op("create_order", at(20), Class::Ok);
+        rec.op("create_order", from - Duration::from_millis(1), Class::Ok);
+        let g = rec.lock();
+        let counts: Vec<u64> = g.slices.iter().map(|s| s.hist.len()).collect();
+        assert_eq!(counts, [1, 2, 0, 0, 1]);
+        let errors: Vec<u64> = g.slices.iter().map(|s| s.errors).collect();
+        assert_eq!(errors, [0, 1, 0, 0, 0]);
+        // Each answer took about as long as since its start: about 0.5-1 s, far under a minute.
+        assert!(g.slices[1].hist.max() >= 800_000 && g.slices[1].hist.max() < SLICE_MAX_US);
+    }
+
+    #[test]
+    fn without_a_timeline_nothing_is_sliced() {
+        let rec = Recorder::new();
+        let from = Instant::now();
+        rec.open(Window {
+            from,
+            until: from + Duration::from_secs(10),
+        });
+        rec.op("create_order", from, Class::Ok);
+        assert!(rec.lock().slices.is_empty());
     }
 }
