@@ -319,26 +319,23 @@ async fn a_one_thread_load_generator_runs_a_whole_open_model_run() {
 #[actix_rt::test]
 async fn the_timeline_accounts_for_every_measured_create_once() {
     let app = TestApp::embedded().await;
-    let args = parse_args([
-        "create",
-        "--concurrency",
-        "4",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.2",
-        "--merchants",
-        "2",
-        "--timeline",
-        "250",
-        "--target",
-        &app.base,
-        "--quiet",
-    ])
-    .expect("args");
-    let r = run_with_auth(args, app.node.auth.clone())
-        .await
-        .expect("run completes");
+    let r = run(
+        &app,
+        &[
+            "create",
+            "--concurrency",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--merchants",
+            "2",
+            "--timeline",
+            "250",
+        ],
+    )
+    .await;
     assert_clean(&r);
     let c = op(&r, "create_order");
     assert!(c.ok > 0, "{}", r.table());
@@ -364,6 +361,13 @@ async fn the_timeline_accounts_for_every_measured_create_once() {
         r.window_from_unix_ms
     );
     assert!(parse_args(["create", "--timeline", "5"]).is_err());
+    // An hour in 10 ms slices would be 360,000 histograms: refused before any request.
+    let args = parse_args(["create", "--timeline", "10", "--duration", "3600"]).expect("args");
+    let refused = run_with_auth(args, app.node.auth.clone()).await;
+    assert!(
+        matches!(&refused, Err(LoadgenError::Args(m)) if m.contains("at most 10000")),
+        "{refused:?}"
+    );
 }
 
 #[test]

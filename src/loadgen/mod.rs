@@ -192,6 +192,10 @@ impl LoadgenArgs {
     }
 }
 
+/// Most slices `--timeline` may cut the window into (each holds a small histogram, about
+/// 10 KiB).
+const MAX_TIMELINE_SLICES: u128 = 10_000;
+
 /// Parses `LoadgenArgs` from words as they would follow `waimai loadgen` (for tests and
 /// embedding): `["create", "--target", "http://..."]`.
 pub fn parse_args<I, S>(words: I) -> Result<LoadgenArgs, LoadgenError>
@@ -326,6 +330,14 @@ impl Plan {
             }
         };
         let duration = secs("duration", args.duration)?;
+        if let Some(ms) = args.timeline {
+            let slices = duration.as_millis() / u128::from(ms.max(1));
+            if slices > MAX_TIMELINE_SLICES {
+                return Err(LoadgenError::Args(format!(
+                    "--timeline {ms} cuts --duration into {slices} slices; at most {MAX_TIMELINE_SLICES}"
+                )));
+            }
+        }
         let warmup = if hot {
             Duration::ZERO
         } else {
