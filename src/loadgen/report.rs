@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -124,8 +124,8 @@ impl Window {
 /// Thread-safe sink for measurements.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
-    /// Set when the load starts.
-    window: OnceLock<Window>,
+    /// Set when the load starts, with its start's wall-clock time (ms since the Unix epoch).
+    window: OnceLock<(Window, i64)>,
     /// Everything measured.
     stats: Mutex<Stats>,
     /// Live counters for the progress bar (warm-up included).
@@ -134,8 +134,6 @@ pub(crate) struct Recorder {
     live_errors: AtomicU64,
     /// Set by `--timeline`.
     timeline: Option<Timeline>,
-    /// Wall-clock time of the window's start, ms since the Unix epoch.
-    from_unix_ms: AtomicI64,
 }
 
 /// The operations that stand for a scenario: `create_order` (`create`, `hot-sku`),
@@ -170,20 +168,22 @@ impl Recorder {
     /// Starts measuring operations that start within `w`.
     pub fn open(&self, w: Window) {
         let from_now = w.from.saturating_duration_since(Instant::now());
-        self.from_unix_ms.store(
-            crate::domain::now_ms() + from_now.as_millis() as i64,
-            Ordering::Relaxed,
-        );
-        let _ = self.window.set(w);
+        let from_unix_ms = crate::domain::now_ms() + from_now.as_millis() as i64;
+        let _ = self.window.set((w, from_unix_ms));
     }
 
     /// The window, once opened.
     pub fn window(&self) -> Option<Window> {
-        self.window.get().copied()
+        self.window.get().map(|(w, _)| *w)
+    }
+
+    /// When the window opened, ms since the Unix epoch (0 before it has).
+    fn window_from_unix_ms(&self) -> i64 {
+        self.window.get().map_or(0, |(_, ms)| *ms)
     }
 
     fn measured(&self, t: Instant) -> bool {
-        self.window.get().is_some_and(|w| w.contains(t))
+        self.window().is_some_and(|w| w.contains(t))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Stats> {
@@ -222,9 +222,9 @@ impl Recorder {
 
     fn record(&self, op: &'static str, started: Instant, class: Class, answers: bool) {
         let elapsed = started.elapsed();
-        if !self.measured(started) {
+        let Some(w) = self.window().filter(|w| w.contains(started)) else {
             return;
-        }
+        };
         let errored = matches!(class, Class::Error(_));
         let mut g = self.lock();
         let s = g.ops.entry(op).or_insert_with(OpStats::new);
@@ -251,7 +251,7 @@ impl Recorder {
         if let (Some(k), true) = (kind, answers) {
             *g.answers.entry((op, k)).or_default() += 1;
         }
-        if let (Some(t), Some(w), true) = (self.timeline, self.window(), answers) {
+        if let (Some(t), true) = (self.timeline, answers) {
             if t.ops.contains(&op) {
                 let i = (started.saturating_duration_since(w.from).as_nanos() / t.slice.as_nanos())
                     as usize;
@@ -580,7 +580,7 @@ impl Report {
             hot_sku,
             client_cpu_us_per_request: None,
             connections_opened: 0,
-            window_from_unix_ms: ctx.rec.from_unix_ms.load(Ordering::Relaxed),
+            window_from_unix_ms: ctx.rec.window_from_unix_ms(),
             timeline,
             invariants: checks
                 .into_iter()
@@ -596,11 +596,13 @@ impl Report {
     /// The rate that stands for the scenario: created orders per second (`create`, `hot-sku`),
     /// whole orders per second (`lifecycle`, `track`), reads per second (`browse`, both kinds).
     pub fn primary_rate(&self) -> f64 {
-        let ops = match self.scenario.as_str() {
-            "lifecycle" | "track" => primary_ops(super::Scenario::Lifecycle),
-            "browse" => primary_ops(super::Scenario::Browse),
-            _ => primary_ops(super::Scenario::Create),
-        };
+        use clap::ValueEnum;
+        let scenario = super::Scenario::value_variants()
+            .iter()
+            .copied()
+            .find(|s| s.name() == self.scenario)
+            .unwrap_or(super::Scenario::Create);
+        let ops = primary_ops(scenario);
         let ok: u64 = self
             .ops
             .iter()
@@ -791,6 +793,30 @@ mod tests {
         assert_eq!(errors, [0, 1, 0, 0, 0]);
         // Each answer took about as long as since its start: about 0.5-1 s, far under a minute.
         assert!(g.slices[1].hist.max() >= 800_000 && g.slices[1].hist.max() < SLICE_MAX_US);
+    }
+
+    #[test]
+    fn the_window_and_its_wall_clock_start_are_set_once_together() {
+        let rec = Recorder::new();
+        assert_eq!(rec.window_from_unix_ms(), 0);
+        let from = Instant::now() + Duration::from_secs(2);
+        rec.open(Window {
+            from,
+            until: from + Duration::from_secs(10),
+        });
+        let first = rec.window_from_unix_ms();
+        let now = crate::domain::now_ms();
+        assert!(
+            (now + 1_000..=now + 2_000).contains(&first),
+            "{first} against {now}"
+        );
+        // A second open changes neither the window nor its wall-clock start.
+        rec.open(Window {
+            from: from + Duration::from_secs(60),
+            until: from + Duration::from_secs(70),
+        });
+        assert_eq!(rec.window_from_unix_ms(), first);
+        assert!(rec.window().is_some_and(|w| w.from == from));
     }
 
     #[test]
