@@ -283,6 +283,14 @@ async fn full_lifecycle_with_ownership_checks() {
         "{m}"
     );
     assert!(m.contains("waimai_http_request_duration_seconds_bucket{route=\"POST /v1/orders\""));
+    // The standard process metrics (the load generator reads the node's CPU from the first).
+    for name in [
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(m.contains(name), "no {name}in /metrics");
+    }
 }
 
 #[actix_rt::test]

@@ -65,6 +65,13 @@ async fn create_closed_model_keeps_every_order_and_all_stock() {
     assert_eq!(r.orders.finished, c.ok);
     assert!(c.latency.p50_ms <= c.latency.p99_ms && c.latency.p99_ms <= c.latency.max_ms);
     assert_eq!(r.invariants.len(), 5, "{}", r.table());
+    // The node's CPU per order over the window, from its `process_cpu_seconds_total` (here the
+    // node shares the test's process, so the figure includes the load generator).
+    let us = r
+        .node_cpu_us_per_op
+        .unwrap_or_else(|| panic!("no node CPU figure:\n{}", r.table()));
+    assert!(us > 0.0, "{}", r.table());
+    assert!(r.table().contains("µs per create_order"), "{}", r.table());
 }
 
 #[actix_rt::test]

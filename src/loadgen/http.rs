@@ -261,7 +261,20 @@ impl Http {
         key: Option<&str>,
         body: Option<&B>,
     ) -> Outcome {
-        let target = self.target_for(token);
+        self.call_on(self.target_for(token), method, path, token, key, body)
+            .await
+    }
+
+    /// [`Http::call`] on one given target.
+    async fn call_on<B: serde::Serialize + ?Sized>(
+        &self,
+        target: &Target,
+        method: Method,
+        path: &str,
+        token: &str,
+        key: Option<&str>,
+        body: Option<&B>,
+    ) -> Outcome {
         let request = async {
             let mut req = Request::builder()
                 .method(method)
@@ -307,6 +320,22 @@ impl Http {
     /// Connections opened so far (to every target).
     pub fn connections_opened(&self) -> u64 {
         self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// GET `path` from every target, in `--target` order: each body as text, or `None` where
+    /// the answer was not a 200.
+    pub async fn get_each(&self, path: &str, token: &str) -> Vec<Option<String>> {
+        let mut out = Vec::with_capacity(self.targets.len());
+        for target in &self.targets {
+            let o = self
+                .call_on(target, Method::GET, path, token, None, NO_BODY)
+                .await;
+            out.push(match o {
+                Ok(r) if r.status == 200 => Some(String::from_utf8_lossy(&r.bytes).into_owned()),
+                _ => None,
+            });
+        }
+        out
     }
 
     /// GET.

@@ -420,6 +420,39 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// The nodes' CPU time so far, seconds: their `process_cpu_seconds_total` on `/metrics`,
+/// summed. `None` when a node does not answer or does not export it.
+async fn nodes_cpu(http: &http::Http, token: &str) -> Option<f64> {
+    let mut sum = 0.0;
+    for text in http.get_each("/metrics", token).await {
+        sum += process_cpu_seconds(&text?)?;
+    }
+    Some(sum)
+}
+
+/// `process_cpu_seconds_total` from a Prometheus text page.
+fn process_cpu_seconds(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The nodes' CPU seconds spent in the measured window: read when it opens and when it
+/// closes. `None` if the window never opened or a read failed.
+async fn nodes_cpu_in_window(ctx: Arc<Ctx>) -> Option<f64> {
+    let window = loop {
+        if let Some(w) = ctx.rec.window() {
+            break w;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep_until(window.from.into()).await;
+    let before = nodes_cpu(&ctx.http, &ctx.admin).await?;
+    tokio::time::sleep_until(window.until.into()).await;
+    let after = nodes_cpu(&ctx.http, &ctx.admin).await?;
+    Some((after - before).max(0.0))
+}
+
 /// Token lifetime: long enough for any run.
 const TOKEN_TTL_SECS: u64 = 24 * 3600;
 
@@ -459,7 +492,19 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
         world,
     });
     let started = Instant::now();
+    let node_cpu = tokio::spawn(nodes_cpu_in_window(ctx.clone()));
     let (measured, extra) = scenarios::run(ctx.clone()).await;
+    // Done once the window has closed; a run that never opened it has no figure.
+    let node_cpu = if node_cpu.is_finished() || ctx.rec.window().is_some() {
+        tokio::time::timeout(Duration::from_secs(5), node_cpu)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+    } else {
+        node_cpu.abort();
+        None
+    };
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "checking invariants"
@@ -474,6 +519,10 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
         .filter(|_| requests > 0)
         .map(|d| d.as_secs_f64() * 1e6 / requests as f64);
     report.connections_opened = ctx.http.connections_opened();
+    report.node_cpu_us_per_op = node_cpu.and_then(|cpu| {
+        let ops = report.primary_rate() * report.measured_s;
+        (ops >= 1.0).then(|| cpu * 1e6 / ops)
+    });
     if let Some(path) = &ctx.plan.args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| LoadgenError::Setup(format!("serializing the report: {e}")))?;
@@ -483,4 +532,23 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
         })?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_cpu_seconds;
+
+    #[test]
+    fn the_process_cpu_counter_is_read_from_a_metrics_page() {
+        let page =
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+                    # TYPE process_cpu_seconds_total counter\n\
+                    process_cpu_seconds_total 12.34\n\
+                    process_cpu_seconds_total_other 9\n";
+        assert_eq!(process_cpu_seconds(page), Some(12.34));
+        // A node without the process collector, or a page that is not Prometheus text.
+        assert_eq!(process_cpu_seconds("waimai_orders_total 3\n"), None);
+        assert_eq!(process_cpu_seconds("process_cpu_seconds_total x\n"), None);
+        assert_eq!(process_cpu_seconds(""), None);
+    }
 }

@@ -467,6 +467,11 @@ pub struct Report {
     /// included: a closed model opens about one per user; an open model one more each time
     /// every open one is busy, so a climb here means requests piled up.
     pub connections_opened: u64,
+    /// The nodes' CPU (their `process_cpu_seconds_total` on `/metrics`, summed over the
+    /// targets) over the measured window, microseconds per main operation answered OK in it
+    /// (`whole_order`, `create_order`, ...). `None` when a node does not export it. The
+    /// counter moves in 10 ms steps, so a short window reads coarsely.
+    pub node_cpu_us_per_op: Option<f64>,
     /// When the measured window opened, ms since the Unix epoch: for lining the timeline up
     /// with the node's logs, metrics or a profile.
     pub window_from_unix_ms: i64,
@@ -580,6 +585,7 @@ impl Report {
             hot_sku,
             client_cpu_us_per_request: None,
             connections_opened: 0,
+            node_cpu_us_per_op: None,
             window_from_unix_ms: ctx.rec.window_from_unix_ms(),
             timeline,
             invariants: checks
@@ -596,13 +602,7 @@ impl Report {
     /// The rate that stands for the scenario: created orders per second (`create`, `hot-sku`),
     /// whole orders per second (`lifecycle`, `track`), reads per second (`browse`, both kinds).
     pub fn primary_rate(&self) -> f64 {
-        use clap::ValueEnum;
-        let scenario = super::Scenario::value_variants()
-            .iter()
-            .copied()
-            .find(|s| s.name() == self.scenario)
-            .unwrap_or(super::Scenario::Create);
-        let ops = primary_ops(scenario);
+        let ops = primary_ops(self.scenario_kind());
         let ok: u64 = self
             .ops
             .iter()
@@ -610,6 +610,21 @@ impl Report {
             .map(|o| o.ok)
             .sum();
         ok as f64 / self.measured_s.max(1e-9)
+    }
+
+    /// The scenario this report is of.
+    fn scenario_kind(&self) -> super::Scenario {
+        use clap::ValueEnum;
+        super::Scenario::value_variants()
+            .iter()
+            .copied()
+            .find(|s| s.name() == self.scenario)
+            .unwrap_or(super::Scenario::Create)
+    }
+
+    /// The main operation's name, as the table shows it (`browse` has two).
+    fn primary_op_name(&self) -> String {
+        primary_ops(self.scenario_kind()).join(" or ")
     }
 
     /// Answers in the measured window that were errors (not success, not an expected
@@ -673,6 +688,13 @@ impl Report {
                 out,
                 "load generator CPU: {us:.1} µs per request (user + system, whole run); {} connections opened",
                 self.connections_opened
+            );
+        }
+        if let Some(us) = self.node_cpu_us_per_op {
+            let _ = writeln!(
+                out,
+                "node CPU: {us:.1} µs per {} (process_cpu_seconds_total over the measured window, all targets)",
+                self.primary_op_name()
             );
         }
         if !self.timeline.is_empty() {
