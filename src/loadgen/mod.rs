@@ -408,18 +408,6 @@ pub(crate) struct Ctx {
     pub ledger: ledger::Ledger,
 }
 
-/// This process's CPU time so far (user + system), from `/proc/self/stat` (Linux only).
-fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    // Clock ticks; 100 per second on every Linux this runs on.
-    Some(Duration::from_millis((utime + stime) * 10))
-}
-
 /// The nodes' CPU time so far, seconds: their `process_cpu_seconds_total` on `/metrics`,
 /// summed. `None` when a node does not answer or does not export it.
 async fn nodes_cpu(http: &http::Http, token: &str) -> Option<f64> {
@@ -478,7 +466,7 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
         load = %plan.load.describe(),
         "setting up"
     );
-    let cpu_before = process_cpu();
+    let cpu_before = crate::metrics::process_cpu();
     let world = setup::build(&plan, &http, &auth, &admin).await?;
     let ctx = Arc::new(Ctx {
         rec: report::Recorder::new().with_timeline(
@@ -509,7 +497,7 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
         elapsed_ms = started.elapsed().as_millis() as u64,
         "checking invariants"
     );
-    let cpu = process_cpu()
+    let cpu = crate::metrics::process_cpu()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
     let requests = ctx.rec.requests();
