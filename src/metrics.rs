@@ -657,21 +657,26 @@ pub static PROCESS_THREADS: Lazy<IntGauge> = Lazy::new(|| {
     )
 });
 
-/// The fields of `/proc/self/stat` after the command name (which is in parentheses and may
-/// hold spaces): index 0 is field 3 (`state`) of proc(5).
-fn self_stat() -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    Some(rest.split_whitespace().map(str::to_string).collect())
+/// The fields of a `/proc/<pid>/stat` line after the command name (which is in parentheses and
+/// may hold spaces): index 0 is field 3 (`state`) of proc(5).
+fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
+        .map_or_else(Vec::new, |(_, rest)| rest.split_whitespace().collect())
 }
 
-/// This process's CPU time so far (user + system), from `/proc/self/stat` (Linux only; `None`
-/// elsewhere). In clock ticks of 10 ms, 100 per second on every Linux this runs on.
-pub fn process_cpu() -> Option<std::time::Duration> {
-    let fields = self_stat()?;
+/// User + system CPU from [`stat_fields`], in clock ticks of 10 ms (100 per second on every
+/// Linux this runs on).
+fn cpu_of(fields: &[&str]) -> Option<std::time::Duration> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(std::time::Duration::from_millis((utime + stime) * 10))
+}
+
+/// This process's CPU time so far (user + system), from `/proc/self/stat` (Linux only; `None`
+/// elsewhere), in steps of 10 ms.
+pub fn process_cpu() -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_of(&stat_fields(&stat))
 }
 
 /// Reads the `process_*` metrics from `/proc/self` (Linux; left at 0 elsewhere). The CPU
@@ -680,14 +685,17 @@ pub fn process_cpu() -> Option<std::time::Duration> {
 fn read_process() {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(cpu) = process_cpu() {
-        let delta = cpu.as_secs_f64() - PROCESS_CPU.get();
-        if delta > 0.0 {
-            PROCESS_CPU.inc_by(delta);
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        let fields = stat_fields(&stat);
+        if let Some(cpu) = cpu_of(&fields) {
+            let delta = cpu.as_secs_f64() - PROCESS_CPU.get();
+            if delta > 0.0 {
+                PROCESS_CPU.inc_by(delta);
+            }
         }
-    }
-    if let Some(threads) = self_stat().and_then(|f| f.get(17)?.parse().ok()) {
-        PROCESS_THREADS.set(threads);
+        if let Some(threads) = fields.get(17).and_then(|t| t.parse().ok()) {
+            PROCESS_THREADS.set(threads);
+        }
     }
     let rss_kib = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -766,6 +774,21 @@ pub fn render() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_start_after_a_command_name_with_spaces_and_parentheses() {
+        // proc(5): pid (comm) state ppid ... utime stime ... num_threads (field 20).
+        let line = "4242 (waimai (x) y) S 1 2 3 4 5 6 7 8 9 10 150 37 0 0 20 0 9 0 100 200";
+        let fields = stat_fields(line);
+        assert_eq!(fields[0], "S");
+        assert_eq!(
+            cpu_of(&fields),
+            Some(std::time::Duration::from_millis((150 + 37) * 10))
+        );
+        assert_eq!(fields[17], "9");
+        assert!(stat_fields("no parenthesis at all").is_empty());
+        assert_eq!(cpu_of(&stat_fields("1 (short) S 1")), None);
+    }
 
     #[test]
     fn the_cpu_counter_follows_the_process_in_ticks_not_whole_seconds() {

@@ -67,6 +67,10 @@ async fn create_closed_model_keeps_every_order_and_all_stock() {
     assert_eq!(r.invariants.len(), 5, "{}", r.table());
     // The node's CPU per order over the window, from its `process_cpu_seconds_total` (here the
     // node shares the test's process, so the figure includes the load generator).
+    // The main operation the rate, `--min-rate` and the CPU figure are judged by.
+    assert_eq!(r.main.ops, ["create_order"]);
+    assert_eq!(r.main.ok, c.ok);
+    assert!((r.primary_rate() - c.ok as f64 / r.measured_s).abs() < 1e-9);
     let us = r
         .node_cpu_us_per_op
         .unwrap_or_else(|| panic!("no node CPU figure:\n{}", r.table()));
@@ -205,6 +209,8 @@ async fn lifecycle_delivers_and_completes_every_order() {
         .as_ref()
         .expect("creation to delivery measured");
     assert_eq!(delivery.count, whole.ok);
+    assert_eq!(r.main.ops, ["whole_order"]);
+    assert_eq!(r.main.ok, whole.ok);
     // An operation counts when it starts inside the window, so later steps of the last
     // orders fall outside it.
     assert!(op(&r, "pay").ok <= op(&r, "create_order").ok);

@@ -507,10 +507,10 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
         .filter(|_| requests > 0)
         .map(|d| d.as_secs_f64() * 1e6 / requests as f64);
     report.connections_opened = ctx.http.connections_opened();
-    report.node_cpu_us_per_op = node_cpu.and_then(|cpu| {
-        let ops = report.primary_rate() * report.measured_s;
-        (ops >= 1.0).then(|| cpu * 1e6 / ops)
-    });
+    let main_ok = report.main.ok;
+    report.node_cpu_us_per_op = node_cpu
+        .filter(|_| main_ok > 0)
+        .map(|cpu| cpu * 1e6 / main_ok as f64);
     if let Some(path) = &ctx.plan.args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| LoadgenError::Setup(format!("serializing the report: {e}")))?;

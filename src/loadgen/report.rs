@@ -422,6 +422,18 @@ pub struct HotSkuReport {
     pub other: u64,
 }
 
+/// The operation(s) that stand for the scenario (see [`primary_ops`]) over the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct MainReport {
+    /// `create_order` (`create`, `hot-sku`), `whole_order` (`lifecycle`, `track`), or both
+    /// browse reads (`browse`).
+    pub ops: Vec<String>,
+    /// How many of them succeeded.
+    pub ok: u64,
+    /// `ok` per second.
+    pub per_sec: f64,
+}
+
 /// An invariant check's verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct InvariantReport {
@@ -446,6 +458,8 @@ pub struct Report {
     pub warmup_s: f64,
     /// Measured window, seconds.
     pub measured_s: f64,
+    /// The scenario's main operation: what `--min-rate` and `scripts/bench-compare` judge.
+    pub main: MainReport,
     /// Merchants, SKUs per merchant, stock per SKU, riders, customers.
     pub world: BTreeMap<String, i64>,
     /// Per operation.
@@ -500,6 +514,17 @@ impl Report {
                 accepted_latency: Latency::of(&s.ok_hist),
             })
             .collect::<Vec<_>>();
+        let main_ops = primary_ops(plan.args.scenario);
+        let main_ok: u64 = ops
+            .iter()
+            .filter(|o| main_ops.contains(&o.op.as_str()))
+            .map(|o| o.ok)
+            .sum();
+        let main = MainReport {
+            ops: main_ops.iter().map(|o| o.to_string()).collect(),
+            ok: main_ok,
+            per_sec: main_ok as f64 / secs,
+        };
         let expected_kinds = ["409 out_of_stock"];
         let hot = plan.args.scenario == super::Scenario::HotSku;
         let answers = g
@@ -577,6 +602,7 @@ impl Report {
             load: plan.load.describe(),
             warmup_s: plan.warmup.as_secs_f64(),
             measured_s: measured.as_secs_f64(),
+            main,
             world,
             ops,
             orders,
@@ -602,29 +628,7 @@ impl Report {
     /// The rate that stands for the scenario: created orders per second (`create`, `hot-sku`),
     /// whole orders per second (`lifecycle`, `track`), reads per second (`browse`, both kinds).
     pub fn primary_rate(&self) -> f64 {
-        let ops = primary_ops(self.scenario_kind());
-        let ok: u64 = self
-            .ops
-            .iter()
-            .filter(|o| ops.contains(&o.op.as_str()))
-            .map(|o| o.ok)
-            .sum();
-        ok as f64 / self.measured_s.max(1e-9)
-    }
-
-    /// The scenario this report is of.
-    fn scenario_kind(&self) -> super::Scenario {
-        use clap::ValueEnum;
-        super::Scenario::value_variants()
-            .iter()
-            .copied()
-            .find(|s| s.name() == self.scenario)
-            .unwrap_or(super::Scenario::Create)
-    }
-
-    /// The main operation's name, as the table shows it (`browse` has two).
-    fn primary_op_name(&self) -> String {
-        primary_ops(self.scenario_kind()).join(" or ")
+        self.main.per_sec
     }
 
     /// Answers in the measured window that were errors (not success, not an expected
@@ -694,7 +698,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "node CPU: {us:.1} µs per {} (process_cpu_seconds_total over the measured window, all targets)",
-                self.primary_op_name()
+                self.main.ops.join(" or ")
             );
         }
         if !self.timeline.is_empty() {
