@@ -273,9 +273,17 @@ impl Recorder {
             return;
         }
         let lag_ms = (crate::domain::now_ms() - ts_ms).max(0) as u64;
+        let lag_us = lag_ms.saturating_mul(1000).max(1);
         let mut g = self.lock();
-        let h = g.events.entry(kind.to_string()).or_insert_with(histogram);
-        h.saturating_record(lag_ms.saturating_mul(1000).max(1));
+        // The name is new once per kind: no `String` for the others.
+        match g.events.get_mut(kind) {
+            Some(h) => h.saturating_record(lag_us),
+            None => {
+                let mut h = histogram();
+                h.saturating_record(lag_us);
+                g.events.insert(kind.to_string(), h);
+            }
+        }
     }
 
     /// Records a whole order finished: `started` is its creation's (intended) start,

@@ -2,7 +2,7 @@
 //! its JSON messages (`type`, `ts`, `seq`, ...).
 
 use futures::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -12,11 +12,60 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// An open socket.
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A point as the node's messages carry it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub(crate) struct Point {
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lng: f64,
+}
+
+/// What the simulated clients read of a node's socket message: its envelope (`type`, `ts`) and
+/// the few fields they act on. The parser skips everything else without building it. A
+/// `serde_json::Value` built every key and string of every message (a map node and a `String`
+/// each): parsing was a third of the load generator's instructions in `lifecycle`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct Msg {
+    /// `type`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When the node sent it, ms since the epoch.
+    pub ts: Option<i64>,
+    /// When the change it reports was made (order `status` events), ms since the epoch.
+    pub at: Option<i64>,
+    /// The order it is about.
+    pub order_id: Option<String>,
+    /// The order's status (`status`, `ack`).
+    pub status: Option<String>,
+    /// An `error`'s code.
+    pub code: Option<String>,
+    /// An offer's pickup.
+    pub pickup: Option<Point>,
+    /// An offer's drop-off.
+    pub dropoff: Option<Point>,
+    /// A rider snapshot's open offer.
+    pub offer: Option<Box<Msg>>,
+    /// A merchant snapshot's orders.
+    pub orders: Vec<Listed>,
+}
+
+/// An order listed in a merchant's snapshot.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct Listed {
+    /// Its id.
+    pub id: String,
+    /// Its status.
+    pub status: String,
+}
+
 /// What reading a socket gave.
 #[derive(Debug)]
 pub(crate) enum Incoming {
     /// A JSON message.
-    Json(Value),
+    Json(Msg),
     /// The server closed with this code (1000 = normal).
     Closed(Option<u16>),
     /// The connection broke.
@@ -59,12 +108,12 @@ where
             None => return Incoming::Closed(None),
             Some(Err(e)) => return Incoming::Broken(e.to_string()),
             Some(Ok(Message::Text(t))) => {
-                if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                if let Ok(v) = serde_json::from_str::<Msg>(&t) {
                     return Incoming::Json(v);
                 }
             }
             Some(Ok(Message::Binary(b))) => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&b) {
+                if let Ok(v) = serde_json::from_slice::<Msg>(&b) {
                     return Incoming::Json(v);
                 }
             }
@@ -76,19 +125,44 @@ where
     }
 }
 
-/// Splits `socket` and spawns a writer: JSON values sent on the returned channel go out in
+/// A command a simulated client sends on its feed.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Command<'a> {
+    /// Accept an order (a merchant) or an offer (a rider).
+    Accept {
+        /// The order.
+        order_id: &'a str,
+    },
+    /// A rider's position.
+    Location {
+        /// Latitude.
+        lat: f64,
+        /// Longitude.
+        lng: f64,
+    },
+}
+
+impl Command<'_> {
+    /// Its JSON text.
+    pub(crate) fn text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Splits `socket` and spawns a writer: JSON texts sent on the returned channel go out in
 /// order; the writer closes the socket when the channel is dropped.
 pub(crate) fn writer(
     socket: Socket,
 ) -> (
-    tokio::sync::mpsc::UnboundedSender<Value>,
+    tokio::sync::mpsc::UnboundedSender<String>,
     futures::stream::SplitStream<Socket>,
 ) {
     let (mut sink, stream) = socket.split();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
-        while let Some(v) = rx.recv().await {
-            if sink.send(Message::Text(v.to_string())).await.is_err() {
+        while let Some(text) = rx.recv().await {
+            if sink.send(Message::Text(text)).await.is_err() {
                 return;
             }
         }
@@ -102,17 +176,222 @@ pub(crate) fn normal_close() -> u16 {
     u16::from(CloseCode::Normal)
 }
 
-/// A message's `type`.
-pub(crate) fn kind(v: &Value) -> &str {
-    v["type"].as_str().unwrap_or("")
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::order_machine::OrderStatus;
+    use crate::domain::Location;
+    use crate::messages::Offer;
+    use crate::model::{Order, OrderLine, Rider};
+    use crate::realtime::messages::{
+        text, CommandAck, CommandError, MerchantOrderEvent, MerchantSnapshot, OfferMade,
+        RiderSnapshot, StatusChanged,
+    };
 
-/// A message's `ts` (server ms since the epoch), if present.
-pub(crate) fn ts(v: &Value) -> Option<i64> {
-    v["ts"].as_i64()
-}
+    fn order(id: &str, status: OrderStatus) -> Order {
+        Order {
+            id: id.into(),
+            customer_id: "c1".into(),
+            merchant_id: "m1".into(),
+            rider_id: None,
+            status,
+            items: vec![OrderLine {
+                sku: "s\"1".into(),
+                name: "noodles, \"hand-pulled\"".into(),
+                qty: 2,
+                price_cents: 1200,
+            }],
+            total_cents: 2400,
+            deliver_to: Location {
+                lat: 31.2,
+                lng: 121.4,
+            },
+            pickup: Some(Location {
+                lat: 31.3,
+                lng: 121.5,
+            }),
+            version: 3,
+            created_at: 1,
+            updated_at: 2,
+            request_hash: None,
+        }
+    }
 
-/// A string field.
-pub(crate) fn field(v: &Value, name: &str) -> Option<String> {
-    v[name].as_str().map(str::to_string)
+    fn offer(id: &str) -> Offer {
+        Offer {
+            order_id: id.into(),
+            pickup: Location {
+                lat: 31.3,
+                lng: 121.5,
+            },
+            dropoff: Location {
+                lat: 31.2,
+                lng: 121.4,
+            },
+            expires_at: 9,
+            distance_m: 120.5,
+            route: Vec::new(),
+        }
+    }
+
+    fn parse(s: &str) -> Msg {
+        serde_json::from_str(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    /// The messages the simulated clients act on, written by the node's own types, read back
+    /// with every field they use; the rest (whole orders, riders, routes) is skipped.
+    #[test]
+    fn reads_the_fields_the_clients_use_from_the_nodes_own_messages() {
+        let paid = order("o1", OrderStatus::Paid);
+        let m = parse(&text(
+            "new_order",
+            &MerchantOrderEvent {
+                order_id: "o1".into(),
+                merchant_id: "m1".into(),
+                version: 3,
+                status: OrderStatus::Paid,
+                from: Some(OrderStatus::PendingPayment),
+                rider_id: None,
+                order: Some(paid.clone()),
+            },
+            Some((7, 1_000)),
+        ));
+        assert_eq!((m.kind.as_str(), m.ts), ("new_order", Some(1_000)));
+        assert_eq!(m.order_id.as_deref(), Some("o1"));
+        assert_eq!(m.status.as_deref(), Some("paid"));
+
+        let m = parse(&text(
+            "snapshot",
+            &MerchantSnapshot {
+                merchant_id: "m1".into(),
+                seq: 1,
+                ts: 5,
+                orders: vec![paid, order("o2", OrderStatus::Accepted)],
+            },
+            None,
+        ));
+        let listed: Vec<_> = m
+            .orders
+            .iter()
+            .map(|o| (o.id.as_str(), o.status.as_str()))
+            .collect();
+        assert_eq!(listed, [("o1", "paid"), ("o2", "accepted")]);
+
+        let m = parse(&text(
+            "offer",
+            &OfferMade {
+                rider_id: "r1".into(),
+                offer: offer("o1"),
+            },
+            Some((2, 3)),
+        ));
+        assert_eq!(m.kind, "offer");
+        assert_eq!(m.order_id.as_deref(), Some("o1"));
+        let (p, d) = (m.pickup.expect("pickup"), m.dropoff.expect("dropoff"));
+        assert_eq!((p.lat, p.lng, d.lat, d.lng), (31.3, 121.5, 31.2, 121.4));
+
+        let rider = Rider {
+            id: "r1".into(),
+            name: "Li".into(),
+            online: true,
+            location: Some(Location {
+                lat: 31.0,
+                lng: 121.0,
+            }),
+            current_order: None,
+            version: 1,
+        };
+        let with = parse(&text(
+            "snapshot",
+            &RiderSnapshot {
+                rider_id: "r1".into(),
+                seq: 1,
+                ts: 5,
+                rider: rider.clone(),
+                offer: Some(offer("o9")),
+            },
+            None,
+        ));
+        let o = with.offer.expect("the snapshot's offer");
+        assert_eq!(o.order_id.as_deref(), Some("o9"));
+        assert!(o.pickup.is_some() && o.dropoff.is_some());
+        let without = parse(&text(
+            "snapshot",
+            &RiderSnapshot {
+                rider_id: "r1".into(),
+                seq: 1,
+                ts: 5,
+                rider,
+                offer: None,
+            },
+            None,
+        ));
+        assert!(without.offer.is_none());
+
+        let m = parse(&text(
+            "status",
+            &StatusChanged {
+                order_id: "o1".into(),
+                version: 4,
+                status: OrderStatus::Delivered,
+                from: Some(OrderStatus::PickedUp),
+                rider_id: Some("r1".into()),
+                at: 77,
+            },
+            Some((9, 80)),
+        ));
+        assert_eq!(
+            (m.status.as_deref(), m.at, m.ts),
+            (Some("delivered"), Some(77), Some(80))
+        );
+
+        let m = parse(&text(
+            "ack",
+            &CommandAck {
+                order_id: "o1".into(),
+                status: Some(OrderStatus::RiderAssigned),
+                version: Some(5),
+                ts: 6,
+            },
+            None,
+        ));
+        assert_eq!(m.status.as_deref(), Some("rider_assigned"));
+        let m = parse(&text(
+            "error",
+            &CommandError {
+                order_id: Some("o1".into()),
+                code: "conflict".into(),
+                message: "taken".into(),
+                ts: 6,
+            },
+            None,
+        ));
+        assert_eq!(
+            (m.order_id.as_deref(), m.code.as_deref()),
+            (Some("o1"), Some("conflict"))
+        );
+    }
+
+    /// Commands go out as the node's command parser expects them.
+    #[test]
+    fn commands_are_written_as_tagged_objects() {
+        let accept: serde_json::Value =
+            serde_json::from_str(&Command::Accept { order_id: "o1" }.text()).expect("json");
+        assert_eq!(
+            accept,
+            serde_json::json!({"type": "accept", "order_id": "o1"})
+        );
+        let at: serde_json::Value = serde_json::from_str(
+            &Command::Location {
+                lat: 1.5,
+                lng: -2.25,
+            }
+            .text(),
+        )
+        .expect("json");
+        assert_eq!(
+            at,
+            serde_json::json!({"type": "location", "lat": 1.5, "lng": -2.25})
+        );
+    }
 }

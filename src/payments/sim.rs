@@ -46,7 +46,8 @@ pub struct SimProvider {
     /// How late `card_late` calls back.
     late: Duration,
     /// Where callbacks go (`http://host:port/v1/payments/callback`); set once the node listens.
-    callback_url: RwLock<Option<String>>,
+    /// Parsed once: `post(&str)` parsed it again for every callback.
+    callback_url: RwLock<Option<reqwest::Url>>,
     /// Delivers callbacks.
     http: reqwest::Client,
     /// Whose callbacks this node delivers.
@@ -63,16 +64,26 @@ impl SimProvider {
             callback_url: RwLock::new(None),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
+                // A provider delivers to the URL it was given and does not follow redirects.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
             served,
         }
     }
 
-    /// Sets where callbacks are delivered.
+    /// Sets where callbacks are delivered; a URL that does not parse is refused (and logged),
+    /// so callbacks wait for a good one.
     pub fn set_callback_url(&self, url: String) {
+        let parsed = match reqwest::Url::parse(&url) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(%url, error = %e, "simulated provider: callback URL does not parse");
+                return;
+            }
+        };
         if let Ok(mut u) = self.callback_url.write() {
-            *u = Some(url);
+            *u = Some(parsed);
         }
     }
 
@@ -171,13 +182,13 @@ impl SimProvider {
     /// with backoff (`None`).
     async fn deliver(
         &self,
-        url: &str,
+        url: &reqwest::Url,
         cb: crate::store::SimCallback,
     ) -> Result<Option<i64>, String> {
         let header = signature::sign(&self.secret, now_ms() / 1000, cb.body.as_bytes());
         let sent = self
             .http
-            .post(url)
+            .post(url.clone())
             .header(signature::HEADER, header)
             .header("content-type", "application/json")
             .body(cb.body.clone())

@@ -237,9 +237,12 @@ fn open(path: &str) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// One attempt at the batch; `None` if it was rolled back.
+/// One attempt at the batch; `None` if it was rolled back. `BEGIN`, `COMMIT` and `ROLLBACK` go
+/// through the statement cache like the writes: `execute_batch` compiled them again for every
+/// batch (about 2,300 instructions each, 2% of the node's instructions per whole order at
+/// `lifecycle --rate 10`, `scripts/instr-per-order`).
 fn commit(conn: &mut Connection, shards: u32, batch: &[Job]) -> Option<Vec<bool>> {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = run(conn, "BEGIN IMMEDIATE", &[]) {
         tracing::debug!(error = %e, "fast SQLite batch not begun; per-change path");
         return None;
     }
@@ -254,14 +257,14 @@ fn commit(conn: &mut Connection, shards: u32, batch: &[Job]) -> Option<Vec<bool>
         Ok(Some(allowed))
     });
     match applied {
-        Ok(Some(allowed)) if conn.execute_batch("COMMIT").is_ok() => Some(allowed),
+        Ok(Some(allowed)) if run(conn, "COMMIT", &[]).is_ok() => Some(allowed),
         Ok(_) => {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run(conn, "ROLLBACK", &[]);
             None
         }
         Err(e) => {
             tracing::debug!(error = %e, "fast SQLite batch rolled back; per-change path");
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run(conn, "ROLLBACK", &[]);
             None
         }
     }

@@ -14,14 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::super::invariants::Check;
 use super::super::model::drive;
 use super::super::report::Class;
 use super::super::setup::{random_spot, rng, SimMerchant, SimRider};
-use super::super::ws::{self, Incoming};
+use super::super::ws::{self, Command, Incoming};
 use super::super::Ctx;
 use super::{drained, iteration_rng, open_window, pick, place, progress, Placed};
 use crate::domain::Location;
@@ -333,6 +333,7 @@ async fn watch_order(
         }
     };
     let mut subscribed = Some(subscribed);
+    let mut key = Key::default();
     let mut completed = false;
     let timeout = Duration::from_secs_f64(ctx.plan.args.order_timeout) + TRACK_CLOSE_TIMEOUT;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -350,16 +351,16 @@ async fn watch_order(
         };
         match msg {
             Incoming::Json(v) => {
-                let kind = ws::kind(&v).to_string();
-                if let Some(ts) = ws::ts(&v) {
-                    ctx.rec.event(&format!("track:{kind}"), ts);
+                if let Some(ts) = v.ts {
+                    ctx.rec.event(key.of("track:", &v.kind), ts);
                 }
                 // From the change itself (its `at`) rather than from the publish on the
                 // socket's node: in a cluster this includes the outbox relay and the broker.
-                if let Some(at) = v["at"].as_i64() {
-                    ctx.rec.event(&format!("track:{kind} since change"), at);
+                if let Some(at) = v.at {
+                    ctx.rec
+                        .event(key.of2("track:", &v.kind, " since change"), at);
                 }
-                match kind.as_str() {
+                match v.kind.as_str() {
                     "snapshot" => {
                         if let Some(s) = subscribed.take() {
                             ctx.rec.op("track_connect", t, Class::Ok);
@@ -367,7 +368,7 @@ async fn watch_order(
                         }
                     }
                     "status" => {
-                        let status = v["status"].as_str().unwrap_or("");
+                        let status = v.status.as_deref().unwrap_or("");
                         if status == "delivered" && customers {
                             sim.waiters.wake(&id, Ok(Instant::now()));
                         }
@@ -401,6 +402,7 @@ async fn merchant(
     let path = format!("/v1/merchants/{}/feed", m.id);
     let mut ready = Some(ready);
     let mut pending: HashMap<String, Instant> = HashMap::new();
+    let mut key = Key::default();
     while !*stop.borrow() {
         let sock = match ws::connect(ctx.http.base_for(&m.token), &path, &m.token).await {
             Ok(s) => s,
@@ -421,7 +423,7 @@ async fn merchant(
             if pending.contains_key(id) {
                 return;
             }
-            if tx.send(json!({"type": "accept", "order_id": id})).is_ok() {
+            if tx.send(Command::Accept { order_id: id }.text()).is_ok() {
                 pending.insert(id.to_string(), Instant::now());
             }
         };
@@ -434,18 +436,15 @@ async fn merchant(
                 Incoming::Json(v) => v,
                 Incoming::Closed(_) | Incoming::Broken(_) => break,
             };
-            let kind = ws::kind(&v).to_string();
-            if let Some(ts) = ws::ts(&v) {
-                ctx.rec.event(&format!("merchant:{kind}"), ts);
+            if let Some(ts) = v.ts {
+                ctx.rec.event(key.of("merchant:", &v.kind), ts);
             }
-            let oid = ws::field(&v, "order_id").unwrap_or_default();
-            match kind.as_str() {
+            let oid = v.order_id.unwrap_or_default();
+            match v.kind.as_str() {
                 "snapshot" => {
-                    for o in v["orders"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-                        if o["status"].as_str() == Some("paid") {
-                            if let Some(id) = o["id"].as_str() {
-                                accept(id, &mut pending);
-                            }
+                    for o in &v.orders {
+                        if o.status == "paid" && !o.id.is_empty() {
+                            accept(&o.id, &mut pending);
                         }
                     }
                 }
@@ -458,7 +457,7 @@ async fn merchant(
                 }
                 "error" => {
                     if let Some(t) = pending.remove(&oid) {
-                        let code = ws::field(&v, "code").unwrap_or_default();
+                        let code = v.code.unwrap_or_default();
                         ctx.rec
                             .op("merchant_accept_ws", t, Class::Error(format!("ws {code}")));
                     }
@@ -483,11 +482,32 @@ struct Offer {
     dropoff: Location,
 }
 
-fn location(v: &Value) -> Option<Location> {
-    Some(Location {
-        lat: v["lat"].as_f64()?,
-        lng: v["lng"].as_f64()?,
-    })
+fn location(p: ws::Point) -> Location {
+    Location {
+        lat: p.lat,
+        lng: p.lng,
+    }
+}
+
+/// A reused buffer for the names events are recorded under (`merchant:new_order`, ...): one
+/// `format!` per event was an allocation each.
+#[derive(Default)]
+struct Key(String);
+
+impl Key {
+    /// `prefix` + `kind`.
+    fn of(&mut self, prefix: &str, kind: &str) -> &str {
+        self.of2(prefix, kind, "")
+    }
+
+    /// `prefix` + `kind` + `suffix`.
+    fn of2(&mut self, prefix: &str, kind: &str, suffix: &str) -> &str {
+        self.0.clear();
+        self.0.push_str(prefix);
+        self.0.push_str(kind);
+        self.0.push_str(suffix);
+        &self.0
+    }
 }
 
 /// A simulated rider: online at a random spot, accepts offers, rides them.
@@ -544,6 +564,7 @@ async fn rider_feed(
     let mut offers: HashMap<String, Offer> = HashMap::new();
     let mut pending: HashMap<String, Instant> = HashMap::new();
     let mut riding: HashSet<String> = HashSet::new();
+    let mut key = Key::default();
     while !*stop.borrow() {
         let sock = match ws::connect(ctx.http.base_for(&r.token), &path, &r.token).await {
             Ok(s) => s,
@@ -569,42 +590,44 @@ async fn rider_feed(
                 Incoming::Json(v) => v,
                 Incoming::Closed(_) | Incoming::Broken(_) => break,
             };
-            let kind = ws::kind(&v).to_string();
-            if let Some(ts) = ws::ts(&v) {
-                ctx.rec.event(&format!("rider:{kind}"), ts);
+            if let Some(ts) = v.ts {
+                ctx.rec.event(key.of("rider:", &v.kind), ts);
             }
-            let offer_msg = match kind.as_str() {
-                "offer" => Some(v.clone()),
-                "snapshot" if v["offer"].is_object() => Some(v["offer"].clone()),
+            let offer_msg = match v.kind.as_str() {
+                "offer" => Some(&v),
+                "snapshot" => v.offer.as_deref(),
                 _ => None,
             };
             if let Some(o) = offer_msg {
-                let (Some(oid), Some(pickup), Some(dropoff)) = (
-                    ws::field(&o, "order_id"),
-                    location(&o["pickup"]),
-                    location(&o["dropoff"]),
-                ) else {
+                let (Some(oid), Some(pickup), Some(dropoff)) = (&o.order_id, o.pickup, o.dropoff)
+                else {
                     continue;
                 };
-                offers.insert(oid.clone(), Offer { pickup, dropoff });
-                if tx.send(json!({"type": "accept", "order_id": oid})).is_ok() {
-                    pending.insert(oid, Instant::now());
+                offers.insert(
+                    oid.clone(),
+                    Offer {
+                        pickup: location(pickup),
+                        dropoff: location(dropoff),
+                    },
+                );
+                if tx.send(Command::Accept { order_id: oid }.text()).is_ok() {
+                    pending.insert(oid.clone(), Instant::now());
                 }
                 continue;
             }
-            let oid = ws::field(&v, "order_id").unwrap_or_default();
-            match kind.as_str() {
+            let oid = v.order_id.unwrap_or_default();
+            match v.kind.as_str() {
                 "ack" => {
                     if let Some(t) = pending.remove(&oid) {
                         ctx.rec.op("rider_accept_ws", t, Class::Ok);
                     }
-                    if v["status"].as_str() == Some("rider_assigned") {
+                    if v.status.as_deref() == Some("rider_assigned") {
                         start_trip(sim, r, &oid, &offers, &mut riding, here, &tx);
                     }
                 }
                 "error" => {
                     if let Some(t) = pending.remove(&oid) {
-                        let code = ws::field(&v, "code").unwrap_or_default();
+                        let code = v.code.unwrap_or_default();
                         ctx.rec
                             .op("rider_accept_ws", t, Class::Error(format!("ws {code}")));
                     }
@@ -628,7 +651,7 @@ fn start_trip(
     offers: &HashMap<String, Offer>,
     riding: &mut HashSet<String>,
     here: &Arc<Mutex<Location>>,
-    tx: &mpsc::UnboundedSender<Value>,
+    tx: &mpsc::UnboundedSender<String>,
 ) {
     if oid.is_empty() || !riding.insert(oid.to_string()) {
         return;
@@ -655,7 +678,7 @@ async fn travel(
     sim: &Sim,
     from: Location,
     to: Location,
-    tx: &mpsc::UnboundedSender<Value>,
+    tx: &mpsc::UnboundedSender<String>,
 ) -> Location {
     let steps = sim.ctx.plan.args.rider_steps.max(1);
     for i in 1..=steps {
@@ -663,7 +686,7 @@ async fn travel(
         let f = f64::from(i) / f64::from(steps);
         let lat = from.lat + (to.lat - from.lat) * f;
         let lng = from.lng + (to.lng - from.lng) * f;
-        let _ = tx.send(json!({"type": "location", "lat": lat, "lng": lng}));
+        let _ = tx.send(Command::Location { lat, lng }.text());
     }
     to
 }
@@ -675,7 +698,7 @@ async fn trip(
     oid: String,
     offer: Offer,
     here: Arc<Mutex<Location>>,
-    tx: mpsc::UnboundedSender<Value>,
+    tx: mpsc::UnboundedSender<String>,
 ) {
     let ctx = &sim.ctx;
     let from = *here.lock().unwrap_or_else(|p| p.into_inner());
