@@ -414,6 +414,14 @@ pub enum ConfigError {
     /// A key no setting has.
     #[error("config: unknown key {0}")]
     UnknownKey(String),
+    /// A value no setting accepts.
+    #[error("config: {key}: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Config {
@@ -436,6 +444,7 @@ impl Config {
         if let Some(key) = cfg.dispatch.unknown.keys().next() {
             return Err(ConfigError::UnknownKey(format!("dispatch.{key}")));
         }
+        check_callback_url(&cfg.payments.callback_url)?;
         cfg.source = file.map(std::path::Path::to_path_buf);
         Ok(cfg)
     }
@@ -450,10 +459,51 @@ impl Config {
     }
 }
 
+/// `payments.callback_url` is empty (the node's own address) or an http(s) URL: the simulated
+/// provider would otherwise start and never deliver a callback.
+fn check_callback_url(url: &str) -> Result<(), ConfigError> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let invalid = |reason: String| ConfigError::Invalid {
+        key: "payments.callback_url",
+        reason,
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(()),
+        other => Err(invalid(format!(
+            "{url:?}: scheme {other} (want http or https)"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dispatch::{PolicyKind, Solver};
+
+    #[test]
+    fn a_callback_url_that_is_not_http_is_refused_at_load() {
+        for bad in ["not a url", "ftp://example.com/cb", "http//missing-colon"] {
+            let yaml = format!("payments:\n  callback_url: \"{bad}\"\n");
+            let err = load_yaml("bad-callback", &yaml).expect_err(bad);
+            assert!(
+                matches!(&err, ConfigError::Invalid { key, .. } if *key == "payments.callback_url"),
+                "{bad}: {err}"
+            );
+        }
+        let ok = load_yaml(
+            "good-callback",
+            "payments:\n  callback_url: \"https://node.example:8443/v1/payments/callback\"\n",
+        )
+        .expect("an https URL loads");
+        assert_eq!(
+            ok.payments.callback_url,
+            "https://node.example:8443/v1/payments/callback"
+        );
+        assert!(check_callback_url("").is_ok());
+    }
 
     fn load_yaml(name: &str, yaml: &str) -> Result<Config, ConfigError> {
         let path = std::env::temp_dir().join(format!("waimai-{name}-{}.yaml", std::process::id()));
