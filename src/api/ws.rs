@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use serde::Deserialize;
 use warp::reply::Response;
 use warp::ws::{Message, WebSocket, Ws};
 use warp::Reply;
@@ -24,6 +23,7 @@ use crate::domain::{now_ms, Caller, Location, Role};
 use crate::error::Error;
 use crate::messages::{AnswerOffer, ChangeOrder, CurrentOffer, GetOrder, GetRider, UpdateLocation};
 use crate::metrics;
+use crate::realtime::messages::ClientCommand as Command;
 use crate::realtime::{messages as wire, Event, Subscription, Topic};
 
 type Outcome = Result<Response, ApiError>;
@@ -55,16 +55,6 @@ enum Commands {
     Merchant { caller: Caller, merchant_id: String },
     /// A rider answers offers and streams its position.
     Rider { caller: Caller, rider_id: String },
-}
-
-/// A command sent by a client.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum Command {
-    Accept { order_id: String },
-    Reject { order_id: String },
-    Decline { order_id: String },
-    Location { lat: f64, lng: f64 },
 }
 
 /// Most commands of one socket awaiting their answer; a client past it is closed (1008).

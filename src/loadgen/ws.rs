@@ -2,24 +2,18 @@
 //! its JSON messages (`type`, `ts`, `seq`, ...).
 
 use futures::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::domain::Location;
+use crate::realtime::messages::ClientCommand;
+
 /// An open socket.
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A point as the node's messages carry it.
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub(crate) struct Point {
-    /// Latitude.
-    pub lat: f64,
-    /// Longitude.
-    pub lng: f64,
-}
 
 /// What the simulated clients read of a node's socket message: its envelope (`type`, `ts`) and
 /// the few fields they act on. The parser skips everything else without building it. A
@@ -42,9 +36,9 @@ pub(crate) struct Msg {
     /// An `error`'s code.
     pub code: Option<String>,
     /// An offer's pickup.
-    pub pickup: Option<Point>,
+    pub pickup: Option<Location>,
     /// An offer's drop-off.
-    pub dropoff: Option<Point>,
+    pub dropoff: Option<Location>,
     /// A rider snapshot's open offer.
     pub offer: Option<Box<Msg>>,
     /// A merchant snapshot's orders.
@@ -125,29 +119,9 @@ where
     }
 }
 
-/// A command a simulated client sends on its feed.
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub(crate) enum Command<'a> {
-    /// Accept an order (a merchant) or an offer (a rider).
-    Accept {
-        /// The order.
-        order_id: &'a str,
-    },
-    /// A rider's position.
-    Location {
-        /// Latitude.
-        lat: f64,
-        /// Longitude.
-        lng: f64,
-    },
-}
-
-impl Command<'_> {
-    /// Its JSON text.
-    pub(crate) fn text(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
+/// `cmd` as the text a feed socket takes.
+pub(crate) fn command(cmd: &ClientCommand) -> String {
+    serde_json::to_string(cmd).unwrap_or_default()
 }
 
 /// Splits `socket` and spawns a writer: JSON texts sent on the returned channel go out in
@@ -180,7 +154,6 @@ pub(crate) fn normal_close() -> u16 {
 mod tests {
     use super::*;
     use crate::actors::order_machine::OrderStatus;
-    use crate::domain::Location;
     use crate::messages::Offer;
     use crate::model::{Order, OrderLine, Rider};
     use crate::realtime::messages::{
@@ -372,26 +345,32 @@ mod tests {
         );
     }
 
-    /// Commands go out as the node's command parser expects them.
+    /// Commands go out as tagged objects that the node's parser reads back as sent.
     #[test]
     fn commands_are_written_as_tagged_objects() {
-        let accept: serde_json::Value =
-            serde_json::from_str(&Command::Accept { order_id: "o1" }.text()).expect("json");
+        let sent = [
+            ClientCommand::Accept {
+                order_id: "o1".into(),
+            },
+            ClientCommand::Location {
+                lat: 1.5,
+                lng: -2.25,
+            },
+        ];
+        let texts: Vec<String> = sent.iter().map(command).collect();
+        let accept: serde_json::Value = serde_json::from_str(&texts[0]).expect("json");
         assert_eq!(
             accept,
             serde_json::json!({"type": "accept", "order_id": "o1"})
         );
-        let at: serde_json::Value = serde_json::from_str(
-            &Command::Location {
-                lat: 1.5,
-                lng: -2.25,
-            }
-            .text(),
-        )
-        .expect("json");
+        let at: serde_json::Value = serde_json::from_str(&texts[1]).expect("json");
         assert_eq!(
             at,
             serde_json::json!({"type": "location", "lat": 1.5, "lng": -2.25})
         );
+        for (text, cmd) in texts.iter().zip(&sent) {
+            let back: ClientCommand = serde_json::from_str(text).expect("the node parses it");
+            assert_eq!(&back, cmd);
+        }
     }
 }

@@ -3,9 +3,10 @@
 //! same types into the JSON Schemas under `docs/ws/`, so the documentation cannot drift.
 //!
 //! The hub adds `type`, `seq` and `ts` to every event it carries; snapshots, acks and errors
-//! carry `type` and `ts` themselves (see [`with_type`]).
+//! carry `type` and `ts` themselves (see [`with_type`]). What clients send back on a feed is a
+//! [`ClientCommand`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
@@ -13,6 +14,36 @@ use crate::actors::order_machine::OrderStatus;
 use crate::domain::Location;
 use crate::messages::Offer;
 use crate::model::{Order, Rider};
+
+/// A command a client sends on its merchant or rider feed, tagged by `type`. `api::ws` parses
+/// it; the load generator's simulated merchants and riders write it, so both sides share one
+/// shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientCommand {
+    /// A merchant accepts a paid order; a rider accepts an offer.
+    Accept {
+        /// The order.
+        order_id: String,
+    },
+    /// A merchant rejects a paid order.
+    Reject {
+        /// The order.
+        order_id: String,
+    },
+    /// A rider declines an offer.
+    Decline {
+        /// The order.
+        order_id: String,
+    },
+    /// A rider's position.
+    Location {
+        /// Latitude.
+        lat: f64,
+        /// Longitude.
+        lng: f64,
+    },
+}
 
 /// `status` (order tracking): the order changed status.
 #[derive(Debug, Serialize, ToSchema)]

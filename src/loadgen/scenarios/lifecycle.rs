@@ -21,10 +21,11 @@ use super::super::invariants::Check;
 use super::super::model::drive;
 use super::super::report::Class;
 use super::super::setup::{random_spot, rng, SimMerchant, SimRider};
-use super::super::ws::{self, Command, Incoming};
+use super::super::ws::{self, Incoming};
 use super::super::Ctx;
 use super::{drained, iteration_rng, open_window, pick, place, progress, Placed};
 use crate::domain::Location;
+use crate::realtime::messages::ClientCommand;
 
 /// How long simulators may take to connect their feeds.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -423,7 +424,10 @@ async fn merchant(
             if pending.contains_key(id) {
                 return;
             }
-            if tx.send(Command::Accept { order_id: id }.text()).is_ok() {
+            let accept = ClientCommand::Accept {
+                order_id: id.to_string(),
+            };
+            if tx.send(ws::command(&accept)).is_ok() {
                 pending.insert(id.to_string(), Instant::now());
             }
         };
@@ -480,13 +484,6 @@ struct Offer {
     pickup: Location,
     /// The customer.
     dropoff: Location,
-}
-
-fn location(p: ws::Point) -> Location {
-    Location {
-        lat: p.lat,
-        lng: p.lng,
-    }
 }
 
 /// A reused buffer for the names events are recorded under (`merchant:new_order`, ...): one
@@ -603,14 +600,11 @@ async fn rider_feed(
                 else {
                     continue;
                 };
-                offers.insert(
-                    oid.clone(),
-                    Offer {
-                        pickup: location(pickup),
-                        dropoff: location(dropoff),
-                    },
-                );
-                if tx.send(Command::Accept { order_id: oid }.text()).is_ok() {
+                offers.insert(oid.clone(), Offer { pickup, dropoff });
+                let accept = ClientCommand::Accept {
+                    order_id: oid.clone(),
+                };
+                if tx.send(ws::command(&accept)).is_ok() {
                     pending.insert(oid.clone(), Instant::now());
                 }
                 continue;
@@ -686,7 +680,7 @@ async fn travel(
         let f = f64::from(i) / f64::from(steps);
         let lat = from.lat + (to.lat - from.lat) * f;
         let lng = from.lng + (to.lng - from.lng) * f;
-        let _ = tx.send(Command::Location { lat, lng }.text());
+        let _ = tx.send(ws::command(&ClientCommand::Location { lat, lng }));
     }
     to
 }
