@@ -424,6 +424,29 @@ pub enum ConfigError {
     },
 }
 
+impl PaymentsConfig {
+    /// Where the simulated provider delivers callbacks: `None` for this node's own address
+    /// (`callback_url` empty), else the URL, which must be http(s): the provider would otherwise
+    /// start and never deliver a callback. `Config::load` refuses a config where this fails.
+    pub fn callback(&self) -> Result<Option<reqwest::Url>, ConfigError> {
+        let url = self.callback_url.as_str();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "payments.callback_url",
+            reason,
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        match parsed.scheme() {
+            "http" | "https" => Ok(Some(parsed)),
+            other => Err(invalid(format!(
+                "{url:?}: scheme {other} (want http or https)"
+            ))),
+        }
+    }
+}
+
 impl Config {
     /// Embedded defaults, then `file` if given, then `WAIMAI__*` environment variables.
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
@@ -444,7 +467,7 @@ impl Config {
         if let Some(key) = cfg.dispatch.unknown.keys().next() {
             return Err(ConfigError::UnknownKey(format!("dispatch.{key}")));
         }
-        check_callback_url(&cfg.payments.callback_url)?;
+        cfg.payments.callback()?;
         cfg.source = file.map(std::path::Path::to_path_buf);
         Ok(cfg)
     }
@@ -456,25 +479,6 @@ impl Config {
             config::FileFormat::Yaml,
         ));
         Ok(b.build()?.try_deserialize()?)
-    }
-}
-
-/// `payments.callback_url` is empty (the node's own address) or an http(s) URL: the simulated
-/// provider would otherwise start and never deliver a callback.
-fn check_callback_url(url: &str) -> Result<(), ConfigError> {
-    if url.is_empty() {
-        return Ok(());
-    }
-    let invalid = |reason: String| ConfigError::Invalid {
-        key: "payments.callback_url",
-        reason,
-    };
-    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
-    match parsed.scheme() {
-        "http" | "https" => Ok(()),
-        other => Err(invalid(format!(
-            "{url:?}: scheme {other} (want http or https)"
-        ))),
     }
 }
 
@@ -502,7 +506,15 @@ mod tests {
             ok.payments.callback_url,
             "https://node.example:8443/v1/payments/callback"
         );
-        assert!(check_callback_url("").is_ok());
+        assert_eq!(
+            ok.payments.callback().expect("parses").map(String::from),
+            Some("https://node.example:8443/v1/payments/callback".to_string())
+        );
+        let own = PaymentsConfig {
+            callback_url: String::new(),
+            ..ok.payments.clone()
+        };
+        assert_eq!(own.callback().expect("empty is this node"), None);
     }
 
     fn load_yaml(name: &str, yaml: &str) -> Result<Config, ConfigError> {

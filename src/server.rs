@@ -168,8 +168,12 @@ impl Node {
             Duration::from_millis(config.payments.sim_late_ms),
             served.clone(),
         ));
-        if !config.payments.callback_url.is_empty() {
-            sim.set_callback_url(config.payments.callback_url.clone());
+        if let Some(url) = config
+            .payments
+            .callback()
+            .map_err(|e| StartError::Config(e.to_string()))?
+        {
+            sim.set_callback_url(url);
         }
         tasks.push(tokio::spawn(sim.clone().run()));
         let payments: crate::payments::Payments = Arc::new(crate::payments::guarded::Guarded::new(
@@ -307,8 +311,11 @@ impl Node {
     ) {
         if let (Some(sim), true) = (&self.sim, self.config.payments.callback_url.is_empty()) {
             // The simulated provider calls this node back where it actually listens.
-            if let Ok(addr) = listener.local_addr() {
-                sim.set_callback_url(format!("http://{addr}/v1/payments/callback"));
+            let own = listener
+                .local_addr()
+                .map(|addr| format!("http://{addr}/v1/payments/callback"));
+            if let Some(url) = own.ok().and_then(|u| reqwest::Url::parse(&u).ok()) {
+                sim.set_callback_url(url);
             }
         }
         let state = Arc::new(ApiState {

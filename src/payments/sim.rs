@@ -72,18 +72,10 @@ impl SimProvider {
         }
     }
 
-    /// Sets where callbacks are delivered; a URL that does not parse is refused (and logged),
-    /// so callbacks wait for a good one.
-    pub fn set_callback_url(&self, url: String) {
-        let parsed = match reqwest::Url::parse(&url) {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::error!(%url, error = %e, "simulated provider: callback URL does not parse");
-                return;
-            }
-        };
+    /// Sets where callbacks are delivered (until it is set, callbacks wait).
+    pub fn set_callback_url(&self, url: reqwest::Url) {
         if let Ok(mut u) = self.callback_url.write() {
-            *u = Some(parsed);
+            *u = Some(url);
         }
     }
 
