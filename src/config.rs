@@ -272,6 +272,9 @@ pub struct RealtimeConfig {
     pub send_timeout_ms: u64,
     /// At most one `rider_location` per order per this many ms.
     pub location_interval_ms: u64,
+    /// A rider socket passes at most one position per this many ms to the rider (the newest
+    /// wins, and a held one goes when the interval ends); 0 passes each at once.
+    pub location_hold_ms: u64,
     /// The live dispatch map's socket (`/v1/ops/live`) sends a delta this often, ms.
     pub ops_interval_ms: u64,
 }

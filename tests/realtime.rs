@@ -304,6 +304,46 @@ async fn the_last_position_inside_a_throttle_interval_still_reaches_trackers() {
 }
 
 #[actix_rt::test]
+async fn a_burst_of_positions_on_the_rider_socket_reaches_the_rider_as_its_first_and_its_newest() {
+    // Trackers see every position the rider takes (interval 0), so they show what the socket
+    // passed on.
+    let mut cfg = rt_config().await;
+    cfg.realtime.location_hold_ms = 2_000;
+    let app = TestApp::spawn(cfg).await;
+    let (rid, rtoken, _oid, mut track) = carried_and_tracked(&app, "wu", "bao").await;
+    assert_eq!(track.json(5).await["type"], "snapshot");
+    let mut feed = app
+        .ws(&format!("/v1/riders/{rid}/feed"), &rtoken)
+        .await
+        .expect("rider feed");
+    for i in 0..5 {
+        feed.send(json!({"type": "location", "lat": 31.2 + 0.001 * f64::from(i), "lng": 121.48}))
+            .await;
+    }
+    // The first goes on at once; the three after it are replaced by the newest, which goes
+    // when the hold ends (five local sends take far less than its two seconds).
+    let mut lats = Vec::new();
+    loop {
+        let m = track.json(10).await;
+        if m["type"] == "rider_location" {
+            let lat = m["lat"].as_f64().expect("lat");
+            lats.push(lat);
+            if (lat - 31.204).abs() < 1e-9 {
+                break;
+            }
+        }
+    }
+    assert_eq!(lats.len(), 2, "{lats:?}");
+    assert!((lats[0] - 31.2).abs() < 1e-9, "{lats:?}");
+    let r = app.get(&format!("/v1/riders/{rid}"), &app.admin).await;
+    assert_eq!(r.body["location"]["lat"], 31.204);
+    // An invalid position is refused at once, not held.
+    feed.send(json!({"type": "location", "lat": 123.0, "lng": 0.0}))
+        .await;
+    assert_eq!(feed.expect_type("error", 5).await["code"], "invalid_body");
+}
+
+#[actix_rt::test]
 async fn a_reconnecting_tracker_misses_nothing_and_sees_nothing_twice() {
     let app = TestApp::spawn(rt_config().await).await;
     let (mid, mtoken) = app.merchant_with_stock("dumpling", 10).await;

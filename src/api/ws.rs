@@ -312,6 +312,7 @@ async fn run(socket: WebSocket, mut s: Session) {
             ping.tick().await;
             let mut last_heard = Instant::now();
             let mut inflight = futures::stream::FuturesOrdered::new();
+            let mut moves = Moves::new(Duration::from_millis(cfg.location_hold_ms));
             loop {
                 tokio::select! {
                     ev = s.sub.rx.recv() => {
@@ -360,7 +361,18 @@ async fn run(socket: WebSocket, mut s: Session) {
                             close!(POLICY, format!("more than {MAX_INFLIGHT_COMMANDS} commands unanswered"));
                             break;
                         }
-                        inflight.push_back(command(s.st.clone(), s.commands.clone(), kind, text.to_string()));
+                        let cmd = serde_json::from_str::<Command>(text);
+                        if let (Ok(Command::Location { lat, lng }), Commands::Rider { .. }) = (&cmd, &s.commands) {
+                            if moves.hold(Location { lat: *lat, lng: *lng }) {
+                                continue;
+                            }
+                        }
+                        inflight.push_back(command(s.st.clone(), s.commands.clone(), kind, cmd));
+                    }
+                    () = &mut moves.timer, if moves.held.is_some() => {
+                        if let Some(Location { lat, lng }) = moves.release() {
+                            inflight.push_back(command(s.st.clone(), s.commands.clone(), kind, Ok(Command::Location { lat, lng })));
+                        }
                     }
                     Some(reply) = inflight.next(), if !inflight.is_empty() => {
                         if let Some(reply) = reply {
@@ -411,14 +423,68 @@ fn error(order_id: Option<&str>, e: ApiError) -> String {
     )
 }
 
+/// A rider socket's positions on their way to its actor: at most one per `hold` goes on, and a
+/// newer one replaces a held one, which goes when the interval ends. The rider's last known
+/// position is all the node keeps (dispatch and trackers read it), so an app streaming several
+/// fixes a second costs the node one position a second, not one actor round trip per fix.
+struct Moves {
+    hold: Duration,
+    /// When the last position went on.
+    last: Option<Instant>,
+    /// The newest position not yet passed on.
+    held: Option<Location>,
+    /// Fires when `held` may go.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Moves {
+    fn new(hold: Duration) -> Self {
+        Moves {
+            hold,
+            last: None,
+            held: None,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
+
+    /// True when `at` is held for later; false when it goes on now (a zero hold, the first
+    /// position or one an interval after the last, and an invalid one, refused at once).
+    fn hold(&mut self, at: Location) -> bool {
+        if at.validate().is_err() {
+            return false;
+        }
+        let now = Instant::now();
+        match self.last {
+            Some(last) if !self.hold.is_zero() && now < last + self.hold => {
+                if self.held.replace(at).is_none() {
+                    self.timer.as_mut().reset((last + self.hold).into());
+                }
+                true
+            }
+            _ => {
+                self.held = None;
+                self.last = Some(now);
+                false
+            }
+        }
+    }
+
+    /// The held position, now that its interval ended.
+    fn release(&mut self) -> Option<Location> {
+        let at = self.held.take()?;
+        self.last = Some(Instant::now());
+        Some(at)
+    }
+}
+
 /// Runs one inbound command; the reply to send back, if any.
 async fn command(
     st: Arc<ApiState>,
     commands: Commands,
     kind: &'static str,
-    text: String,
+    cmd: serde_json::Result<Command>,
 ) -> Option<String> {
-    let cmd: Command = match serde_json::from_str(&text) {
+    let cmd = match cmd {
         Ok(c) => c,
         Err(e) => return Some(error(None, ApiError::InvalidBody(e.to_string()))),
     };
