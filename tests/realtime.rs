@@ -344,6 +344,47 @@ async fn a_burst_of_positions_on_the_rider_socket_reaches_the_rider_as_its_first
 }
 
 #[actix_rt::test]
+async fn a_position_held_when_the_rider_socket_closes_still_reaches_the_rider() {
+    let mut cfg = rt_config().await;
+    cfg.realtime.location_hold_ms = 60_000;
+    let app = TestApp::spawn(cfg).await;
+    let (rid, rtoken) = app.rider_at(31.231, 121.471).await;
+    let mut feed = app
+        .ws(&format!("/v1/riders/{rid}/feed"), &rtoken)
+        .await
+        .expect("rider feed");
+    for lat in [31.2, 31.21] {
+        feed.send(json!({"type": "location", "lat": lat, "lng": 121.48}))
+            .await;
+    }
+    let path = format!("/v1/riders/{rid}");
+    let lat = || async { app.get(&path, &app.admin).await.body["location"]["lat"].clone() };
+    // The first goes on at once; the second is held (for a minute).
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = lat().await;
+        if last != json!(31.231) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        last,
+        json!(31.2),
+        "the first position, and only it, went on"
+    );
+    drop(feed);
+    for _ in 0..100 {
+        last = lat().await;
+        if last == json!(31.21) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the held position never reached the rider (last seen: {last})");
+}
+
+#[actix_rt::test]
 async fn a_reconnecting_tracker_misses_nothing_and_sees_nothing_twice() {
     let app = TestApp::spawn(rt_config().await).await;
     let (mid, mtoken) = app.merchant_with_stock("dumpling", 10).await;

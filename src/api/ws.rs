@@ -394,6 +394,18 @@ async fn run(socket: WebSocket, mut s: Session) {
                     }
                 }
             }
+            // A position still held when the socket ends is the rider's newest: it goes on.
+            if let (Some(location), Commands::Rider { caller, rider_id }) =
+                (moves.held.take(), &s.commands)
+            {
+                s.st.router.notify(
+                    rider_id,
+                    UpdateLocation {
+                        caller: caller.clone(),
+                        location,
+                    },
+                );
+            }
         }
     }
     metrics::WS_OPEN.with_label_values(&[kind]).dec();
