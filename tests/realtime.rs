@@ -240,6 +240,22 @@ async fn five_positions(app: &TestApp, rid: &str, rtoken: &str) {
     }
 }
 
+/// The latitudes of the `rider_location` events `track` gets, up to the last of
+/// `five_positions` (31.204).
+async fn latitudes_until_the_last(track: &mut common::Socket) -> Vec<f64> {
+    let mut lats = Vec::new();
+    loop {
+        let m = track.json(10).await;
+        if m["type"] == "rider_location" {
+            let lat = m["lat"].as_f64().expect("lat");
+            lats.push(lat);
+            if (lat - 31.204).abs() < 1e-9 {
+                return lats;
+            }
+        }
+    }
+}
+
 #[actix_rt::test]
 async fn rider_positions_reach_trackers_at_the_configured_rate() {
     let mut cfg = rt_config().await;
@@ -287,17 +303,7 @@ async fn the_last_position_inside_a_throttle_interval_still_reaches_trackers() {
     // The first position goes out at once; the ones inside the interval are folded into one
     // push of the latest, when the interval ends. (On a slow machine the PUTs may span more
     // than one interval and an intermediate position may go out too; the last one must.)
-    let mut lats = Vec::new();
-    loop {
-        let m = track.json(5).await;
-        if m["type"] == "rider_location" {
-            let lat = m["lat"].as_f64().expect("lat");
-            lats.push(lat);
-            if (lat - 31.204).abs() < 1e-9 {
-                break;
-            }
-        }
-    }
+    let lats = latitudes_until_the_last(&mut track).await;
     assert!((lats[0] - 31.2).abs() < 1e-9, "{lats:?}");
     // (Folding itself is asserted with a long interval in
     // rider_positions_reach_trackers_at_the_configured_rate.)
@@ -322,17 +328,7 @@ async fn a_burst_of_positions_on_the_rider_socket_reaches_the_rider_as_its_first
     }
     // The first goes on at once; the three after it are replaced by the newest, which goes
     // when the hold ends (five local sends take far less than its two seconds).
-    let mut lats = Vec::new();
-    loop {
-        let m = track.json(10).await;
-        if m["type"] == "rider_location" {
-            let lat = m["lat"].as_f64().expect("lat");
-            lats.push(lat);
-            if (lat - 31.204).abs() < 1e-9 {
-                break;
-            }
-        }
-    }
+    let lats = latitudes_until_the_last(&mut track).await;
     assert_eq!(lats.len(), 2, "{lats:?}");
     assert!((lats[0] - 31.2).abs() < 1e-9, "{lats:?}");
     let r = app.get(&format!("/v1/riders/{rid}"), &app.admin).await;
