@@ -583,3 +583,39 @@ async fn command(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(lat: f64) -> Location {
+        Location { lat, lng: 121.48 }
+    }
+
+    #[tokio::test]
+    async fn the_first_position_goes_on_later_ones_wait_and_the_newest_wins() {
+        let mut m = Moves::new(Duration::from_secs(60));
+        assert!(!m.hold(at(31.0)), "the first goes on at once");
+        assert!(m.hold(at(31.1)));
+        assert!(m.hold(at(31.2)));
+        assert!(
+            !m.hold(at(123.0)),
+            "an invalid one is not held (it is refused)"
+        );
+        assert_eq!(m.release(), Some(at(31.2)), "the newest replaced the older");
+        assert_eq!(m.release(), None);
+        assert!(m.hold(at(31.3)), "a release starts a new interval");
+    }
+
+    #[tokio::test]
+    async fn a_zero_hold_passes_every_position_and_the_largest_one_holds() {
+        let mut m = Moves::new(Duration::ZERO);
+        assert!((0..5).all(|i| !m.hold(at(31.0 + f64::from(i) / 10.0))));
+        let mut m = Moves::new(Duration::from_millis(u64::MAX));
+        assert!(!m.hold(at(31.0)));
+        assert!(
+            m.hold(at(31.1)),
+            "held (an interval of u64::MAX ms ahead fits an Instant)"
+        );
+    }
+}
