@@ -120,6 +120,28 @@ async fn admit(
         .map_err(|r| warp::reject::custom(error::Gate(r)))
 }
 
+/// `route`, tried only for paths of the shape `template` (as in `openapi::ROUTES`). The shape
+/// is checked outside the route's box: a route's boxed future is its whole handler's state
+/// (kilobytes), and warp built, copied into the heap and dropped one for every route a request
+/// passed on its way to its own. Now a route whose shape does not fit costs a few comparisons.
+/// The check only lets fewer requests in; the route's own `path!` still decides.
+fn shaped<F>(template: &'static str, route: F) -> BoxedFilter<(Response,)>
+where
+    F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
+{
+    warp::path::peek()
+        .and_then(move |tail: warp::path::Peek| {
+            std::future::ready(if openapi::template_matches(template, tail.as_str()) {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            })
+        })
+        .untuple_one()
+        .and(route.boxed())
+        .boxed()
+}
+
 /// The routes as a balanced tree of `or`s, tried in the same order as the list. A left fold
 /// nests them 40 deep, and every request (whichever route it is for) then goes through every
 /// level's boxed filter and `Or` future; balanced, a request passes about six levels.
@@ -437,37 +459,38 @@ pub fn routes(
 
     // Boxing each route keeps the `or` chain's type shallow (warp's nested filter types
     // otherwise make compile times explode). warp tries routes in this order, so the hot order
-    // routes come first; none of them overlaps a later route (their methods differ).
+    // routes come first; none of them overlaps a later route (their methods differ). Each is
+    // tried only for paths of its shape (`shaped`).
     let rest: Vec<BoxedFilter<(Response,)>> = vec![
-        create_order.boxed(),
-        get_order.boxed(),
-        order_action.boxed(),
-        readyz.boxed(),
-        metrics.boxed(),
-        create_merchant.boxed(),
-        browse_merchants.boxed(),
-        get_merchant.boxed(),
-        set_menu.boxed(),
-        merchant_decide.boxed(),
-        open_close.boxed(),
-        create_rider.boxed(),
-        get_rider.boxed(),
-        rider_location.boxed(),
-        rider_order.boxed(),
-        rider_status.boxed(),
-        rider_offer.boxed(),
-        track.boxed(),
-        merchant_feed.boxed(),
-        rider_feed.boxed(),
-        ops_page.boxed(),
-        ops_live.boxed(),
-        cluster.boxed(),
-        reload.boxed(),
-        link.boxed(),
-        payment_callback.boxed(),
-        openapi.boxed(),
+        shaped("/v1/orders", create_order),
+        shaped("/v1/orders/{id}", get_order),
+        shaped("/v1/orders/{id}/{action}", order_action),
+        shaped("/readyz", readyz),
+        shaped("/metrics", metrics),
+        shaped("/v1/merchants", create_merchant),
+        shaped("/v1/merchants", browse_merchants),
+        shaped("/v1/merchants/{id}", get_merchant),
+        shaped("/v1/merchants/{id}/menu", set_menu),
+        shaped("/v1/merchants/{mid}/orders/{oid}/{action}", merchant_decide),
+        shaped("/v1/merchants/{id}/{action}", open_close),
+        shaped("/v1/riders", create_rider),
+        shaped("/v1/riders/{id}", get_rider),
+        shaped("/v1/riders/{id}/location", rider_location),
+        shaped("/v1/riders/{rid}/orders/{oid}/{action}", rider_order),
+        shaped("/v1/riders/{id}/{action}", rider_status),
+        shaped("/v1/riders/{rid}/offers/{oid}/{action}", rider_offer),
+        shaped("/v1/orders/{id}/track", track),
+        shaped("/v1/merchants/{id}/feed", merchant_feed),
+        shaped("/v1/riders/{id}/feed", rider_feed),
+        shaped("/ops", ops_page),
+        shaped("/v1/ops/live", ops_live),
+        shaped("/v1/cluster", cluster),
+        shaped("/v1/admin/reload", reload),
+        shaped("/internal/v1/link", link),
+        shaped("/v1/payments/callback", payment_callback),
+        shaped("/openapi.json", openapi),
     ];
-    let mut all = vec![healthz.boxed()];
+    let mut all = vec![shaped("/healthz", healthz)];
     all.extend(rest);
     let routes = balanced(all);
     let served = gate.and(routes).recover(error::recover).unify();
@@ -483,4 +506,44 @@ pub fn routes(
             }
             resp
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A route that answers 200 with its name.
+    fn named(
+        name: &'static str,
+    ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+        warp::any().and_then(move || async move {
+            Ok::<_, warp::Rejection>(
+                warp::reply::with_status(name, warp::http::StatusCode::OK).into_response(),
+            )
+        })
+    }
+
+    #[tokio::test]
+    async fn a_shaped_route_is_tried_only_for_paths_of_its_shape() {
+        let routes = balanced(vec![
+            shaped("/v1/orders/{id}", named("get")),
+            shaped("/v1/orders/{id}/{action}", named("action")),
+        ]);
+        let answer = |path: &'static str| {
+            let routes = routes.clone();
+            async move {
+                let r = warp::test::request().path(path).reply(&routes).await;
+                (
+                    r.status().as_u16(),
+                    String::from_utf8_lossy(r.body()).into_owned(),
+                )
+            }
+        };
+        assert_eq!(answer("/v1/orders/o-1").await, (200, "get".into()));
+        assert_eq!(answer("/v1/orders/o-1/pay").await, (200, "action".into()));
+        // `named` takes any path: only the shape check keeps these out.
+        assert_eq!(answer("/v1/orders").await.0, 404);
+        assert_eq!(answer("/v1/orders/o-1/pay/now").await.0, 404);
+        assert_eq!(answer("/v1/riders/r-1").await.0, 404);
+    }
 }
