@@ -65,12 +65,18 @@ fn the_document_describes_every_listed_route_and_no_other() {
 /// The labels of the warp routes in `src/api/mod.rs`: every route is wrapped in
 /// `timed("METHOD /path", ...)`, whose label names it in the latency metric.
 fn warp_labels() -> BTreeSet<String> {
+    labels_of("timed(")
+}
+
+/// The first string argument (a `"METHOD /path"` label) of every call of `call` in
+/// `src/api/mod.rs`.
+fn labels_of(call: &str) -> BTreeSet<String> {
     let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs"))
         .expect("read src/api/mod.rs");
     let mut out = BTreeSet::new();
     let mut rest = src.as_str();
-    while let Some(i) = rest.find("timed(") {
-        rest = &rest[i + "timed(".len()..];
+    while let Some(i) = rest.find(call) {
+        rest = &rest[i + call.len()..];
         let trimmed = rest.trim_start();
         if let Some(label) = trimmed.strip_prefix('"').and_then(|t| t.split('"').next()) {
             if label.contains(' ') && label.contains('/') {
@@ -111,6 +117,13 @@ fn every_warp_route_is_listed_and_every_listed_route_is_a_warp_route() {
         ));
     }
     assert!(problems.is_empty(), "\n{}\n", problems.join("\n"));
+}
+
+#[test]
+fn every_warp_route_is_tried_under_its_own_label() {
+    // `shaped(label, route)` lets a request reach `route` only when its path has the shape of
+    // `label`; a label that names no route (or misses one) would make a route unreachable.
+    assert_eq!(labels_of("shaped("), warp_labels());
 }
 
 /// `path` with every `{param}` replaced by `with`.

@@ -120,15 +120,22 @@ async fn admit(
         .map_err(|r| warp::reject::custom(error::Gate(r)))
 }
 
-/// `route`, tried only for paths of the shape `template` (as in `openapi::ROUTES`). The shape
-/// is checked outside the route's box: a route's boxed future is its whole handler's state
-/// (kilobytes), and warp built, copied into the heap and dropped one for every route a request
-/// passed on its way to its own. Now a route whose shape does not fit costs a few comparisons.
-/// The check only lets fewer requests in; the route's own `path!` still decides.
-fn shaped<F>(template: &'static str, route: F) -> BoxedFilter<(Response,)>
+/// `route`, tried only for paths of its shape: `label` is the route's own name, as in its
+/// `timed` call and `openapi::ROUTES` (`"POST /v1/orders/{id}/{action}"`), and its path part
+/// is the shape. The shape is checked outside the route's box: a route's boxed future is its
+/// whole handler's state (kilobytes), and warp built, copied into the heap and dropped one for
+/// every route a request passed on its way to its own. Now a route whose shape does not fit
+/// costs a few comparisons. The check only lets fewer requests in (never by method, which
+/// would turn a 405 into a 404); the route's own `path!` still decides.
+fn shaped<F>(label: &'static str, route: F) -> BoxedFilter<(Response,)>
 where
     F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
 {
+    debug_assert!(
+        openapi::ROUTES.iter().any(|r| r.served_by == label),
+        "`{label}` is not a route label in api::openapi::ROUTES"
+    );
+    let template = label.split_once(' ').map_or(label, |(_, path)| path);
     warp::path::peek()
         .and_then(move |tail: warp::path::Peek| {
             std::future::ready(if openapi::template_matches(template, tail.as_str()) {
@@ -462,35 +469,38 @@ pub fn routes(
     // routes come first; none of them overlaps a later route (their methods differ). Each is
     // tried only for paths of its shape (`shaped`).
     let rest: Vec<BoxedFilter<(Response,)>> = vec![
-        shaped("/v1/orders", create_order),
-        shaped("/v1/orders/{id}", get_order),
-        shaped("/v1/orders/{id}/{action}", order_action),
-        shaped("/readyz", readyz),
-        shaped("/metrics", metrics),
-        shaped("/v1/merchants", create_merchant),
-        shaped("/v1/merchants", browse_merchants),
-        shaped("/v1/merchants/{id}", get_merchant),
-        shaped("/v1/merchants/{id}/menu", set_menu),
-        shaped("/v1/merchants/{mid}/orders/{oid}/{action}", merchant_decide),
-        shaped("/v1/merchants/{id}/{action}", open_close),
-        shaped("/v1/riders", create_rider),
-        shaped("/v1/riders/{id}", get_rider),
-        shaped("/v1/riders/{id}/location", rider_location),
-        shaped("/v1/riders/{rid}/orders/{oid}/{action}", rider_order),
-        shaped("/v1/riders/{id}/{action}", rider_status),
-        shaped("/v1/riders/{rid}/offers/{oid}/{action}", rider_offer),
-        shaped("/v1/orders/{id}/track", track),
-        shaped("/v1/merchants/{id}/feed", merchant_feed),
-        shaped("/v1/riders/{id}/feed", rider_feed),
-        shaped("/ops", ops_page),
-        shaped("/v1/ops/live", ops_live),
-        shaped("/v1/cluster", cluster),
-        shaped("/v1/admin/reload", reload),
-        shaped("/internal/v1/link", link),
-        shaped("/v1/payments/callback", payment_callback),
-        shaped("/openapi.json", openapi),
+        shaped("POST /v1/orders", create_order),
+        shaped("GET /v1/orders/{id}", get_order),
+        shaped("POST /v1/orders/{id}/{action}", order_action),
+        shaped("GET /readyz", readyz),
+        shaped("GET /metrics", metrics),
+        shaped("POST /v1/merchants", create_merchant),
+        shaped("GET /v1/merchants", browse_merchants),
+        shaped("GET /v1/merchants/{id}", get_merchant),
+        shaped("PUT /v1/merchants/{id}/menu", set_menu),
+        shaped(
+            "POST /v1/merchants/{mid}/orders/{oid}/{action}",
+            merchant_decide,
+        ),
+        shaped("POST /v1/merchants/{id}/{action}", open_close),
+        shaped("POST /v1/riders", create_rider),
+        shaped("GET /v1/riders/{id}", get_rider),
+        shaped("PUT /v1/riders/{id}/location", rider_location),
+        shaped("POST /v1/riders/{rid}/orders/{oid}/{action}", rider_order),
+        shaped("POST /v1/riders/{id}/{action}", rider_status),
+        shaped("POST /v1/riders/{rid}/offers/{oid}/{action}", rider_offer),
+        shaped("GET /v1/orders/{id}/track", track),
+        shaped("GET /v1/merchants/{id}/feed", merchant_feed),
+        shaped("GET /v1/riders/{id}/feed", rider_feed),
+        shaped("GET /ops", ops_page),
+        shaped("GET /v1/ops/live", ops_live),
+        shaped("GET /v1/cluster", cluster),
+        shaped("POST /v1/admin/reload", reload),
+        shaped("GET /internal/v1/link", link),
+        shaped("POST /v1/payments/callback", payment_callback),
+        shaped("GET /openapi.json", openapi),
     ];
-    let mut all = vec![shaped("/healthz", healthz)];
+    let mut all = vec![shaped("GET /healthz", healthz)];
     all.extend(rest);
     let routes = balanced(all);
     let served = gate.and(routes).recover(error::recover).unify();
@@ -526,8 +536,8 @@ mod tests {
     #[tokio::test]
     async fn a_shaped_route_is_tried_only_for_paths_of_its_shape() {
         let routes = balanced(vec![
-            shaped("/v1/orders/{id}", named("get")),
-            shaped("/v1/orders/{id}/{action}", named("action")),
+            shaped("GET /v1/orders/{id}", named("get")),
+            shaped("POST /v1/orders/{id}/{action}", named("action")),
         ]);
         let answer = |path: &'static str| {
             let routes = routes.clone();
