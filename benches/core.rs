@@ -432,7 +432,7 @@ fn order_change(merchant_id: &str) -> Vec<Write> {
         created_at: now,
         traceparent: None,
     };
-    vec![Write::InsertOrder(order), Write::Event(event)]
+    vec![Write::InsertOrder(order.into()), Write::Event(event)]
 }
 
 fn bench_group_commit(c: &mut Criterion) {

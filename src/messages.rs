@@ -8,6 +8,8 @@
 //! never leave a node (a shard's bookkeeping, timers, the lock actor) stay beside their actor.
 
 use actix::Message;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::actors::order_machine::OrderEvent;
@@ -40,15 +42,15 @@ pub struct PlaceOrder {
 /// The outcome of `PlaceOrder`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Placed {
-    /// The order.
-    pub order: Order,
+    /// The order (shared with the order actor's state).
+    pub order: Arc<Order>,
     /// True when an earlier request with the same idempotency key created it.
     pub replayed: bool,
 }
 
 /// Reads the order.
 #[derive(Message, Debug, Clone, Serialize, Deserialize)]
-#[rtype(result = "Result<Order>")]
+#[rtype(result = "Result<Arc<Order>>")]
 pub struct GetOrder {
     /// Who asks.
     pub caller: Caller,
@@ -56,7 +58,7 @@ pub struct GetOrder {
 
 /// Moves the order by `event`.
 #[derive(Message, Debug, Clone, Serialize, Deserialize)]
-#[rtype(result = "Result<Order>")]
+#[rtype(result = "Result<Arc<Order>>")]
 pub struct ChangeOrder {
     /// Who asks.
     pub caller: Caller,
@@ -86,7 +88,7 @@ pub struct PaymentStarted {
     /// The intent as the provider holds it.
     pub intent: crate::payments::Intent,
     /// The order as it was when the payment started.
-    pub order: Order,
+    pub order: Arc<Order>,
 }
 
 /// A verified event from the payment provider (its callback, or the reconciler asking it).
@@ -101,7 +103,7 @@ pub struct PaymentNotice {
 /// Test hook: makes the actor panic inside its handler, as a bug would.
 #[doc(hidden)]
 #[derive(Message, Debug, Clone, Serialize, Deserialize)]
-#[rtype(result = "Result<Order>")]
+#[rtype(result = "Result<Arc<Order>>")]
 pub struct CrashOrder;
 
 // ---- merchants ----
@@ -185,7 +187,7 @@ pub struct OrderDraft {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PlaceOutcome {
     /// Committed: the new order.
-    Placed(Order),
+    Placed(Arc<Order>),
     /// The store refused the creating transaction (the reservation was given back).
     Refused(crate::store::Refusal),
 }
@@ -318,7 +320,7 @@ pub struct FreeRider {
 /// A rider answers an offer (REST or the rider's socket). The rider's actor passes it on to
 /// the dispatch zone the rider is in, which made the offer.
 #[derive(Message, Debug, Clone, Serialize, Deserialize)]
-#[rtype(result = "Result<Order>")]
+#[rtype(result = "Result<Arc<Order>>")]
 pub struct AnswerOffer {
     /// Who answers.
     pub caller: Caller,
@@ -368,15 +370,15 @@ pub struct RiderState {
 #[derive(Message, Debug, Clone, Serialize, Deserialize)]
 #[rtype(result = "Result<()>")]
 pub struct OrderChanged {
-    /// The order after the change.
-    pub order: Order,
+    /// The order after the change (shared with the order actor's state).
+    pub order: Arc<Order>,
     /// The rider it had before the change (a release puts it back without that rider).
     pub previous_rider: Option<String>,
 }
 
 /// `AnswerOffer` as the rider's actor hands it to its zone.
 #[derive(Message, Debug, Clone, Serialize, Deserialize)]
-#[rtype(result = "Result<Order>")]
+#[rtype(result = "Result<Arc<Order>>")]
 pub struct ZoneAnswer(pub AnswerOffer);
 
 /// `CurrentOffer` as the rider's actor hands it to its zone.

@@ -391,7 +391,7 @@ async fn a_lost_version_check_reloads_instead_of_overwriting() {
     app.node
         .store
         .commit(vec![waimai::store::Write::UpdateOrder {
-            order: other,
+            order: other.into(),
             expected_version: 2,
         }])
         .await

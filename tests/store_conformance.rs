@@ -114,7 +114,7 @@ async fn sqlite_batches_take_the_fast_writer_and_its_failures_the_per_change_pat
     let (committed, rolled_back) = (fast("committed"), fast("rolled_back"));
     let v1 = order(&id("o"), &id("m"));
     store
-        .commit(vec![Write::InsertOrder(v1.clone())])
+        .commit(vec![Write::InsertOrder(v1.clone().into())])
         .await
         .expect("insert");
     assert!(
@@ -139,11 +139,11 @@ async fn sqlite_batches_take_the_fast_writer_and_its_failures_the_per_change_pat
     stale.version = 8;
     let (good, bad) = tokio::join!(
         store.commit(vec![Write::UpdateOrder {
-            order: v2.clone(),
+            order: v2.clone().into(),
             expected_version: 1,
         }]),
         store.commit(vec![Write::UpdateOrder {
-            order: stale,
+            order: stale.into(),
             expected_version: 7,
         }]),
     );
@@ -182,7 +182,11 @@ async fn sqlite_wal_is_checkpointed_by_a_thread_of_its_own() {
     let merchant = id("m");
     let orders: Vec<Order> = (0..200).map(|_| order(&id("o"), &merchant)).collect();
     for chunk in orders.chunks(20) {
-        let writes = chunk.iter().cloned().map(Write::InsertOrder).collect();
+        let writes = chunk
+            .iter()
+            .cloned()
+            .map(|o| Write::InsertOrder(o.into()))
+            .collect();
         store.commit(writes).await.expect("insert");
     }
     // A few hundred pages: far below any automatic checkpoint, so only the thread copies them.
@@ -338,7 +342,7 @@ async fn check_migrate_keeps_data(store: &Store) {
     let o = order(&id("o"), &mid);
     store
         .commit(vec![
-            Write::InsertOrder(o.clone()),
+            Write::InsertOrder(o.clone().into()),
             Write::Event(event(&o.id, "order_created", json!({"n": 1}))),
         ])
         .await
@@ -380,11 +384,11 @@ async fn check_order_round_trip(store: &Store) {
     b.updated_at = i64::MAX / 2;
 
     store
-        .commit(vec![Write::InsertOrder(a.clone())])
+        .commit(vec![Write::InsertOrder(a.clone().into())])
         .await
         .expect("insert a");
     store
-        .commit(vec![Write::InsertOrder(b.clone())])
+        .commit(vec![Write::InsertOrder(b.clone().into())])
         .await
         .expect("insert b");
 
@@ -562,7 +566,7 @@ async fn check_versioned_update_order(store: &Store) {
     let mid = id("m");
     let v1 = order(&id("o"), &mid);
     store
-        .commit(vec![Write::InsertOrder(v1.clone())])
+        .commit(vec![Write::InsertOrder(v1.clone().into())])
         .await
         .expect("insert");
 
@@ -573,7 +577,7 @@ async fn check_versioned_update_order(store: &Store) {
     v2.updated_at = v1.updated_at + 10;
     store
         .commit(vec![Write::UpdateOrder {
-            order: v2.clone(),
+            order: v2.clone().into(),
             expected_version: 1,
         }])
         .await
@@ -588,7 +592,7 @@ async fn check_versioned_update_order(store: &Store) {
     stale.updated_at = v1.updated_at + 99;
     match store
         .commit(vec![Write::UpdateOrder {
-            order: stale,
+            order: stale.into(),
             expected_version: 1,
         }])
         .await
@@ -607,7 +611,7 @@ async fn check_versioned_update_order(store: &Store) {
     assert!(matches!(
         store
             .commit(vec![Write::UpdateOrder {
-                order: ahead,
+                order: ahead.into(),
                 expected_version: 9,
             }])
             .await,
@@ -621,7 +625,7 @@ async fn check_versioned_update_order(store: &Store) {
     v3.version = 3;
     store
         .commit(vec![Write::UpdateOrder {
-            order: v3.clone(),
+            order: v3.clone().into(),
             expected_version: 2,
         }])
         .await
@@ -633,7 +637,7 @@ async fn check_versioned_update_order(store: &Store) {
     assert!(matches!(
         store
             .commit(vec![Write::UpdateOrder {
-                order: ghost.clone(),
+                order: ghost.clone().into(),
                 expected_version: 1,
             }])
             .await,
@@ -989,7 +993,7 @@ async fn check_write_set_atomic(store: &Store) {
     let mid = seed_merchant(store, &[("a", 5), ("b", 1)], 1).await;
     let existing = order(&id("o"), &mid);
     store
-        .commit(vec![Write::InsertOrder(existing.clone())])
+        .commit(vec![Write::InsertOrder(existing.clone().into())])
         .await
         .expect("insert existing order");
 
@@ -1000,11 +1004,11 @@ async fn check_write_set_atomic(store: &Store) {
     stale.status = OrderStatus::Cancelled;
     let res = store
         .commit(vec![
-            Write::InsertOrder(fresh.clone()),
+            Write::InsertOrder(fresh.clone().into()),
             Write::Event(event(&fresh.id, "order_created", json!({"id": fresh.id}))),
             adjust(&mid, "a", -2, 3),
             Write::UpdateOrder {
-                order: stale,
+                order: stale.into(),
                 expected_version: 7,
             },
         ])
@@ -1025,7 +1029,7 @@ async fn check_write_set_atomic(store: &Store) {
     let fresh2 = order(&id("o"), &mid);
     let res = store
         .commit(vec![
-            Write::InsertOrder(fresh2.clone()),
+            Write::InsertOrder(fresh2.clone().into()),
             adjust(&mid, "a", -1, 1),
             adjust(&mid, "b", -2, 1),
             Write::Event(event(&fresh2.id, "order_created", json!({}))),
@@ -1045,8 +1049,8 @@ async fn check_write_set_atomic(store: &Store) {
         .commit(vec![
             Write::Event(event(&fresh3.id, "order_created", json!({}))),
             adjust(&mid, "a", -1, 1),
-            Write::InsertOrder(fresh3.clone()),
-            Write::InsertOrder(existing.clone()),
+            Write::InsertOrder(fresh3.clone().into()),
+            Write::InsertOrder(existing.clone().into()),
         ])
         .await;
     assert!(matches!(res, Err(StoreError::Duplicate(_))), "got {res:?}");
@@ -1057,7 +1061,7 @@ async fn check_write_set_atomic(store: &Store) {
     // The store is still usable, and the same change without the bad write goes through whole.
     store
         .commit(vec![
-            Write::InsertOrder(fresh.clone()),
+            Write::InsertOrder(fresh.clone().into()),
             Write::Event(event(&fresh.id, "order_created", json!({"id": fresh.id}))),
             adjust(&mid, "a", -2, 3),
         ])
@@ -1088,7 +1092,7 @@ async fn check_group_commit_isolation(store: &Store) {
     let mid = id("m");
     let shared = order(&id("o"), &mid);
     store
-        .commit(vec![Write::InsertOrder(shared.clone())])
+        .commit(vec![Write::InsertOrder(shared.clone().into())])
         .await
         .expect("insert shared order");
 
@@ -1107,7 +1111,7 @@ async fn check_group_commit_isolation(store: &Store) {
         tokio::spawn(async move {
             let writes = match k {
                 Kind::Good => vec![
-                    Write::InsertOrder(o.clone()),
+                    Write::InsertOrder(o.clone().into()),
                     Write::Event(event(&o.id, "order_created", json!({"i": i}))),
                     Write::Event(event(&o.id, "order_paid", json!({"i": i}))),
                 ],
@@ -1115,10 +1119,10 @@ async fn check_group_commit_isolation(store: &Store) {
                     let mut stale = shared.clone();
                     stale.version = 99;
                     vec![
-                        Write::InsertOrder(o.clone()),
+                        Write::InsertOrder(o.clone().into()),
                         Write::Event(event(&o.id, "order_created", json!({"i": i}))),
                         Write::UpdateOrder {
-                            order: stale,
+                            order: stale.into(),
                             expected_version: 98,
                         },
                     ]
@@ -1130,7 +1134,7 @@ async fn check_group_commit_isolation(store: &Store) {
                     next.rider_id = Some(format!("racer-{i}"));
                     vec![
                         Write::UpdateOrder {
-                            order: next,
+                            order: next.into(),
                             expected_version: 1,
                         },
                         Write::Event(event(&shared.id, "order_paid", json!({"i": i}))),
@@ -1265,7 +1269,7 @@ async fn check_duplicate_insert(store: &Store) {
     let mid = id("m");
     let first = order(&id("o"), &mid);
     store
-        .commit(vec![Write::InsertOrder(first.clone())])
+        .commit(vec![Write::InsertOrder(first.clone().into())])
         .await
         .expect("first insert");
     let mut again = first.clone();
@@ -1274,7 +1278,7 @@ async fn check_duplicate_insert(store: &Store) {
     let res = store
         .commit(vec![
             Write::Event(event(&first.id, "order_created", json!({}))),
-            Write::InsertOrder(again),
+            Write::InsertOrder(again.into()),
         ])
         .await;
     assert!(matches!(res, Err(StoreError::Duplicate(_))), "got {res:?}");
@@ -1327,11 +1331,13 @@ async fn check_concurrent_duplicate_insert(store: &Store) {
         tokio::spawn(async move {
             let mine = store
                 .commit(vec![
-                    Write::InsertOrder(o),
+                    Write::InsertOrder(o.into()),
                     Write::Event(event(&contested, "order_created", json!({"i": i}))),
                 ])
                 .await;
-            let theirs = store.commit(vec![Write::InsertOrder(bystander)]).await;
+            let theirs = store
+                .commit(vec![Write::InsertOrder(bystander.into())])
+                .await;
             (mine, theirs)
         })
     });
@@ -1410,7 +1416,7 @@ async fn check_concurrent_multi_sku(store: &Store) {
                 } else {
                     vec![adjust(&mid, b, -2, 1), adjust(&mid, a, -1, 1)]
                 };
-                writes.push(Write::InsertOrder(o.clone()));
+                writes.push(Write::InsertOrder(o.clone().into()));
                 writes.push(Write::Event(event(&o.id, "order_created", json!({"i": i}))));
                 (store.commit(writes).await, o)
             })
@@ -1440,7 +1446,9 @@ async fn check_closed_store_rejects_writes(store: &Store) {
     store.close().await;
     let o = order(&id("o"), &mid);
     assert!(matches!(
-        store.commit(vec![Write::InsertOrder(o.clone())]).await,
+        store
+            .commit(vec![Write::InsertOrder(o.clone().into())])
+            .await,
         Err(StoreError::Closed)
     ));
     // Reads still work, and nothing was written.
@@ -1463,7 +1471,7 @@ async fn check_concurrent_loads(store: &Store) {
     }
     let writes: Vec<_> = stored
         .iter()
-        .map(|o| store.commit(vec![Write::InsertOrder(o.clone())]))
+        .map(|o| store.commit(vec![Write::InsertOrder(o.clone().into())]))
         .collect();
     for w in join_all(writes).await {
         w.expect("insert");
@@ -1518,7 +1526,7 @@ async fn check_shard_epochs(store: &Store) {
         .commit_fenced(
             Some(ShardEpoch { shard: 3, epoch: 1 }),
             vec![
-                Write::InsertOrder(stale.clone()),
+                Write::InsertOrder(stale.clone().into()),
                 Write::Event(event(&stale.id, "order_created", json!({}))),
             ],
         )
@@ -1538,7 +1546,7 @@ async fn check_shard_epochs(store: &Store) {
     store
         .commit_fenced(
             Some(ShardEpoch { shard: 3, epoch: 2 }),
-            vec![Write::InsertOrder(current.clone())],
+            vec![Write::InsertOrder(current.clone().into())],
         )
         .await
         .expect("current epoch writes");
@@ -1548,7 +1556,7 @@ async fn check_shard_epochs(store: &Store) {
     let res = store
         .commit_fenced(
             Some(ShardEpoch { shard: 9, epoch: 1 }),
-            vec![Write::InsertOrder(unclaimed)],
+            vec![Write::InsertOrder(unclaimed.into())],
         )
         .await;
     assert!(
@@ -1566,7 +1574,7 @@ async fn check_fenced_jobs_in_one_batch(store: &Store) {
     let mid = seed_merchant(store, &[("s", 1000)], 1).await;
     let existing = order(&id("o"), &mid);
     store
-        .commit(vec![Write::InsertOrder(existing.clone())])
+        .commit(vec![Write::InsertOrder(existing.clone().into())])
         .await
         .expect("existing");
     let mut jobs = Vec::new();
@@ -1580,13 +1588,16 @@ async fn check_fenced_jobs_in_one_batch(store: &Store) {
         if i == 31 {
             // A current job that conflicts (a duplicate id) forces the per-change path for
             // whatever batch it lands in; it fails alone.
-            jobs.push(store.commit_fenced(Some(fence), vec![Write::InsertOrder(existing.clone())]));
+            jobs.push(store.commit_fenced(
+                Some(fence),
+                vec![Write::InsertOrder(existing.clone().into())],
+            ));
             want.push((existing.id.clone(), false));
             continue;
         }
         let o = order(&id("o"), &mid);
         let writes = vec![
-            Write::InsertOrder(o.clone()),
+            Write::InsertOrder(o.clone().into()),
             adjust(&mid, "s", -1, 1),
             Write::Event(event(&o.id, "order_created", json!({"i": i}))),
         ];
@@ -1778,7 +1789,7 @@ async fn check_orders_of_shards(store: &Store) {
             o.status = OrderStatus::Completed;
         }
         store
-            .commit(vec![Write::InsertOrder(o.clone())])
+            .commit(vec![Write::InsertOrder(o.clone().into())])
             .await
             .expect("insert");
         assert_eq!(
@@ -1870,7 +1881,7 @@ async fn postgres_backfill_stamps_older_rows() {
         let o = order(&id("o"), &id("m"));
         store
             .commit(vec![
-                Write::InsertOrder(o.clone()),
+                Write::InsertOrder(o.clone().into()),
                 Write::Event(event(&o.id, "order_created", json!({}))),
             ])
             .await

@@ -2,6 +2,7 @@
 //! writer of its order's row: each change is planned from the current state, persisted with its
 //! outbox event (version-checked), and only then applied and acknowledged.
 
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument as _;
 
@@ -36,8 +37,9 @@ pub struct OrderActor {
     deps: Deps,
     /// The shard epoch every write carries (cluster).
     fence: Option<ShardEpoch>,
-    /// Persisted state once loaded.
-    state: Loaded<Order>,
+    /// Persisted state once loaded; shared (not copied) with the store's write, the reply and
+    /// the announcements of each change.
+    state: Loaded<Arc<Order>>,
     /// What this life knows of the order's payments without reading them.
     payments: KnownPayments,
 }
@@ -183,7 +185,7 @@ fn authorize(caller: &Caller, o: &Order, event: OrderEvent, party: Option<&str>)
 /// What a planned change needs done around its commit.
 struct Plan {
     /// The order before.
-    current: Order,
+    current: Arc<Order>,
     /// The event.
     event: OrderEvent,
     /// Rider to claim first (assignment).
@@ -216,7 +218,7 @@ impl OrderActor {
                             if o.status.is_terminal() {
                                 act.tell_terminal();
                             }
-                            Loaded::Present(o)
+                            Loaded::Present(Arc::new(o))
                         }
                         Ok(None) => Loaded::Absent,
                         Err(e) => Loaded::Failed(e.to_string()),
@@ -225,7 +227,7 @@ impl OrderActor {
         );
     }
 
-    fn current(&mut self, ctx: &mut Context<Self>) -> Result<Order> {
+    fn current(&mut self, ctx: &mut Context<Self>) -> Result<Arc<Order>> {
         match &self.state {
             Loaded::Present(o) => Ok(o.clone()),
             Loaded::Absent => Err(Error::not_found("order", self.id.clone())),
@@ -298,7 +300,7 @@ async fn commit_step(
     rider: Option<String>,
     fence: Option<i64>,
     extra: Vec<Write>,
-) -> Result<Order> {
+) -> Result<Arc<Order>> {
     let to = transition(o.status, event)?;
     let mut next = o.clone();
     next.status = to;
@@ -309,6 +311,7 @@ async fn commit_step(
         OrderEvent::ReleaseRider => next.rider_id = None,
         _ => {}
     }
+    let next = Arc::new(next);
     let mut writes = vec![Write::UpdateOrder {
         order: next.clone(),
         expected_version: o.version,
@@ -358,7 +361,11 @@ async fn commit_step(
 
 /// Runs a planned change: claim, fence, commit, and for a refund the provider's confirmation.
 /// Returns every committed step (the order after it, oldest first) and the outcome.
-async fn run_plan(deps: Deps, shard: Option<ShardEpoch>, plan: &Plan) -> (Vec<Order>, Result<()>) {
+async fn run_plan(
+    deps: Deps,
+    shard: Option<ShardEpoch>,
+    plan: &Plan,
+) -> (Vec<Arc<Order>>, Result<()>) {
     let router = &deps.router;
     let o = &plan.current;
     if let Some(rider) = &plan.claim {
@@ -480,7 +487,7 @@ pub(crate) async fn request_refund(deps: &Deps, r: &RefundRow) {
 /// and with its pickup point from the reservation), the stock decrement of each line fenced
 /// with the merchant's lease, and the `order_created` event. Built here, beside every other
 /// order write, and committed by the merchant's actor (`ReserveAndPlace`).
-pub fn creation(draft: &OrderDraft, r: &Reservation) -> (Order, Vec<Write>) {
+pub fn creation(draft: &OrderDraft, r: &Reservation) -> (Arc<Order>, Vec<Write>) {
     let now = now_ms();
     let order = Order {
         id: draft.id.clone(),
@@ -497,6 +504,7 @@ pub fn creation(draft: &OrderDraft, r: &Reservation) -> (Order, Vec<Write>) {
         updated_at: now,
         request_hash: draft.request_hash.clone(),
     };
+    let order = Arc::new(order);
     let mut writes = Vec::with_capacity(r.lines.len() + 2);
     writes.push(Write::InsertOrder(order.clone()));
     writes.extend(r.lines.iter().map(|l| Write::AdjustStock {
@@ -519,7 +527,7 @@ pub fn creation(draft: &OrderDraft, r: &Reservation) -> (Order, Vec<Write>) {
 /// Tells the rest of the system about a committed change, from inside the actor so that one
 /// order's announcements follow its commit order: live sockets (order, merchant and rider
 /// topics), the order's deadline, and its zone's dispatcher.
-fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
+fn announce(deps: &Deps, before: Option<&Order>, after: &Arc<Order>) {
     // A span of its own only inside a sampled trace (as for the actor's and the commit's).
     if crate::telemetry::is_sampled(&tracing::Span::current()) {
         tracing::info_span!(
@@ -562,7 +570,7 @@ fn announce(deps: &Deps, before: Option<&Order>, after: &Order) {
 }
 
 impl Handler<ChangeOrder> for OrderActor {
-    type Result = Reply<Order>;
+    type Result = Reply<Arc<Order>>;
 
     fn handle(&mut self, msg: ChangeOrder, ctx: &mut Context<Self>) -> Self::Result {
         let plan = match guard(|| self.plan(msg, ctx)) {
@@ -584,15 +592,15 @@ impl Handler<ChangeOrder> for OrderActor {
         };
         let span = tracing::Span::current();
         AtomicResponse::new(Box::pin(fut.in_current_span().into_actor(self).map(
-            move |(plan, steps, outcome), act, ctx| {
+            move |(plan, mut steps, outcome), act, ctx| {
                 let _in = span.enter();
                 let o = &plan.current;
                 let mut before = o;
                 for step in &steps {
-                    announce(&act.deps, Some(before), step);
+                    announce(&act.deps, Some(&**before), step);
                     before = step;
                 }
-                let committed = steps.last().cloned();
+                let committed = steps.pop();
                 if let Some(done) = &committed {
                     act.state = Loaded::Present(done.clone());
                     if done.status.is_terminal() {
@@ -692,7 +700,7 @@ impl Handler<PlaceOrder> for OrderActor {
             };
             let hash = place.draft.request_hash.clone();
             let caller_id = place.draft.customer_id.clone();
-            let placed: Result<Order> = match deps.router.send(&msg.merchant_id, place).await {
+            let placed: Result<Arc<Order>> = match deps.router.send(&msg.merchant_id, place).await {
                 Ok(PlaceOutcome::Placed(order)) => Ok(order),
                 Ok(PlaceOutcome::Refused(refused)) => {
                     let e = StoreError::from(refused);
@@ -705,7 +713,9 @@ impl Handler<PlaceOrder> for OrderActor {
                 Ok(mut order) => {
                     // The hash never travels (it is not part of an order's wire form): keep
                     // ours, so a retry of this request is answered as a replay.
-                    order.request_hash = hash;
+                    if order.request_hash != hash {
+                        Arc::make_mut(&mut order).request_hash = hash;
+                    }
                     metrics::ORDER_TRANSITIONS
                         .with_label_values(&["none", "pending_payment"])
                         .inc();
@@ -721,7 +731,7 @@ impl Handler<PlaceOrder> for OrderActor {
                                 && existing.request_hash.is_some()
                                 && existing.request_hash == hash;
                             if same {
-                                Ok((existing, true))
+                                Ok((Arc::new(existing), true))
                             } else {
                                 Err((
                                     Error::IdempotencyMismatch,
@@ -740,7 +750,7 @@ impl Handler<PlaceOrder> for OrderActor {
         };
         let span = tracing::Span::current();
         AtomicResponse::new(Box::pin(fut.in_current_span().into_actor(self).map(
-            move |res: std::result::Result<(Order, bool), (Error, Known)>, act, ctx| {
+            move |res: std::result::Result<(Arc<Order>, bool), (Error, Known)>, act, ctx| {
                 let _in = span.enter();
                 match res {
                     Ok((order, replayed)) => {
@@ -763,7 +773,9 @@ impl Handler<PlaceOrder> for OrderActor {
                             // Refused (out of stock, another request's id, ...): keep what the
                             // store was just found to hold, or learn it before the next message.
                             match known {
-                                Known::Present(order) => act.state = Loaded::Present(*order),
+                                Known::Present(order) => {
+                                    act.state = Loaded::Present(Arc::new(*order))
+                                }
                                 Known::Absent if new_id => {
                                     // Nobody else knows this id: passivate it soon.
                                     act.state = Loaded::Absent;
@@ -782,14 +794,14 @@ impl Handler<PlaceOrder> for OrderActor {
 }
 
 impl Handler<GetOrder> for OrderActor {
-    type Result = Result<Order>;
+    type Result = Result<Arc<Order>>;
 
     fn handle(&mut self, msg: GetOrder, ctx: &mut Context<Self>) -> Self::Result {
         let o = self.current(ctx)?;
         if may_read(&msg.caller, &o) {
             Ok(o)
         } else {
-            Err(Error::not_found("order", o.id))
+            Err(Error::not_found("order", o.id.clone()))
         }
     }
 }
@@ -803,7 +815,7 @@ impl Handler<StartPayment> for OrderActor {
             Err(e) => return ready(Err(e)),
         };
         if !may_read(&msg.caller, &o) {
-            return ready(Err(Error::not_found("order", o.id)));
+            return ready(Err(Error::not_found("order", o.id.clone())));
         }
         if !msg.caller.is(Role::Customer, &o.customer_id) {
             return ready(Err(Error::Forbidden(
@@ -1049,7 +1061,7 @@ impl Handler<PaymentNotice> for OrderActor {
         };
         let span = tracing::Span::current();
         AtomicResponse::new(Box::pin(fut.in_current_span().into_actor(self).map(
-            move |res: Result<(Option<Order>, bool)>, act, ctx| {
+            move |res: Result<(Option<Arc<Order>>, bool)>, act, ctx| {
                 let _in = span.enter();
                 let (next, applied) = match res {
                     Ok(r) => r,
@@ -1078,11 +1090,12 @@ impl Handler<PaymentNotice> for OrderActor {
 }
 
 impl Handler<CrashOrder> for OrderActor {
-    type Result = Result<Order>;
+    type Result = Result<Arc<Order>>;
 
     fn handle(&mut self, _: CrashOrder, ctx: &mut Context<Self>) -> Self::Result {
         let started = Instant::now();
-        let outcome = guard(|| -> Order { panic!("injected crash after {:?}", started.elapsed()) });
+        let outcome =
+            guard(|| -> Arc<Order> { panic!("injected crash after {:?}", started.elapsed()) });
         match outcome {
             Ok(o) => Ok(o),
             Err(why) => {

@@ -545,7 +545,7 @@ impl RiderActor {
 
 impl Handler<AnswerOffer> for RiderActor {
     // Not atomic: accepting assigns the order, which claims this very rider.
-    type Result = ResponseFuture<Result<Order>>;
+    type Result = ResponseFuture<Result<std::sync::Arc<Order>>>;
 
     fn handle(&mut self, msg: AnswerOffer, ctx: &mut Context<Self>) -> Self::Result {
         self.idle.touch();

@@ -224,7 +224,7 @@ impl ZoneActor {
                         tracing::info!(zone = %act.id, riders, orders = mine.len(), "dispatch zone rebuilt");
                     }
                     for o in mine {
-                        act.order_changed(o, None, ctx);
+                        act.order_changed(Arc::new(o), None, ctx);
                     }
                 }
                 Err(e) => {
@@ -721,7 +721,12 @@ impl Handler<OrderChanged> for ZoneActor {
 
 impl ZoneActor {
     /// An order entered `accepted` (queue it) or left it (withdraw its offer).
-    fn order_changed(&mut self, o: Order, previous_rider: Option<String>, ctx: &mut Context<Self>) {
+    fn order_changed(
+        &mut self,
+        o: Arc<Order>,
+        previous_rider: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
         if o.status == OrderStatus::PickedUp {
             // A stacked rider's route loses the pickup it just made.
             if let Some(route) = o.rider_id.as_ref().and_then(|r| self.routes.get_mut(r)) {
@@ -770,7 +775,7 @@ impl ZoneActor {
 }
 
 impl Handler<ZoneAnswer> for ZoneActor {
-    type Result = ResponseActFuture<Self, Result<Order>>;
+    type Result = ResponseActFuture<Self, Result<Arc<Order>>>;
 
     fn handle(&mut self, ZoneAnswer(msg): ZoneAnswer, ctx: &mut Context<Self>) -> Self::Result {
         self.answer(msg, ctx)
@@ -782,8 +787,8 @@ impl ZoneActor {
         &mut self,
         msg: AnswerOffer,
         ctx: &mut Context<Self>,
-    ) -> ResponseActFuture<Self, Result<Order>> {
-        let refuse = |e: Error| -> ResponseActFuture<Self, Result<Order>> {
+    ) -> ResponseActFuture<Self, Result<Arc<Order>>> {
+        let refuse = |e: Error| -> ResponseActFuture<Self, Result<Arc<Order>>> {
             Box::pin(actix::fut::ready(Err(e)))
         };
         if !msg.caller.is(Role::Rider, &msg.rider_id) {

@@ -816,7 +816,8 @@ pub(super) struct PaymentCreated {
     /// The payment intent.
     payment: Intent,
     /// The order when the payment started.
-    order: Order,
+    #[schema(value_type = Order)]
+    order: std::sync::Arc<Order>,
 }
 
 /// `POST /v1/orders/{id}/pay`: the order with its payment intent.
@@ -824,7 +825,8 @@ pub(super) struct PaymentCreated {
 pub(super) struct PaidOrder {
     /// The order (paid, or still `pending_payment` when the answer is 202).
     #[serde(flatten)]
-    order: Order,
+    #[schema(value_type = Order)]
+    order: std::sync::Arc<Order>,
     /// The payment intent.
     payment: Intent,
 }

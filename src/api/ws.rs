@@ -100,7 +100,7 @@ pub(super) async fn track(
             version: order.version,
             seq: st.hub.last_seq(),
             ts: now_ms(),
-            order: order.clone(),
+            order: crate::model::Order::clone(&order),
         },
     );
     let session = Session {

@@ -5,6 +5,8 @@
 //! uses on this node and the `Command` enum that carries a message to the node owning its
 //! entity's shard, where `Command::deliver` hands it to the local shard.
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -132,9 +134,9 @@ macro_rules! routes {
 routes! {
     // orders
     PlaceOrder => Placed, OrderActor, true, creates true;
-    GetOrder => Order, OrderActor, true;
-    ChangeOrder => Order, OrderActor, false;
-    CrashOrder => Order, OrderActor, false;
+    GetOrder => Arc<Order>, OrderActor, true;
+    ChangeOrder => Arc<Order>, OrderActor, false;
+    CrashOrder => Arc<Order>, OrderActor, false;
     StartPayment => PaymentStarted, OrderActor, true;
     PaymentNotice => bool, OrderActor, true;
     // merchants
@@ -157,13 +159,13 @@ routes! {
     GetRider => Rider, RiderActor, true;
     ClaimRider => Rider, RiderActor, true;
     FreeRider => (), RiderActor, true;
-    AnswerOffer => Order, RiderActor, false;
+    AnswerOffer => Arc<Order>, RiderActor, false;
     CurrentOffer => Option<Offer>, RiderActor, true;
     ReportToZone => (), RiderActor, true;
     // dispatch zones
     RiderState => (), ZoneActor, true;
     OrderChanged => (), ZoneActor, true;
-    ZoneAnswer => Order, ZoneActor, false;
+    ZoneAnswer => Arc<Order>, ZoneActor, false;
     ZoneOffer => Option<Offer>, ZoneActor, true;
     DispatchStats => ZoneStats, ZoneActor, true;
 }

@@ -1,6 +1,7 @@
 //! The group-commit writer: drains the write queue into one transaction per batch, one savepoint
 //! per change, and acknowledges each change only after the transaction committed.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use sqlx::pool::PoolConnection;
@@ -16,9 +17,12 @@ use crate::model::{MenuItem, Merchant, Order, OutboxEvent, Rider};
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Write {
     /// Creates an order row (version must be 1).
-    InsertOrder(Order),
+    InsertOrder(Arc<Order>),
     /// Replaces an order row whose stored version is `expected_version`.
-    UpdateOrder { order: Order, expected_version: i64 },
+    UpdateOrder {
+        order: Arc<Order>,
+        expected_version: i64,
+    },
     /// Creates a merchant profile.
     InsertMerchant(Merchant),
     /// Replaces a merchant profile whose stored version is `expected_version`.
