@@ -646,7 +646,7 @@ impl Handler<ChangeOrder> for OrderActor {
 /// What a refused create learned of the order's row.
 enum Known {
     /// The store holds this order (another request's, under the same id).
-    Present(Box<Order>),
+    Present(Arc<Order>),
     /// The store has no such order.
     Absent,
     /// Not looked at, or the look failed.
@@ -727,16 +727,14 @@ impl Handler<PlaceOrder> for OrderActor {
                     // since). Its row says whether this is that request's replay.
                     match deps.store.load_order(&draft_id).await {
                         Ok(Some(existing)) => {
+                            let existing = Arc::new(existing);
                             let same = existing.customer_id == caller_id
                                 && existing.request_hash.is_some()
                                 && existing.request_hash == hash;
                             if same {
-                                Ok((Arc::new(existing), true))
+                                Ok((existing, true))
                             } else {
-                                Err((
-                                    Error::IdempotencyMismatch,
-                                    Known::Present(Box::new(existing)),
-                                ))
+                                Err((Error::IdempotencyMismatch, Known::Present(existing)))
                             }
                         }
                         Ok(None) => Err((e, Known::Absent)),
@@ -773,9 +771,7 @@ impl Handler<PlaceOrder> for OrderActor {
                             // Refused (out of stock, another request's id, ...): keep what the
                             // store was just found to hold, or learn it before the next message.
                             match known {
-                                Known::Present(order) => {
-                                    act.state = Loaded::Present(Arc::new(*order))
-                                }
+                                Known::Present(order) => act.state = Loaded::Present(order),
                                 Known::Absent if new_id => {
                                     // Nobody else knows this id: passivate it soon.
                                     act.state = Loaded::Absent;

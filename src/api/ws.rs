@@ -100,7 +100,7 @@ pub(super) async fn track(
             version: order.version,
             seq: st.hub.last_seq(),
             ts: now_ms(),
-            order: crate::model::Order::clone(&order),
+            order: order.clone(),
         },
     );
     let session = Session {

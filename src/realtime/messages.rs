@@ -146,7 +146,8 @@ pub struct TrackSnapshot {
     /// When, ms since the epoch.
     pub ts: i64,
     /// The order.
-    pub order: Order,
+    #[schema(value_type = Order)]
+    pub order: std::sync::Arc<Order>,
 }
 
 /// `snapshot` (merchant feed): the merchant's active orders when the socket opens.
