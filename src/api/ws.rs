@@ -59,6 +59,9 @@ enum Commands {
 
 /// Most commands of one socket awaiting their answer; a client past it is closed (1008).
 const MAX_INFLIGHT_COMMANDS: usize = 256;
+/// Most queued events written to a socket before one flush (a few hundred bytes each, well
+/// inside the websocket's 128 KiB write buffer, so they leave in one system call).
+const MAX_FRAMES_PER_WRITE: usize = 64;
 
 /// One open socket's state.
 struct Session {
@@ -265,10 +268,11 @@ async fn run(socket: WebSocket, mut s: Session) {
     let send_timeout = Duration::from_millis(cfg.send_timeout_ms.max(10));
     let (mut tx, mut rx) = socket.split();
 
-    // Writes one frame; false when the client stalled or went away.
-    macro_rules! send {
-        ($msg:expr) => {
-            match tokio::time::timeout(send_timeout, tx.send($msg)).await {
+    // Runs one write to the socket (`tx.send(..)`, `tx.feed(..)`, `tx.flush()`); false when
+    // the client stalled or went away.
+    macro_rules! io {
+        ($write:expr) => {
+            match tokio::time::timeout(send_timeout, $write).await {
                 Ok(Ok(())) => true,
                 Ok(Err(_)) => false,
                 Err(_) => {
@@ -278,6 +282,12 @@ async fn run(socket: WebSocket, mut s: Session) {
                     false
                 }
             }
+        };
+    }
+    // Writes one frame and flushes it.
+    macro_rules! send {
+        ($msg:expr) => {
+            io!(tx.send($msg))
         };
     }
     // Sends a close frame, then lets the client answer it (the closing handshake) before the
@@ -325,19 +335,39 @@ async fn run(socket: WebSocket, mut s: Session) {
                             }
                             break;
                         };
-                        if covered(&mut s, &ev) {
-                            continue;
+                        // Every event already queued goes out in one write: a busy feed
+                        // often has several waiting, and each flush is a system call on
+                        // both ends of the socket.
+                        let mut next = Some(ev);
+                        let mut fed = 0;
+                        let mut ended = None;
+                        let mut broken = false;
+                        while let Some(ev) = next.take() {
+                            if !covered(&mut s, &ev) {
+                                if !io!(tx.feed(Message::text(ev.text.clone()))) {
+                                    broken = true;
+                                    break;
+                                }
+                                fed += 1;
+                                metrics::WS_SENT.with_label_values(&[kind]).inc();
+                                metrics::WS_EVENT_SECONDS.observe(ev.published.elapsed().as_secs_f64());
+                                if s.close_on_terminal {
+                                    ended = ev.status.filter(|st| st.is_terminal());
+                                    if ended.is_some() {
+                                        break;
+                                    }
+                                }
+                            }
+                            if fed < MAX_FRAMES_PER_WRITE {
+                                next = s.sub.rx.try_recv().ok();
+                            }
                         }
-                        if !send!(Message::text(ev.text.clone())) {
+                        if broken || (fed > 0 && !io!(tx.flush())) {
                             break;
                         }
-                        metrics::WS_SENT.with_label_values(&[kind]).inc();
-                        metrics::WS_EVENT_SECONDS.observe(ev.published.elapsed().as_secs_f64());
-                        if s.close_on_terminal {
-                            if let Some(status) = ev.status.filter(|st| st.is_terminal()) {
-                                close!(NORMAL, format!("order is {status}"));
-                                break;
-                            }
+                        if let Some(status) = ended {
+                            close!(NORMAL, format!("order is {status}"));
+                            break;
                         }
                     }
                     msg = rx.next() => {
