@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use warp::reply::Response;
 use warp::ws::{Message, WebSocket, Ws};
 use warp::Reply;
@@ -323,6 +323,9 @@ async fn run(socket: WebSocket, mut s: Session) {
             let mut last_heard = Instant::now();
             let mut inflight = futures::stream::FuturesOrdered::new();
             let mut moves = Moves::new(Duration::from_millis(cfg.location_hold_ms));
+            // Frames written but not yet flushed, and an event just taken off the queue.
+            let mut unflushed = 0;
+            let mut first = None;
             loop {
                 tokio::select! {
                     ev = s.sub.rx.recv() => {
@@ -335,40 +338,7 @@ async fn run(socket: WebSocket, mut s: Session) {
                             }
                             break;
                         };
-                        // Every event already queued goes out in one write: a busy feed
-                        // often has several waiting, and each flush is a system call on
-                        // both ends of the socket.
-                        let mut next = Some(ev);
-                        let mut fed = 0;
-                        let mut ended = None;
-                        let mut broken = false;
-                        while let Some(ev) = next.take() {
-                            if !covered(&mut s, &ev) {
-                                if !io!(tx.feed(Message::text(ev.text.clone()))) {
-                                    broken = true;
-                                    break;
-                                }
-                                fed += 1;
-                                metrics::WS_SENT.with_label_values(&[kind]).inc();
-                                metrics::WS_EVENT_SECONDS.observe(ev.published.elapsed().as_secs_f64());
-                                if s.close_on_terminal {
-                                    ended = ev.status.filter(|st| st.is_terminal());
-                                    if ended.is_some() {
-                                        break;
-                                    }
-                                }
-                            }
-                            if fed < MAX_FRAMES_PER_WRITE {
-                                next = s.sub.rx.try_recv().ok();
-                            }
-                        }
-                        if broken || (fed > 0 && !io!(tx.flush())) {
-                            break;
-                        }
-                        if let Some(status) = ended {
-                            close!(NORMAL, format!("order is {status}"));
-                            break;
-                        }
+                        first = Some(ev);
                     }
                     msg = rx.next() => {
                         let msg = match msg {
@@ -406,9 +376,10 @@ async fn run(socket: WebSocket, mut s: Session) {
                     }
                     Some(reply) = inflight.next(), if !inflight.is_empty() => {
                         if let Some(reply) = reply {
-                            if !send!(Message::text(reply)) {
+                            if !io!(tx.feed(Message::text(reply))) {
                                 break;
                             }
+                            unflushed += 1;
                             metrics::WS_SENT.with_label_values(&[kind]).inc();
                         }
                     }
@@ -422,6 +393,59 @@ async fn run(socket: WebSocket, mut s: Session) {
                             break;
                         }
                     }
+                }
+                if first.is_none() && unflushed == 0 {
+                    continue;
+                }
+                // Whatever else is ready goes out in the same write: the events queued behind
+                // this one, and answers already made (a merchant's `accept` and the `accepted`
+                // event of the same commit come together). Each write is a system call on both
+                // ends of the socket.
+                let mut ended = None;
+                let mut broken = false;
+                let mut next = first.take().or_else(|| s.sub.rx.try_recv().ok());
+                while let Some(ev) = next.take() {
+                    if !covered(&mut s, &ev) {
+                        if !io!(tx.feed(Message::text(ev.text.clone()))) {
+                            broken = true;
+                            break;
+                        }
+                        unflushed += 1;
+                        metrics::WS_SENT.with_label_values(&[kind]).inc();
+                        metrics::WS_EVENT_SECONDS.observe(ev.published.elapsed().as_secs_f64());
+                        if s.close_on_terminal {
+                            ended = ev.status.filter(|st| st.is_terminal());
+                            if ended.is_some() {
+                                break;
+                            }
+                        }
+                    }
+                    if unflushed < MAX_FRAMES_PER_WRITE {
+                        next = s.sub.rx.try_recv().ok();
+                    }
+                }
+                while !broken && ended.is_none() && unflushed < MAX_FRAMES_PER_WRITE {
+                    // Polled without waiting; the `select!` above polls it again at once, so
+                    // an answer finishing later still wakes this task.
+                    match inflight.next().now_or_never() {
+                        Some(Some(Some(reply))) => {
+                            if !io!(tx.feed(Message::text(reply))) {
+                                broken = true;
+                            }
+                            unflushed += 1;
+                            metrics::WS_SENT.with_label_values(&[kind]).inc();
+                        }
+                        Some(Some(None)) => {} // a command with no answer (a position)
+                        Some(None) | None => break,
+                    }
+                }
+                if broken || (unflushed > 0 && !io!(tx.flush())) {
+                    break;
+                }
+                unflushed = 0;
+                if let Some(status) = ended {
+                    close!(NORMAL, format!("order is {status}"));
+                    break;
                 }
             }
             // A position still held when the socket ends is the rider's newest: it goes on.
