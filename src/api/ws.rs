@@ -263,6 +263,7 @@ fn covered(s: &mut Session, ev: &Event) -> bool {
 async fn run(socket: WebSocket, mut s: Session) {
     let kind = s.kind;
     metrics::WS_OPEN.with_label_values(&[kind]).inc();
+    let frames_sent = metrics::WS_SENT.with_label_values(&[kind]);
     let cfg = s.st.realtime.clone();
     let heartbeat = Duration::from_millis(cfg.heartbeat_ms.max(10));
     let send_timeout = Duration::from_millis(cfg.send_timeout_ms.max(10));
@@ -314,7 +315,7 @@ async fn run(socket: WebSocket, mut s: Session) {
 
     let snapshot = std::mem::take(&mut s.snapshot);
     if send!(Message::text(snapshot)) {
-        metrics::WS_SENT.with_label_values(&[kind]).inc();
+        frames_sent.inc();
         if let Some(status) = s.done {
             close!(NORMAL, format!("order is {status}"));
         } else {
@@ -323,8 +324,9 @@ async fn run(socket: WebSocket, mut s: Session) {
             let mut last_heard = Instant::now();
             let mut inflight = futures::stream::FuturesOrdered::new();
             let mut moves = Moves::new(Duration::from_millis(cfg.location_hold_ms));
-            // Frames written but not yet flushed, and an event just taken off the queue.
-            let mut unflushed = 0;
+            // Frames for the next write (kept for its capacity), and an event just taken off
+            // the queue.
+            let mut out: Vec<Message> = Vec::new();
             let mut first = None;
             loop {
                 tokio::select! {
@@ -376,11 +378,7 @@ async fn run(socket: WebSocket, mut s: Session) {
                     }
                     Some(reply) = inflight.next(), if !inflight.is_empty() => {
                         if let Some(reply) = reply {
-                            if !io!(tx.feed(Message::text(reply))) {
-                                break;
-                            }
-                            unflushed += 1;
-                            metrics::WS_SENT.with_label_values(&[kind]).inc();
+                            out.push(Message::text(reply));
                         }
                     }
                     _ = ping.tick() => {
@@ -394,7 +392,7 @@ async fn run(socket: WebSocket, mut s: Session) {
                         }
                     }
                 }
-                if first.is_none() && unflushed == 0 {
+                if first.is_none() && out.is_empty() {
                     continue;
                 }
                 // Whatever else is ready goes out in the same write: the events queued behind
@@ -402,16 +400,10 @@ async fn run(socket: WebSocket, mut s: Session) {
                 // event of the same commit come together). Each write is a system call on both
                 // ends of the socket.
                 let mut ended = None;
-                let mut broken = false;
                 let mut next = first.take().or_else(|| s.sub.rx.try_recv().ok());
                 while let Some(ev) = next.take() {
                     if !covered(&mut s, &ev) {
-                        if !io!(tx.feed(Message::text(ev.text.clone()))) {
-                            broken = true;
-                            break;
-                        }
-                        unflushed += 1;
-                        metrics::WS_SENT.with_label_values(&[kind]).inc();
+                        out.push(Message::text(ev.text.clone()));
                         metrics::WS_EVENT_SECONDS.observe(ev.published.elapsed().as_secs_f64());
                         if s.close_on_terminal {
                             ended = ev.status.filter(|st| st.is_terminal());
@@ -420,29 +412,32 @@ async fn run(socket: WebSocket, mut s: Session) {
                             }
                         }
                     }
-                    if unflushed < MAX_FRAMES_PER_WRITE {
+                    if out.len() < MAX_FRAMES_PER_WRITE {
                         next = s.sub.rx.try_recv().ok();
                     }
                 }
-                while !broken && ended.is_none() && unflushed < MAX_FRAMES_PER_WRITE {
+                while ended.is_none() && out.len() < MAX_FRAMES_PER_WRITE {
                     // Polled without waiting; the `select!` above polls it again at once, so
                     // an answer finishing later still wakes this task.
                     match inflight.next().now_or_never() {
-                        Some(Some(Some(reply))) => {
-                            if !io!(tx.feed(Message::text(reply))) {
-                                broken = true;
-                            }
-                            unflushed += 1;
-                            metrics::WS_SENT.with_label_values(&[kind]).inc();
-                        }
+                        Some(Some(Some(reply))) => out.push(Message::text(reply)),
                         Some(Some(None)) => {} // a command with no answer (a position)
                         Some(None) | None => break,
                     }
                 }
-                if broken || (unflushed > 0 && !io!(tx.flush())) {
+                let frames = out.len() as u64;
+                // One deadline for the whole write, as for a single frame.
+                let wrote = frames == 0
+                    || io!(async {
+                        for m in out.drain(..) {
+                            tx.feed(m).await?;
+                        }
+                        tx.flush().await
+                    });
+                if !wrote {
                     break;
                 }
-                unflushed = 0;
+                frames_sent.inc_by(frames);
                 if let Some(status) = ended {
                     close!(NORMAL, format!("order is {status}"));
                     break;
