@@ -59,8 +59,8 @@ enum Commands {
 
 /// Most commands of one socket awaiting their answer; a client past it is closed (1008).
 const MAX_INFLIGHT_COMMANDS: usize = 256;
-/// Most queued events written to a socket before one flush (a few hundred bytes each, well
-/// inside the websocket's 128 KiB write buffer, so they leave in one system call).
+/// Most frames (queued events, answers already made) gathered into one write: a few hundred
+/// bytes each, well inside the websocket's 128 KiB write buffer, so they leave in one flush.
 const MAX_FRAMES_PER_WRITE: usize = 64;
 
 /// One open socket's state.
@@ -269,8 +269,8 @@ async fn run(socket: WebSocket, mut s: Session) {
     let send_timeout = Duration::from_millis(cfg.send_timeout_ms.max(10));
     let (mut tx, mut rx) = socket.split();
 
-    // Runs one write to the socket (`tx.send(..)`, `tx.feed(..)`, `tx.flush()`); false when
-    // the client stalled or went away.
+    // Runs one write to the socket (a frame's `tx.send(..)`, or a burst fed then flushed)
+    // under one deadline; false when the client stalled or went away.
     macro_rules! io {
         ($write:expr) => {
             match tokio::time::timeout(send_timeout, $write).await {
