@@ -269,7 +269,7 @@ async fn run(socket: WebSocket, mut s: Session) {
     let send_timeout = Duration::from_millis(cfg.send_timeout_ms.max(10));
     let (mut tx, mut rx) = socket.split();
 
-    // Runs one write to the socket (a frame's `tx.send(..)`, or a burst fed then flushed)
+    // Runs one write to the socket (a frame's `tx.send(..)`, or a burst's `tx.send_all(..)`)
     // under one deadline; false when the client stalled or went away.
     macro_rules! io {
         ($write:expr) => {
@@ -426,14 +426,9 @@ async fn run(socket: WebSocket, mut s: Session) {
                     }
                 }
                 let frames = out.len() as u64;
-                // One deadline for the whole write, as for a single frame.
+                // Fed one by one, flushed once, under one deadline (as a single frame was).
                 let wrote = frames == 0
-                    || io!(async {
-                        for m in out.drain(..) {
-                            tx.feed(m).await?;
-                        }
-                        tx.flush().await
-                    });
+                    || io!(tx.send_all(&mut futures::stream::iter(out.drain(..).map(Ok))));
                 if !wrote {
                     break;
                 }
