@@ -299,6 +299,20 @@ pub static DOOR_WAITED: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+/// How long the creates that waited at the door waited for their turn. With
+/// `waimai_http_request_duration_seconds` for `POST /v1/orders` it splits a create's time into
+/// the queue at the door (first come, first in) and the work inside the node.
+pub static DOOR_WAIT_SECONDS: Lazy<Histogram> = Lazy::new(|| {
+    must(
+        register_histogram!(
+            "waimai_door_wait_seconds",
+            "Time order creations that waited at the door spent waiting for a turn",
+            vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
+        ),
+        "door_wait_seconds",
+    )
+});
+
 /// Changes waiting for the store's writers.
 pub static STORE_QUEUE_DEPTH: Lazy<IntGauge> = Lazy::new(|| {
     must(
@@ -760,6 +774,7 @@ pub fn render() -> String {
     Lazy::force(&SHED);
     Lazy::force(&DOOR_WAITING);
     Lazy::force(&DOOR_WAITED);
+    Lazy::force(&DOOR_WAIT_SECONDS);
     Lazy::force(&BROWSE_CACHE);
     Lazy::force(&BROWSE_LOADS);
     Lazy::force(&STORE_MERCHANT_READS);

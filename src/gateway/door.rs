@@ -12,6 +12,8 @@
 //! other write acts on an order, merchant or rider that exists, so those in flight are bounded
 //! by the open orders, and in the runs measured they never piled up.
 
+use std::time::Instant;
+
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::metrics;
@@ -46,12 +48,13 @@ impl Door {
             return Turn { _permit: Some(p) };
         }
         // Counted while it waits, and uncounted however the wait ends (a client that hangs up
-        // drops this future).
+        // drops this future; its wait, which got no turn, is not in the histogram).
         let _waiting = Waiting::new();
-        Turn {
-            // The semaphore is never closed.
-            _permit: slots.acquire().await.ok(),
-        }
+        let started = Instant::now();
+        // The semaphore is never closed.
+        let permit = slots.acquire().await.ok();
+        metrics::DOOR_WAIT_SECONDS.observe(started.elapsed().as_secs_f64());
+        Turn { _permit: permit }
     }
 }
 
@@ -114,6 +117,32 @@ mod tests {
             w.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4], "arrival order");
+    }
+
+    #[tokio::test]
+    async fn a_wait_at_the_door_is_measured_once_the_turn_comes() {
+        let door = Arc::new(Door::new(1));
+        let held = door.enter().await;
+        // The histogram is process-wide and other tests may add to it: only deltas count.
+        let (count0, sum0) = (
+            metrics::DOOR_WAIT_SECONDS.get_sample_count(),
+            metrics::DOOR_WAIT_SECONDS.get_sample_sum(),
+        );
+        let waiter = {
+            let door = door.clone();
+            tokio::spawn(async move {
+                let _turn = door.enter().await;
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "no turn while the only slot is held");
+        drop(held);
+        waiter.await.unwrap();
+        assert!(metrics::DOOR_WAIT_SECONDS.get_sample_count() > count0);
+        assert!(
+            metrics::DOOR_WAIT_SECONDS.get_sample_sum() - sum0 >= 0.045,
+            "the wait covers the 50 ms the slot was held"
+        );
     }
 
     #[tokio::test]
