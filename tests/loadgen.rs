@@ -79,6 +79,43 @@ async fn create_closed_model_keeps_every_order_and_all_stock() {
 }
 
 #[actix_rt::test]
+async fn a_run_past_the_door_reports_how_long_creates_waited_there() {
+    // Sixteen users and room for two creates inside the node: most creates wait at the door.
+    let url = common::fresh_db(common::Db::Sqlite).await;
+    let mut cfg = common::config(&url, waimai::config::LockBackendKind::Local);
+    cfg.gateway.door.creates_in_flight = 2;
+    let app = TestApp::spawn(cfg).await;
+    let r = run(
+        &app,
+        &[
+            "create",
+            "--concurrency",
+            "16",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--merchants",
+            "2",
+            "--seed",
+            "11",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let d = r
+        .door_wait
+        .unwrap_or_else(|| panic!("no door figure:\n{}", r.table()));
+    // The door's histogram is process-wide (other tests' nodes share it), so only a floor.
+    assert!(d.waited > 0 && d.mean_ms > 0.0, "{d:?}");
+    assert!(
+        r.table().contains("creates waited for a turn"),
+        "{}",
+        r.table()
+    );
+}
+
+#[actix_rt::test]
 async fn create_open_model_issues_the_scheduled_arrivals() {
     let app = TestApp::embedded().await;
     let json = std::env::temp_dir().join(format!("waimai-loadgen-{}.json", common::unique()));

@@ -408,26 +408,52 @@ pub(crate) struct Ctx {
     pub ledger: ledger::Ledger,
 }
 
-/// The nodes' CPU time so far, seconds: their `process_cpu_seconds_total` on `/metrics`,
-/// summed. `None` when a node does not answer or does not export it.
-async fn nodes_cpu(http: &http::Http, token: &str) -> Option<f64> {
-    let mut sum = 0.0;
+/// What the load generator reads from the nodes' `/metrics` when the measured window opens and
+/// when it closes, summed over the targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct NodeSample {
+    /// `process_cpu_seconds_total`.
+    cpu: f64,
+    /// `waimai_door_wait_seconds`' count and sum (creates that waited at the door, and how
+    /// long). Zero on a node that does not export them.
+    door_waited: f64,
+    door_wait_s: f64,
+}
+
+impl std::ops::Sub for NodeSample {
+    type Output = NodeSample;
+    fn sub(self, before: NodeSample) -> NodeSample {
+        NodeSample {
+            cpu: (self.cpu - before.cpu).max(0.0),
+            door_waited: (self.door_waited - before.door_waited).max(0.0),
+            door_wait_s: (self.door_wait_s - before.door_wait_s).max(0.0),
+        }
+    }
+}
+
+/// The nodes' counters so far. `None` when a node does not answer or does not export its CPU
+/// time.
+async fn nodes_sample(http: &http::Http, token: &str) -> Option<NodeSample> {
+    let mut sum = NodeSample::default();
     for text in http.get_each("/metrics", token).await {
-        sum += process_cpu_seconds(&text?)?;
+        let text = text?;
+        sum.cpu += metric(&text, "process_cpu_seconds_total")?;
+        sum.door_waited += metric(&text, "waimai_door_wait_seconds_count").unwrap_or(0.0);
+        sum.door_wait_s += metric(&text, "waimai_door_wait_seconds_sum").unwrap_or(0.0);
     }
     Some(sum)
 }
 
-/// `process_cpu_seconds_total` from a Prometheus text page.
-fn process_cpu_seconds(text: &str) -> Option<f64> {
+/// The value of an unlabelled sample `name` on a Prometheus text page.
+fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The nodes' CPU seconds spent in the measured window: read when it opens and when it
+/// What the nodes spent and counted in the measured window: read when it opens and when it
 /// closes. `None` if the window never opened or a read failed.
-async fn nodes_cpu_in_window(ctx: Arc<Ctx>) -> Option<f64> {
+async fn nodes_in_window(ctx: Arc<Ctx>) -> Option<NodeSample> {
     let window = loop {
         if let Some(w) = ctx.rec.window() {
             break w;
@@ -435,10 +461,10 @@ async fn nodes_cpu_in_window(ctx: Arc<Ctx>) -> Option<f64> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     tokio::time::sleep_until(window.from.into()).await;
-    let before = nodes_cpu(&ctx.http, &ctx.admin).await?;
+    let before = nodes_sample(&ctx.http, &ctx.admin).await?;
     tokio::time::sleep_until(window.until.into()).await;
-    let after = nodes_cpu(&ctx.http, &ctx.admin).await?;
-    Some((after - before).max(0.0))
+    let after = nodes_sample(&ctx.http, &ctx.admin).await?;
+    Some(after - before)
 }
 
 /// Token lifetime: long enough for any run.
@@ -480,7 +506,7 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
         world,
     });
     let started = Instant::now();
-    let node_cpu = tokio::spawn(nodes_cpu_in_window(ctx.clone()));
+    let node_cpu = tokio::spawn(nodes_in_window(ctx.clone()));
     let (measured, extra) = scenarios::run(ctx.clone()).await;
     // Done once the window has closed; a run that never opened it has no figure.
     let node_cpu = if node_cpu.is_finished() || ctx.rec.window().is_some() {
@@ -510,7 +536,13 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
     let main_ok = report.main.ok;
     report.node_cpu_us_per_op = node_cpu
         .filter(|_| main_ok > 0)
-        .map(|cpu| cpu * 1e6 / main_ok as f64);
+        .map(|n| n.cpu * 1e6 / main_ok as f64);
+    report.door_wait = node_cpu
+        .filter(|n| n.door_waited >= 1.0)
+        .map(|n| report::DoorWait {
+            waited: n.door_waited as u64,
+            mean_ms: n.door_wait_s * 1e3 / n.door_waited,
+        });
     if let Some(path) = &ctx.plan.args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| LoadgenError::Setup(format!("serializing the report: {e}")))?;
@@ -524,19 +556,48 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
 
 #[cfg(test)]
 mod tests {
-    use super::process_cpu_seconds;
+    use super::{metric, NodeSample};
+
+    const CPU: &str = "process_cpu_seconds_total";
 
     #[test]
     fn the_process_cpu_counter_is_read_from_a_metrics_page() {
         let page =
             "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
                     # TYPE process_cpu_seconds_total counter\n\
-                    process_cpu_seconds_total 12.34\n\
-                    process_cpu_seconds_total_other 9\n";
-        assert_eq!(process_cpu_seconds(page), Some(12.34));
+                    process_cpu_seconds_total_other 9\n\
+                    process_cpu_seconds_total 12.34\n";
+        assert_eq!(metric(page, CPU), Some(12.34));
         // A node without the process collector, or a page that is not Prometheus text.
-        assert_eq!(process_cpu_seconds("waimai_orders_total 3\n"), None);
-        assert_eq!(process_cpu_seconds("process_cpu_seconds_total x\n"), None);
-        assert_eq!(process_cpu_seconds(""), None);
+        assert_eq!(metric("waimai_orders_total 3\n", CPU), None);
+        assert_eq!(metric("process_cpu_seconds_total x\n", CPU), None);
+        assert_eq!(metric("", CPU), None);
+    }
+
+    #[test]
+    fn the_door_wait_is_read_apart_from_its_buckets_and_taken_over_the_window() {
+        let page = "waimai_door_wait_seconds_bucket{le=\"0.3\"} 61\n\
+                    waimai_door_wait_seconds_sum 29.19\n\
+                    waimai_door_wait_seconds_count 100\n";
+        assert_eq!(metric(page, "waimai_door_wait_seconds_sum"), Some(29.19));
+        assert_eq!(metric(page, "waimai_door_wait_seconds_count"), Some(100.0));
+        let before = NodeSample {
+            cpu: 1.0,
+            door_waited: 40.0,
+            door_wait_s: 9.0,
+        };
+        let after = NodeSample {
+            cpu: 3.5,
+            door_waited: 100.0,
+            door_wait_s: 29.0,
+        };
+        assert_eq!(
+            after - before,
+            NodeSample {
+                cpu: 2.5,
+                door_waited: 60.0,
+                door_wait_s: 20.0,
+            }
+        );
     }
 }

@@ -453,6 +453,15 @@ pub struct InvariantReport {
     pub detail: String,
 }
 
+/// Creates that waited at the nodes' door in the measured window.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DoorWait {
+    /// How many got their turn in the window after waiting.
+    pub waited: u64,
+    /// Their mean wait, milliseconds.
+    pub mean_ms: f64,
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -494,6 +503,9 @@ pub struct Report {
     /// (`whole_order`, `create_order`, ...). `None` when a node does not export it. The
     /// counter moves in 10 ms steps, so a short window reads coarsely.
     pub node_cpu_us_per_op: Option<f64>,
+    /// The creates that waited at the nodes' door for a turn in the measured window, and how
+    /// long on average (`waimai_door_wait_seconds`). `None` when none waited.
+    pub door_wait: Option<DoorWait>,
     /// When the measured window opened, ms since the Unix epoch: for lining the timeline up
     /// with the node's logs, metrics or a profile.
     pub window_from_unix_ms: i64,
@@ -620,6 +632,7 @@ impl Report {
             client_cpu_us_per_request: None,
             connections_opened: 0,
             node_cpu_us_per_op: None,
+            door_wait: None,
             window_from_unix_ms: ctx.rec.window_from_unix_ms(),
             timeline,
             invariants: checks
@@ -707,6 +720,13 @@ impl Report {
                 out,
                 "node CPU: {us:.1} µs per {} (process_cpu_seconds_total over the measured window, all targets)",
                 self.main.ops.join(" or ")
+            );
+        }
+        if let Some(d) = &self.door_wait {
+            let _ = writeln!(
+                out,
+                "door: {} creates waited for a turn in the window, {:.1} ms on average (waimai_door_wait_seconds, all targets)",
+                d.waited, d.mean_ms
             );
         }
         if !self.timeline.is_empty() {
