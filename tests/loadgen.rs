@@ -85,23 +85,8 @@ async fn a_run_past_the_door_reports_how_long_creates_waited_there() {
     let mut cfg = common::config(&url, waimai::config::LockBackendKind::Local);
     cfg.gateway.door.creates_in_flight = 2;
     let app = TestApp::spawn(cfg).await;
-    let r = run(
-        &app,
-        &[
-            "create",
-            "--concurrency",
-            "16",
-            "--duration",
-            "2",
-            "--warmup",
-            "0.5",
-            "--merchants",
-            "2",
-            "--seed",
-            "11",
-        ],
-    )
-    .await;
+    let words = "create --concurrency 16 --duration 2 --warmup 0.5 --merchants 2 --seed 11";
+    let r = run(&app, &words.split(' ').collect::<Vec<_>>()).await;
     assert_clean(&r);
     let d = r
         .door_wait
