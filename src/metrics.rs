@@ -726,6 +726,14 @@ fn read_process() {
     }
 }
 
+/// The value of the sample `series` (its name and labels, exactly as exposed) on a Prometheus
+/// text page; `None` when it is absent or not a number.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     read_process();
@@ -789,6 +797,35 @@ pub fn render() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CPU: &str = "process_cpu_seconds_total";
+
+    #[test]
+    fn the_process_cpu_counter_is_read_from_a_metrics_page() {
+        let page =
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+                    # TYPE process_cpu_seconds_total counter\n\
+                    process_cpu_seconds_total_other 9\n\
+                    process_cpu_seconds_total 12.34\n";
+        assert_eq!(sample(page, CPU), Some(12.34));
+        // A node without the process collector, or a page that is not Prometheus text.
+        assert_eq!(sample("waimai_orders_total 3\n", CPU), None);
+        assert_eq!(sample("process_cpu_seconds_total x\n", CPU), None);
+        assert_eq!(sample("", CPU), None);
+    }
+
+    #[test]
+    fn a_histogram_sum_and_count_are_read_apart_from_its_buckets() {
+        let page = "waimai_door_wait_seconds_bucket{le=\"0.3\"} 61\n\
+                    waimai_door_wait_seconds_sum 29.19\n\
+                    waimai_door_wait_seconds_count 100\n";
+        assert_eq!(sample(page, "waimai_door_wait_seconds_sum"), Some(29.19));
+        assert_eq!(sample(page, "waimai_door_wait_seconds_count"), Some(100.0));
+        assert_eq!(
+            sample(page, "waimai_door_wait_seconds_bucket{le=\"0.3\"}"),
+            Some(61.0)
+        );
+    }
 
     #[test]
     fn stat_fields_start_after_a_command_name_with_spaces_and_parentheses() {

@@ -14,10 +14,7 @@ use waimai::domain::Role;
 
 /// A counter's value in `/metrics` (0 when absent).
 fn metric(name: &str) -> f64 {
-    waimai::metrics::render()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    waimai::metrics::sample(&waimai::metrics::render(), name).unwrap_or(0.0)
 }
 
 fn loads() -> f64 {

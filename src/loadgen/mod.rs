@@ -437,18 +437,13 @@ async fn nodes_sample(http: &http::Http, token: &str) -> Option<NodeSample> {
     let mut sum = NodeSample::default();
     for text in http.get_each("/metrics", token).await {
         let text = text?;
-        sum.cpu += metric(&text, "process_cpu_seconds_total")?;
-        sum.door_waited += metric(&text, "waimai_door_wait_seconds_count").unwrap_or(0.0);
-        sum.door_wait_s += metric(&text, "waimai_door_wait_seconds_sum").unwrap_or(0.0);
+        sum.cpu += crate::metrics::sample(&text, "process_cpu_seconds_total")?;
+        sum.door_waited +=
+            crate::metrics::sample(&text, "waimai_door_wait_seconds_count").unwrap_or(0.0);
+        sum.door_wait_s +=
+            crate::metrics::sample(&text, "waimai_door_wait_seconds_sum").unwrap_or(0.0);
     }
     Some(sum)
-}
-
-/// The value of an unlabelled sample `name` on a Prometheus text page.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// What the nodes spent and counted in the measured window: read when it opens and when it
@@ -556,31 +551,10 @@ pub async fn run_with_auth(args: LoadgenArgs, auth: Auth) -> Result<Report, Load
 
 #[cfg(test)]
 mod tests {
-    use super::{metric, NodeSample};
-
-    const CPU: &str = "process_cpu_seconds_total";
+    use super::NodeSample;
 
     #[test]
-    fn the_process_cpu_counter_is_read_from_a_metrics_page() {
-        let page =
-            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
-                    # TYPE process_cpu_seconds_total counter\n\
-                    process_cpu_seconds_total_other 9\n\
-                    process_cpu_seconds_total 12.34\n";
-        assert_eq!(metric(page, CPU), Some(12.34));
-        // A node without the process collector, or a page that is not Prometheus text.
-        assert_eq!(metric("waimai_orders_total 3\n", CPU), None);
-        assert_eq!(metric("process_cpu_seconds_total x\n", CPU), None);
-        assert_eq!(metric("", CPU), None);
-    }
-
-    #[test]
-    fn the_door_wait_is_read_apart_from_its_buckets_and_taken_over_the_window() {
-        let page = "waimai_door_wait_seconds_bucket{le=\"0.3\"} 61\n\
-                    waimai_door_wait_seconds_sum 29.19\n\
-                    waimai_door_wait_seconds_count 100\n";
-        assert_eq!(metric(page, "waimai_door_wait_seconds_sum"), Some(29.19));
-        assert_eq!(metric(page, "waimai_door_wait_seconds_count"), Some(100.0));
+    fn node_counters_are_taken_over_the_window() {
         let before = NodeSample {
             cpu: 1.0,
             door_waited: 40.0,

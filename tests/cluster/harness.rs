@@ -578,9 +578,7 @@ impl Cluster {
             .text()
             .await
             .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
+        waimai::metrics::sample(&text, series)
     }
 
     /// A connection to the cluster's database.
