@@ -288,25 +288,15 @@ pub static DOOR_WAITING: Lazy<IntGauge> = Lazy::new(|| {
     )
 });
 
-/// Creates that had to wait at the door.
-pub static DOOR_WAITED: Lazy<IntCounter> = Lazy::new(|| {
-    must(
-        register_int_counter!(
-            "waimai_door_waited_total",
-            "Order creations that waited at the door for a turn"
-        ),
-        "door_waited",
-    )
-});
-
-/// How long the creates that waited at the door waited for their turn. With
-/// `waimai_http_request_duration_seconds` for `POST /v1/orders` it splits a create's time into
-/// the queue at the door (first come, first in) and the work inside the node.
+/// How long each create that waited at the door waited, until its turn or until its client gave
+/// up (its count is the creates that had to wait). With `waimai_http_request_duration_seconds`
+/// for `POST /v1/orders` it splits a create's time into the queue at the door (first come,
+/// first in) and the work inside the node.
 pub static DOOR_WAIT_SECONDS: Lazy<Histogram> = Lazy::new(|| {
     must(
         register_histogram!(
             "waimai_door_wait_seconds",
-            "Time order creations that waited at the door spent waiting for a turn",
+            "Time order creations waited at the door, until their turn or until they gave up",
             vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
         ),
         "door_wait_seconds",
@@ -781,7 +771,6 @@ pub fn render() -> String {
     Lazy::force(&RATE_LIMITED);
     Lazy::force(&SHED);
     Lazy::force(&DOOR_WAITING);
-    Lazy::force(&DOOR_WAITED);
     Lazy::force(&DOOR_WAIT_SECONDS);
     Lazy::force(&BROWSE_CACHE);
     Lazy::force(&BROWSE_LOADS);

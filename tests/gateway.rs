@@ -243,7 +243,7 @@ async fn creates_past_the_door_wait_their_turn_and_every_one_is_placed() {
     let app = std::sync::Arc::new(TestApp::spawn(cfg).await);
     let stock = 1_000;
     let (mid, _) = app.merchant_with_stock("s", stock).await;
-    let waited_before = waimai::metrics::DOOR_WAITED.get();
+    let waited_before = waimai::metrics::DOOR_WAIT_SECONDS.get_sample_count();
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let app = app.clone();
@@ -264,7 +264,7 @@ async fn creates_past_the_door_wait_their_turn_and_every_one_is_placed() {
         );
     }
     assert!(
-        waimai::metrics::DOOR_WAITED.get() > waited_before,
+        waimai::metrics::DOOR_WAIT_SECONDS.get_sample_count() > waited_before,
         "200 creates at once, 2 in at a time: some waited"
     );
     let m = app.get(&format!("/v1/merchants/{mid}"), &app.admin).await;

@@ -456,7 +456,7 @@ pub struct InvariantReport {
 /// Creates that waited at the nodes' door in the measured window.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct DoorWait {
-    /// How many got their turn in the window after waiting.
+    /// How many finished waiting in the window (most with a turn; a client that gave up too).
     pub waited: u64,
     /// Their mean wait, milliseconds.
     pub mean_ms: f64,
