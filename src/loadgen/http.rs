@@ -1,19 +1,15 @@
-//! The REST client: kept-alive HTTP/1.1 connections on hyper, JSON in and out, and a compact
+//! The REST client: kept-alive HTTP/1.1 connections written on the socket (answers parsed with
+//! `httparse`), JSON in and out, and a compact
 //! outcome (status, body, error code) that scenarios and the recorder classify.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::{
-    http1::{self, SendRequest},
-    TrySendError,
-};
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warp::http::Method;
 
 use super::LoadgenError;
 
@@ -133,11 +129,13 @@ pub(crate) fn kind(o: &Outcome) -> String {
 /// The node's REST front door: one node, or several nodes of a cluster. With several, each
 /// user (each bearer token) sticks to one node, spread evenly by a hash of its token.
 ///
-/// A lean HTTP/1.1 client on hyper's connection API: a request takes an idle kept-alive
-/// connection to its node (or opens one), and gives it back once the answer's body is read, so
-/// a closed-model user keeps reusing one connection. It replaced reqwest, whose per-request
-/// work (a full URL parsed, its pool's and timeout's machinery) was the largest share of the
-/// load generator's own CPU after JSON.
+/// A lean HTTP/1.1 client written on the socket: a request takes an idle kept-alive connection
+/// to its node (or opens one), writes its head and body in one write, reads the answer in the
+/// same task, and gives the connection back once the answer's body is read, so a closed-model
+/// user keeps reusing one connection. It replaced hyper's connection API (which replaced
+/// reqwest): hyper drives each connection from a task of its own, so every request crossed two
+/// channels and woke two tasks each way, and built a `Request`, a `HeaderMap` and a `Response`
+/// that the load generator only needed the status and body of.
 pub(crate) struct Http {
     /// The targets.
     targets: Vec<Target>,
@@ -154,44 +152,262 @@ struct Target {
     /// `http://host:port`, no trailing slash.
     base: String,
     /// `host:port`, for connecting and the `Host` header.
-    authority: HeaderValue,
+    authority: String,
     /// Connections with no request in flight.
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// One kept-alive connection and what was read from it past the last answer (nothing, unless
+/// the node sent more than it was asked for).
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// Why an answer could not be read.
+enum ReadError {
+    /// The connection closed (or was reset) before the first byte of the answer: on a kept-alive
+    /// connection, the node closed it while it was idle, and the request was not read.
+    ClosedBeforeAnswer,
+    /// Anything else: a broken or malformed answer.
+    Broken,
+}
+
+/// The head of an answer: where its body starts and how it is framed.
+struct Head {
+    status: u16,
+    /// Length of the head in the buffer.
+    len: usize,
+    framing: Framing,
+    /// The node asked to close the connection after this answer.
+    close: bool,
+}
+
+enum Framing {
+    Length(usize),
+    Chunked,
+    /// Until the node closes the connection.
+    ToEof,
+}
+
+impl Conn {
+    /// Whether the node closed this idle connection (or sent something unasked): then it is not
+    /// reused. Reading here costs one non-blocking `recv` that finds nothing, the read hyper's
+    /// connection task also made after each answer.
+    fn stale(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => true,
+        }
+    }
+
+    /// Writes one request and reads its answer.
+    async fn exchange(&mut self, request: &[u8]) -> Result<(Head, Bytes), ReadError> {
+        self.stream
+            .write_all(request)
+            .await
+            .map_err(|_| ReadError::ClosedBeforeAnswer)?;
+        let head = loop {
+            if let Some(head) = parse_head(&self.buf)? {
+                break head;
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) if self.buf.is_empty() => return Err(ReadError::ClosedBeforeAnswer),
+                Ok(0) | Err(_) => return Err(ReadError::Broken),
+                Ok(_) => {}
+            }
+        };
+        let _ = self.buf.split_to(head.len);
+        let body = match head.framing {
+            Framing::Length(n) => {
+                while self.buf.len() < n {
+                    self.fill().await?;
+                }
+                self.buf.split_to(n).freeze()
+            }
+            Framing::Chunked => self.chunked().await?,
+            Framing::ToEof => {
+                while self
+                    .stream
+                    .read_buf(&mut self.buf)
+                    .await
+                    .map_err(|_| ReadError::Broken)?
+                    > 0
+                {}
+                self.buf.split().freeze()
+            }
+        };
+        Ok((head, body))
+    }
+
+    /// Reads more of the answer; the connection closing here is a broken answer.
+    async fn fill(&mut self) -> Result<(), ReadError> {
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(ReadError::Broken),
+        }
+    }
+
+    /// A `Transfer-Encoding: chunked` body (RFC 9112 §7.1), without trailers.
+    async fn chunked(&mut self) -> Result<Bytes, ReadError> {
+        let mut body = BytesMut::new();
+        loop {
+            let line = loop {
+                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                self.fill().await?;
+            };
+            let size = std::str::from_utf8(&self.buf[..line])
+                .ok()
+                .map(|l| l.split(';').next().unwrap_or("").trim())
+                .and_then(|hex| usize::from_str_radix(hex, 16).ok())
+                .ok_or(ReadError::Broken)?;
+            let _ = self.buf.split_to(line + 2);
+            // The chunk and its CRLF (for the last chunk, the CRLF that ends the body).
+            while self.buf.len() < size + 2 {
+                self.fill().await?;
+            }
+            if &self.buf[size..size + 2] != b"\r\n" {
+                return Err(ReadError::Broken);
+            }
+            body.extend_from_slice(&self.buf[..size]);
+            let _ = self.buf.split_to(size + 2);
+            if size == 0 {
+                return Ok(body.freeze());
+            }
+        }
+    }
+}
+
+/// Parses an answer's head once it is all in `buf`.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, ReadError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ReadError::Broken),
+    };
+    let status = resp.code.ok_or(ReadError::Broken)?;
+    let mut framing = Framing::ToEof;
+    let mut close = resp.version == Some(0);
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or(ReadError::Broken)?;
+            if !matches!(framing, Framing::Chunked) {
+                framing = Framing::Length(n);
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked must be the last coding; nothing else is sent to the load generator.
+            if h.value.trim_ascii().ends_with(b"chunked") {
+                framing = Framing::Chunked;
+            } else {
+                return Err(ReadError::Broken);
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            close = h.value.trim_ascii().eq_ignore_ascii_case(b"close");
+        }
+    }
+    // Answers without a body whatever their headers say (RFC 9112 §6.3).
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        framing = Framing::Length(0);
+    }
+    if matches!(framing, Framing::ToEof) {
+        close = true;
+    }
+    Ok(Some(Head {
+        status,
+        len,
+        framing,
+        close,
+    }))
 }
 
 impl Target {
     /// An idle connection that is still open.
-    fn reuse(&self) -> Option<SendRequest<Full<Bytes>>> {
+    fn reuse(&self) -> Option<Conn> {
         loop {
             let next = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
             match next {
-                Some(c) if c.is_closed() => continue,
+                Some(c) if c.stale() => continue,
                 other => return other,
             }
         }
     }
 
     /// A new connection.
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, TransportError> {
-        let addr = self.authority.to_str().unwrap_or_default();
-        let stream = tokio::net::TcpStream::connect(addr)
+    async fn connect(&self) -> Result<Conn, TransportError> {
+        let stream = TcpStream::connect(self.authority.as_str())
             .await
             .map_err(|_| TransportError("transport connect".into()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| TransportError("transport connect".into()))?;
-        tokio::spawn(async move {
-            let _ = conn.await; // ends when the node or the last sender closes it
-        });
-        Ok(sender)
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+        })
     }
 
-    fn checkin(&self, conn: SendRequest<Full<Bytes>>) {
+    fn checkin(&self, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
         }
     }
+}
+
+/// Writes a request's head and body into one buffer. The path, token and key come from the
+/// load generator itself; a line break in one of them would split the head, so it is refused.
+fn request_bytes(
+    method: &Method,
+    path: &str,
+    authority: &str,
+    token: &str,
+    key: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<Vec<u8>, TransportError> {
+    let unsafe_text = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n');
+    if unsafe_text(path) || unsafe_text(token) || key.is_some_and(unsafe_text) {
+        return Err(TransportError("transport request".into()));
+    }
+    let mut out = Vec::with_capacity(192 + path.len() + token.len() + body.map_or(0, <[u8]>::len));
+    let mut put = |parts: &[&[u8]]| parts.iter().for_each(|p| out.extend_from_slice(p));
+    put(&[
+        method.as_str().as_bytes(),
+        b" ",
+        path.as_bytes(),
+        b" HTTP/1.1\r\nhost: ",
+        authority.as_bytes(),
+        b"\r\nauthorization: Bearer ",
+        token.as_bytes(),
+        b"\r\n",
+    ]);
+    if let Some(k) = key {
+        put(&[b"idempotency-key: ", k.as_bytes(), b"\r\n"]);
+    }
+    match body {
+        Some(b) => {
+            let len = b.len().to_string();
+            put(&[
+                b"content-type: application/json\r\ncontent-length: ",
+                len.as_bytes(),
+                b"\r\n\r\n",
+                b,
+            ]);
+        }
+        None if *method == Method::GET || *method == Method::HEAD => put(&[b"\r\n"]),
+        None => put(&[b"content-length: 0\r\n\r\n"]),
+    }
+    Ok(out)
 }
 
 impl Http {
@@ -213,11 +429,9 @@ impl Http {
                 .host_str()
                 .ok_or_else(|| LoadgenError::Args(format!("--target {base}: no host")))?;
             let port = url.port_or_known_default().unwrap_or(80);
-            let authority = HeaderValue::from_str(&format!("{host}:{port}"))
-                .map_err(|e| LoadgenError::Args(format!("--target {base}: {e}")))?;
             targets.push(Target {
                 base: base.trim_end_matches('/').to_string(),
-                authority,
+                authority: format!("{host}:{port}"),
                 idle: Mutex::new(Vec::new()),
             });
         }
@@ -275,43 +489,42 @@ impl Http {
         key: Option<&str>,
         body: Option<&B>,
     ) -> Outcome {
-        let request = async {
-            let mut req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header(header::HOST, target.authority.clone())
-                .header(header::AUTHORIZATION, format!("Bearer {token}"));
-            if let Some(k) = key {
-                req = req.header("idempotency-key", k);
-            }
-            let body = match body {
-                Some(b) => {
-                    req = req.header(header::CONTENT_TYPE, "application/json");
-                    let json = serde_json::to_vec(b)
-                        .map_err(|_| TransportError("transport request".into()))?;
-                    Full::new(Bytes::from(json))
+        let json = match body {
+            Some(b) => Some(
+                serde_json::to_vec(b).map_err(|_| TransportError("transport request".into()))?,
+            ),
+            None => None,
+        };
+        let request = request_bytes(
+            &method,
+            path,
+            &target.authority,
+            token,
+            key,
+            json.as_deref(),
+        )?;
+        let exchange = async {
+            // A kept-alive connection the node closed as this request went out leaves the
+            // request unread: it then goes once more, on a new connection.
+            if let Some(mut conn) = target.reuse() {
+                match conn.exchange(&request).await {
+                    Ok(answer) => return Ok(finish(target, conn, answer)),
+                    Err(ReadError::Broken) => return Err(TransportError("transport body".into())),
+                    Err(ReadError::ClosedBeforeAnswer) => {}
                 }
-                None => Full::new(Bytes::new()),
-            };
-            let req = req
-                .body(body)
-                .map_err(|_| TransportError("transport request".into()))?;
-            // A kept-alive connection the node has just closed gives the request back
-            // unsent: it then goes once more, on a new connection.
-            let req = match target.reuse() {
-                Some(mut conn) => match send(&mut conn, req).await {
-                    Ok(resp) => return read(target, conn, resp).await,
-                    Err(mut e) => e.take_message().ok_or_else(|| unsent(e))?,
-                },
-                None => req,
-            };
+            }
             let mut conn = target.connect().await?;
             self.opened
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let resp = send(&mut conn, req).await.map_err(unsent)?;
-            read(target, conn, resp).await
+            match conn.exchange(&request).await {
+                Ok(answer) => Ok(finish(target, conn, answer)),
+                Err(ReadError::ClosedBeforeAnswer) => {
+                    Err(TransportError("transport request".into()))
+                }
+                Err(ReadError::Broken) => Err(TransportError("transport body".into())),
+            }
         };
-        match tokio::time::timeout(self.timeout, request).await {
+        match tokio::time::timeout(self.timeout, exchange).await {
             Ok(outcome) => outcome,
             Err(_) => Err(TransportError("transport timeout".into())),
         }
@@ -354,40 +567,16 @@ impl Http {
     }
 }
 
-type Sent = Result<hyper::Response<hyper::body::Incoming>, TrySendError<Request<Full<Bytes>>>>;
-
-async fn send(conn: &mut SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> Sent {
-    // A connection is checked in only once its answer is read, so it is ready here unless it
-    // closed; then the request comes back unsent.
-    let _ = std::future::poll_fn(|cx| conn.poll_ready(cx)).await;
-    conn.try_send_request(req).await
-}
-
-fn unsent(_: TrySendError<Request<Full<Bytes>>>) -> TransportError {
-    TransportError("transport request".into())
-}
-
-/// Reads the answer's body, then gives the connection back for the next request.
-async fn read(
-    target: &Target,
-    conn: SendRequest<Full<Bytes>>,
-    resp: hyper::Response<hyper::body::Incoming>,
-) -> Outcome {
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|_| TransportError("transport body".into()))?
-        .to_bytes();
-    if !conn.is_closed() {
+/// Gives the connection back (unless the node is closing it) and makes the outcome.
+fn finish(target: &Target, conn: Conn, (head, bytes): (Head, Bytes)) -> Resp {
+    if !head.close {
         target.checkin(conn);
     }
-    Ok(Resp {
-        status,
+    Resp {
+        status: head.status,
         bytes,
         parsed: std::sync::OnceLock::new(),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +589,217 @@ mod tests {
             bytes: Bytes::from(body.to_string()),
             parsed: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reads one request (head and `content-length` body) as text; empty once the client closed.
+    async fn read_request(s: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                if buf.len() >= end + 4 + len {
+                    return String::from_utf8_lossy(&buf).into_owned();
+                }
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&buf).into_owned(),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// A peer on a real socket that answers each connection with `answer(connection number,
+    /// socket)`; the client under test talks to it as to a node.
+    async fn peer<F, Fut>(answer: F) -> String
+    where
+        F: Fn(usize, TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(answer(n, s));
+                n += 1;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn client(base: &str) -> Http {
+        Http::new(&[base.to_string()], Duration::from_secs(5)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_in_pieces_are_read_whole_and_the_connection_is_kept() {
+        let base = peer(|_, mut s| async move {
+            loop {
+                let req = read_request(&mut s).await;
+                if req.is_empty() {
+                    return;
+                }
+                let body = if req.contains("\"n\":2") {
+                    "second"
+                } else {
+                    "first!"
+                };
+                // Head and body in three writes, apart in time.
+                s.write_all(b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nContent-")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                s.write_all(format!("Length: {}\r\n\r\n{}", body.len(), &body[..3]).as_bytes())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                s.write_all(&body.as_bytes()[3..]).await.unwrap();
+            }
+        })
+        .await;
+        let http = client(&base);
+        for (n, want) in [(1, "first!"), (2, "second")] {
+            let r = http
+                .call(
+                    Method::POST,
+                    "/x",
+                    "t",
+                    None,
+                    Some(&serde_json::json!({"n": n})),
+                )
+                .await
+                .unwrap();
+            assert_eq!((r.status, &r.bytes[..]), (201, want.as_bytes()));
+        }
+        assert_eq!(
+            http.connections_opened(),
+            1,
+            "the kept-alive connection is reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_decoded() {
+        let base = peer(|_, mut s| async move {
+            read_request(&mut s).await;
+            let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                          5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
+            s.write_all(answer.as_bytes()).await.unwrap();
+            read_request(&mut s).await;
+        })
+        .await;
+        let r = client(&base).get("/x", "t").await.unwrap();
+        assert_eq!((r.status, &r.bytes[..]), (200, &b"hello, world"[..]));
+    }
+
+    #[tokio::test]
+    async fn the_request_carries_its_headers_and_body() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let base = peer(move |_, mut s| {
+            let tx = tx.clone();
+            async move {
+                loop {
+                    let req = read_request(&mut s).await;
+                    if req.is_empty() {
+                        return;
+                    }
+                    let _ = tx.send(req);
+                    s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .await;
+        let http = client(&base);
+        let body = serde_json::json!({"a": 1});
+        let r = http
+            .call(
+                Method::POST,
+                "/v1/orders",
+                "tok",
+                Some("key-1"),
+                Some(&body),
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.bytes.len()), (204, 0));
+        let host = base.trim_start_matches("http://");
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            format!(
+                "POST /v1/orders HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer tok\r\n\
+                 idempotency-key: key-1\r\ncontent-type: application/json\r\n\
+                 content-length: 7\r\n\r\n{{\"a\":1}}"
+            )
+        );
+        // A POST without a body says so; a GET has no length at all.
+        http.post("/p", "tok", None).await.unwrap();
+        assert!(rx
+            .recv()
+            .await
+            .unwrap()
+            .ends_with("content-length: 0\r\n\r\n"));
+        http.get("/g", "tok").await.unwrap();
+        assert!(rx.recv().await.unwrap().ends_with("Bearer tok\r\n\r\n"));
+        // A line break would split the head: refused before anything is sent.
+        let split = http
+            .call(Method::POST, "/p", "tok", Some("k\r\nx: y"), NO_BODY)
+            .await;
+        assert_eq!(kind(&split), "transport request");
+        assert_eq!(http.connections_opened(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_node_closed_while_idle_is_replaced() {
+        let base = peer(|n, mut s| async move {
+            read_request(&mut s).await;
+            let body = format!("conn {n}");
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).await.unwrap();
+            // The first connection is closed once idle; the next ones stay open.
+            if n > 0 {
+                read_request(&mut s).await;
+            }
+        })
+        .await;
+        let http = client(&base);
+        let first = http.get("/x", "t").await.unwrap();
+        assert_eq!(&first.bytes[..], b"conn 0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = http.get("/x", "t").await.unwrap();
+        assert_eq!(&second.bytes[..], b"conn 1");
+        assert_eq!(http.connections_opened(), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_honoured_and_broken_answers_are_errors() {
+        let base = peer(|n, mut s| async move {
+            read_request(&mut s).await;
+            let answer: &[u8] = match n {
+                0 => b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                1 => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+                2 => b"not http at all\r\n\r\n",
+                // A node that reads the request and closes without an answer.
+                _ => b"",
+            };
+            s.write_all(answer).await.unwrap();
+        })
+        .await;
+        let http = client(&base);
+        assert_eq!(&http.get("/x", "t").await.unwrap().bytes[..], b"ok");
+        assert_eq!(kind(&http.get("/x", "t").await), "transport body");
+        assert_eq!(kind(&http.get("/x", "t").await), "transport body");
+        assert_eq!(kind(&http.get("/x", "t").await), "transport request");
+        assert_eq!(http.connections_opened(), 4, "no connection was reused");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
-use hyper::Method;
+use warp::http::Method;
 
 use super::ledger::{Acked, Unknown};
 use super::{Ctx, Scenario};

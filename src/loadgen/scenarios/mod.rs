@@ -10,8 +10,8 @@ use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::Method;
 use rand::{Rng, SeedableRng};
+use warp::http::Method;
 
 use super::invariants::Check;
 use super::ledger::{Acked, Unknown};
