@@ -1,6 +1,9 @@
 //! Websocket helpers: connect to a node's feed or tracking socket with a bearer token, and read
 //! its JSON messages (`type`, `ts`, `seq`, ...).
 
+use std::sync::Arc;
+
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -124,25 +127,28 @@ pub(crate) fn command(cmd: &ClientCommand) -> String {
     serde_json::to_string(cmd).unwrap_or_default()
 }
 
-/// Splits `socket` and spawns a writer: JSON texts sent on the returned channel go out in
-/// order; the writer closes the socket when the channel is dropped.
-pub(crate) fn writer(
-    socket: Socket,
-) -> (
-    tokio::sync::mpsc::UnboundedSender<String>,
-    futures::stream::SplitStream<Socket>,
-) {
-    let (mut sink, stream) = socket.split();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        while let Some(text) = rx.recv().await {
-            if sink.send(Message::Text(text)).await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    (tx, stream)
+/// The write half of a socket, shared by the tasks that send on it (a feed's own loop and the
+/// trips of its rider): each message is written by its sender, under a lock. A writer task fed
+/// by a channel cost every message a channel hop and a task wake-up.
+#[derive(Clone)]
+pub(crate) struct Writer(Arc<tokio::sync::Mutex<SplitSink<Socket, Message>>>);
+
+impl Writer {
+    /// Sends one JSON text; false once the socket is broken or closed.
+    pub async fn send(&self, text: String) -> bool {
+        self.0.lock().await.send(Message::Text(text)).await.is_ok()
+    }
+
+    /// Closes the socket normally; later sends fail.
+    pub async fn close(&self) {
+        let _ = self.0.lock().await.close().await;
+    }
+}
+
+/// Splits `socket` into a shared writer and its read half.
+pub(crate) fn split(socket: Socket) -> (Writer, SplitStream<Socket>) {
+    let (sink, stream) = socket.split();
+    (Writer(Arc::new(tokio::sync::Mutex::new(sink))), stream)
 }
 
 /// The normal-close code.

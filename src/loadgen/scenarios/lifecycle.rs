@@ -419,21 +419,13 @@ async fn merchant(
         if let Some(r) = ready.take() {
             let _ = r.send(Ok(())).await;
         }
-        let (tx, mut rx) = ws::writer(sock);
-        let accept = |id: &str, pending: &mut HashMap<String, Instant>| {
-            if pending.contains_key(id) {
-                return;
-            }
-            let accept = ClientCommand::Accept {
-                order_id: id.to_string(),
-            };
-            if tx.send(ws::command(&accept)).is_ok() {
-                pending.insert(id.to_string(), Instant::now());
-            }
-        };
+        let (tx, mut rx) = ws::split(sock);
         loop {
             let msg = tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    tx.close().await;
+                    return;
+                }
                 m = ws::next(&mut rx) => m,
             };
             let v = match msg {
@@ -448,11 +440,11 @@ async fn merchant(
                 "snapshot" => {
                     for o in &v.orders {
                         if o.status == "paid" && !o.id.is_empty() {
-                            accept(&o.id, &mut pending);
+                            accept(&tx, &o.id, &mut pending).await;
                         }
                     }
                 }
-                "new_order" => accept(&oid, &mut pending),
+                "new_order" => accept(&tx, &oid, &mut pending).await,
                 "ack" => {
                     if let Some(t) = pending.remove(&oid) {
                         ctx.rec.op("merchant_accept_ws", t, Class::Ok);
@@ -474,6 +466,20 @@ async fn merchant(
         // paid for good when the node cut the socket with accepts in flight).
         pending.clear();
         tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+}
+
+/// A merchant accepts order `id` on its feed, once while the accept is unanswered.
+async fn accept(tx: &ws::Writer, id: &str, pending: &mut HashMap<String, Instant>) {
+    if pending.contains_key(id) {
+        return;
+    }
+    let accept = ClientCommand::Accept {
+        order_id: id.to_string(),
+    };
+    let t = Instant::now();
+    if tx.send(ws::command(&accept)).await {
+        pending.insert(id.to_string(), t);
     }
 }
 
@@ -577,10 +583,13 @@ async fn rider_feed(
         if let Some(rd) = ready.take() {
             let _ = rd.send(Ok(())).await;
         }
-        let (tx, mut rx) = ws::writer(sock);
+        let (tx, mut rx) = ws::split(sock);
         loop {
             let msg = tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    tx.close().await;
+                    return;
+                }
                 m = ws::next(&mut rx) => m,
             };
             let v = match msg {
@@ -604,8 +613,9 @@ async fn rider_feed(
                 let accept = ClientCommand::Accept {
                     order_id: oid.clone(),
                 };
-                if tx.send(ws::command(&accept)).is_ok() {
-                    pending.insert(oid.clone(), Instant::now());
+                let t = Instant::now();
+                if tx.send(ws::command(&accept)).await {
+                    pending.insert(oid.clone(), t);
                 }
                 continue;
             }
@@ -645,7 +655,7 @@ fn start_trip(
     offers: &HashMap<String, Offer>,
     riding: &mut HashSet<String>,
     here: &Arc<Mutex<Location>>,
-    tx: &mpsc::UnboundedSender<String>,
+    tx: &ws::Writer,
 ) {
     if oid.is_empty() || !riding.insert(oid.to_string()) {
         return;
@@ -668,19 +678,16 @@ fn start_trip(
 }
 
 /// Moves `steps` location updates from `from` to `to`; returns `to`.
-async fn travel(
-    sim: &Sim,
-    from: Location,
-    to: Location,
-    tx: &mpsc::UnboundedSender<String>,
-) -> Location {
+async fn travel(sim: &Sim, from: Location, to: Location, tx: &ws::Writer) -> Location {
     let steps = sim.ctx.plan.args.rider_steps.max(1);
     for i in 1..=steps {
         tokio::time::sleep(Duration::from_millis(sim.ctx.plan.args.step_ms)).await;
         let f = f64::from(i) / f64::from(steps);
         let lat = from.lat + (to.lat - from.lat) * f;
         let lng = from.lng + (to.lng - from.lng) * f;
-        let _ = tx.send(ws::command(&ClientCommand::Location { lat, lng }));
+        let _ = tx
+            .send(ws::command(&ClientCommand::Location { lat, lng }))
+            .await;
     }
     to
 }
@@ -692,7 +699,7 @@ async fn trip(
     oid: String,
     offer: Offer,
     here: Arc<Mutex<Location>>,
-    tx: mpsc::UnboundedSender<String>,
+    tx: ws::Writer,
 ) {
     let ctx = &sim.ctx;
     let from = *here.lock().unwrap_or_else(|p| p.into_inner());
