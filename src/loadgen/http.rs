@@ -404,7 +404,7 @@ fn request_bytes(
                 b,
             ]);
         }
-        None if *method == Method::GET || *method == Method::HEAD => put(&[b"\r\n"]),
+        None if *method == Method::GET => put(&[b"\r\n"]),
         None => put(&[b"content-length: 0\r\n\r\n"]),
     }
     Ok(out)
@@ -467,6 +467,8 @@ impl Http {
 
     /// Sends `method path` with a bearer token, an optional idempotency key and JSON body
     /// (any serializable value: a scenario's own struct costs less to write than a `Value`).
+    /// For GET, POST, PUT and the like: an answer to HEAD, whose length describes a body that
+    /// never comes, is not read as such.
     pub async fn call<B: serde::Serialize + ?Sized>(
         &self,
         method: Method,
