@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -157,8 +157,8 @@ struct Target {
     idle: Mutex<Vec<Conn>>,
 }
 
-/// One kept-alive connection and what was read from it past the last answer (nothing, unless
-/// the node sent more than it was asked for).
+/// One kept-alive connection and its read buffer (empty between requests: a connection with
+/// bytes past its answer is not given back).
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
@@ -171,6 +171,18 @@ enum ReadError {
     ClosedBeforeAnswer,
     /// Anything else: a broken or malformed answer.
     Broken,
+}
+
+impl From<ReadError> for TransportError {
+    fn from(e: ReadError) -> Self {
+        TransportError(
+            match e {
+                ReadError::ClosedBeforeAnswer => "transport request",
+                ReadError::Broken => "transport body",
+            }
+            .into(),
+        )
+    }
 }
 
 /// The head of an answer: where its body starts and how it is framed.
@@ -191,20 +203,6 @@ enum Framing {
 }
 
 impl Conn {
-    /// Whether the node closed this idle connection (or sent something unasked): then it is not
-    /// reused. Reading here costs one non-blocking `recv` that finds nothing, the read hyper's
-    /// connection task also made after each answer.
-    fn stale(&self) -> bool {
-        if !self.buf.is_empty() {
-            return true;
-        }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-            Ok(_) => true,
-        }
-    }
-
     /// Writes one request and reads its answer.
     async fn exchange(&mut self, request: &[u8]) -> Result<(Head, Bytes), ReadError> {
         self.stream
@@ -221,7 +219,7 @@ impl Conn {
                 Ok(_) => {}
             }
         };
-        let _ = self.buf.split_to(head.len);
+        self.buf.advance(head.len);
         let body = match head.framing {
             Framing::Length(n) => {
                 while self.buf.len() < n {
@@ -267,7 +265,7 @@ impl Conn {
                 .map(|l| l.split(';').next().unwrap_or("").trim())
                 .and_then(|hex| usize::from_str_radix(hex, 16).ok())
                 .ok_or(ReadError::Broken)?;
-            let _ = self.buf.split_to(line + 2);
+            self.buf.advance(line + 2);
             // The chunk and its CRLF (for the last chunk, the CRLF that ends the body).
             while self.buf.len() < size + 2 {
                 self.fill().await?;
@@ -276,7 +274,7 @@ impl Conn {
                 return Err(ReadError::Broken);
             }
             body.extend_from_slice(&self.buf[..size]);
-            let _ = self.buf.split_to(size + 2);
+            self.buf.advance(size + 2);
             if size == 0 {
                 return Ok(body.freeze());
             }
@@ -335,15 +333,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, ReadError> {
 }
 
 impl Target {
-    /// An idle connection that is still open.
+    /// An idle connection (one the node has closed since shows it on the request's read).
     fn reuse(&self) -> Option<Conn> {
-        loop {
-            let next = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
-            match next {
-                Some(c) if c.stale() => continue,
-                other => return other,
-            }
-        }
+        self.idle.lock().map(|mut v| v.pop()).unwrap_or(None)
     }
 
     /// A new connection.
@@ -506,25 +498,21 @@ impl Http {
             json.as_deref(),
         )?;
         let exchange = async {
-            // A kept-alive connection the node closed as this request went out leaves the
-            // request unread: it then goes once more, on a new connection.
+            // A kept-alive connection the node closed while it was idle (or as this request
+            // went out) ends before the first byte of an answer, the request unread: it then
+            // goes once more, on a new connection.
             if let Some(mut conn) = target.reuse() {
                 match conn.exchange(&request).await {
                     Ok(answer) => return Ok(finish(target, conn, answer)),
-                    Err(ReadError::Broken) => return Err(TransportError("transport body".into())),
                     Err(ReadError::ClosedBeforeAnswer) => {}
+                    Err(broken) => return Err(broken.into()),
                 }
             }
             let mut conn = target.connect().await?;
             self.opened
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match conn.exchange(&request).await {
-                Ok(answer) => Ok(finish(target, conn, answer)),
-                Err(ReadError::ClosedBeforeAnswer) => {
-                    Err(TransportError("transport request".into()))
-                }
-                Err(ReadError::Broken) => Err(TransportError("transport body".into())),
-            }
+            let answer = conn.exchange(&request).await?;
+            Ok(finish(target, conn, answer))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(outcome) => outcome,
@@ -569,9 +557,10 @@ impl Http {
     }
 }
 
-/// Gives the connection back (unless the node is closing it) and makes the outcome.
+/// Gives the connection back (unless the node is closing it, or sent more than the answer)
+/// and makes the outcome.
 fn finish(target: &Target, conn: Conn, (head, bytes): (Head, Bytes)) -> Resp {
-    if !head.close {
+    if !head.close && conn.buf.is_empty() {
         target.checkin(conn);
     }
     Resp {
@@ -779,6 +768,26 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let second = http.get("/x", "t").await.unwrap();
         assert_eq!(&second.bytes[..], b"conn 1");
+        assert_eq!(http.connections_opened(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_bytes_past_its_answer_is_not_reused() {
+        let base = peer(|n, mut s| async move {
+            read_request(&mut s).await;
+            let answer: &[u8] = if n == 0 {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext"
+            };
+            s.write_all(answer).await.unwrap();
+            read_request(&mut s).await;
+        })
+        .await;
+        let http = client(&base);
+        assert_eq!(&http.get("/x", "t").await.unwrap().bytes[..], b"ok");
+        // The stray bytes are not read as the next request's answer.
+        assert_eq!(&http.get("/x", "t").await.unwrap().bytes[..], b"next");
         assert_eq!(http.connections_opened(), 2);
     }
 
