@@ -429,9 +429,10 @@ pub enum ConfigError {
 
 impl PaymentsConfig {
     /// Where the simulated provider delivers callbacks: `None` for this node's own address
-    /// (`callback_url` empty), else the URL, which must be http(s): the provider would otherwise
-    /// start and never deliver a callback. `Config::load` refuses a config where this fails.
-    pub fn callback(&self) -> Result<Option<reqwest::Url>, ConfigError> {
+    /// (`callback_url` empty), else the URL, which must be plain `http://` (the provider speaks
+    /// HTTP/1.1 without TLS, as a node serves it; it would otherwise start and never deliver a
+    /// callback). `Config::load` refuses a config where this fails.
+    pub fn callback(&self) -> Result<Option<url::Url>, ConfigError> {
         let url = self.callback_url.as_str();
         if url.is_empty() {
             return Ok(None);
@@ -440,11 +441,13 @@ impl PaymentsConfig {
             key: "payments.callback_url",
             reason,
         };
-        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        let parsed = url::Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
         match parsed.scheme() {
-            "http" | "https" => Ok(Some(parsed)),
+            "http" if parsed.host_str().is_some() => Ok(Some(parsed)),
+            "http" => Err(invalid(format!("{url:?}: no host"))),
             other => Err(invalid(format!(
-                "{url:?}: scheme {other} (want http or https)"
+                "{url:?}: scheme {other} (want http: the simulated provider speaks plain \
+                 HTTP/1.1; put TLS in front of the node, not in the provider)"
             ))),
         }
     }
@@ -492,7 +495,13 @@ mod tests {
 
     #[test]
     fn a_callback_url_that_is_not_http_is_refused_at_load() {
-        for bad in ["not a url", "ftp://example.com/cb", "http//missing-colon"] {
+        for bad in [
+            "not a url",
+            "ftp://example.com/cb",
+            "http//missing-colon",
+            // No TLS in the simulated provider: an https URL would never get a callback.
+            "https://node.example:8443/v1/payments/callback",
+        ] {
             let yaml = format!("payments:\n  callback_url: \"{bad}\"\n");
             let err = load_yaml("bad-callback", &yaml).expect_err(bad);
             assert!(
@@ -502,16 +511,16 @@ mod tests {
         }
         let ok = load_yaml(
             "good-callback",
-            "payments:\n  callback_url: \"https://node.example:8443/v1/payments/callback\"\n",
+            "payments:\n  callback_url: \"http://node.example:8080/v1/payments/callback\"\n",
         )
-        .expect("an https URL loads");
+        .expect("an http URL loads");
         assert_eq!(
             ok.payments.callback_url,
-            "https://node.example:8443/v1/payments/callback"
+            "http://node.example:8080/v1/payments/callback"
         );
         assert_eq!(
             ok.payments.callback().expect("parses").map(String::from),
-            Some("https://node.example:8443/v1/payments/callback".to_string())
+            Some("http://node.example:8080/v1/payments/callback".to_string())
         );
         let own = PaymentsConfig {
             callback_url: String::new(),

@@ -43,6 +43,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod gateway;
+pub mod http1;
 pub mod loadgen;
 pub mod lock;
 pub mod messages;

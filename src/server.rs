@@ -173,7 +173,7 @@ impl Node {
             .callback()
             .map_err(|e| StartError::Config(e.to_string()))?
         {
-            sim.set_callback_url(url);
+            sim.set_callback_url(&url).map_err(StartError::Config)?;
         }
         tasks.push(tokio::spawn(sim.clone().run()));
         let payments: crate::payments::Payments = Arc::new(crate::payments::guarded::Guarded::new(
@@ -314,8 +314,10 @@ impl Node {
             let own = listener
                 .local_addr()
                 .map(|addr| format!("http://{addr}/v1/payments/callback"));
-            if let Some(url) = own.ok().and_then(|u| reqwest::Url::parse(&u).ok()) {
-                sim.set_callback_url(url);
+            if let Some(url) = own.ok().and_then(|u| url::Url::parse(&u).ok()) {
+                if let Err(e) = sim.set_callback_url(&url) {
+                    tracing::error!(error = %e, "simulated provider: no callback address");
+                }
             }
         }
         let state = Arc::new(ApiState {

@@ -1,17 +1,14 @@
-//! The REST client: kept-alive HTTP/1.1 connections written on the socket (answers parsed with
-//! `httparse`), JSON in and out, and a compact
-//! outcome (status, body, error code) that scenarios and the recorder classify.
+//! The REST client: the lean HTTP/1.1 client (`crate::http1`) on kept-alive connections, JSON
+//! in and out, bearer tokens and idempotency keys, and a compact outcome (status, body, error
+//! code) that scenarios and the recorder classify.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use warp::http::Method;
 
 use super::LoadgenError;
+use crate::http1::{self, Origin, SendError};
 
 /// A response as the load generator sees it. The body is parsed when first asked for: most
 /// answers are only classified by status, and parsing each into a `Value` was the largest
@@ -129,277 +126,25 @@ pub(crate) fn kind(o: &Outcome) -> String {
 /// The node's REST front door: one node, or several nodes of a cluster. With several, each
 /// user (each bearer token) sticks to one node, spread evenly by a hash of its token.
 ///
-/// A lean HTTP/1.1 client written on the socket: a request takes an idle kept-alive connection
-/// to its node (or opens one), writes its head and body in one write, reads the answer in the
-/// same task, and gives the connection back once the answer's body is read, so a closed-model
-/// user keeps reusing one connection. It replaced hyper's connection API (which replaced
-/// reqwest): hyper drives each connection from a task of its own, so every request crossed two
-/// channels and woke two tasks each way, and built a `Request`, a `HeaderMap` and a `Response`
-/// that the load generator only needed the status and body of.
+/// Requests go through the lean HTTP/1.1 client (`crate::http1`): a closed-model user keeps
+/// reusing one kept-alive connection, and a request is one write and its answer's reads in the
+/// request's own task. It replaced hyper's connection API (which replaced reqwest): hyper drives
+/// each connection from a task of its own, so every request crossed two channels and woke two
+/// tasks each way, and built a `Request`, a `HeaderMap` and a `Response` that the load
+/// generator only needed the status and body of.
 pub(crate) struct Http {
     /// The targets.
-    targets: Vec<Target>,
+    targets: Vec<Origin>,
     /// Round-robin position for `next_base`.
     turn: std::sync::atomic::AtomicUsize,
     /// A request's whole budget: connecting, sending, the answer's body.
     timeout: Duration,
-    /// Connections opened so far, to every target.
-    opened: std::sync::atomic::AtomicU64,
 }
 
-/// One node: its address and its idle connections.
-struct Target {
-    /// `http://host:port`, no trailing slash.
-    base: String,
-    /// `host:port`, for connecting and the `Host` header.
-    authority: String,
-    /// Connections with no request in flight.
-    idle: Mutex<Vec<Conn>>,
-}
-
-/// One kept-alive connection and its read buffer (empty between requests: a connection with
-/// bytes past its answer is not given back).
-struct Conn {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-/// Why an answer could not be read.
-enum ReadError {
-    /// The connection closed (or was reset) before the first byte of the answer: on a kept-alive
-    /// connection, the node closed it while it was idle, and the request was not read.
-    ClosedBeforeAnswer,
-    /// Anything else: a broken or malformed answer.
-    Broken,
-}
-
-impl From<ReadError> for TransportError {
-    fn from(e: ReadError) -> Self {
-        TransportError(
-            match e {
-                ReadError::ClosedBeforeAnswer => "transport request",
-                ReadError::Broken => "transport body",
-            }
-            .into(),
-        )
+impl From<SendError> for TransportError {
+    fn from(e: SendError) -> Self {
+        TransportError(format!("transport {e}"))
     }
-}
-
-/// The head of an answer: where its body starts and how it is framed.
-struct Head {
-    status: u16,
-    /// Length of the head in the buffer.
-    len: usize,
-    framing: Framing,
-    /// The node asked to close the connection after this answer.
-    close: bool,
-}
-
-enum Framing {
-    Length(usize),
-    Chunked,
-    /// Until the node closes the connection.
-    ToEof,
-}
-
-impl Conn {
-    /// Writes one request and reads its answer.
-    async fn exchange(&mut self, request: &[u8]) -> Result<(Head, Bytes), ReadError> {
-        self.stream
-            .write_all(request)
-            .await
-            .map_err(|_| ReadError::ClosedBeforeAnswer)?;
-        let head = loop {
-            if let Some(head) = parse_head(&self.buf)? {
-                break head;
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) if self.buf.is_empty() => return Err(ReadError::ClosedBeforeAnswer),
-                Ok(0) | Err(_) => return Err(ReadError::Broken),
-                Ok(_) => {}
-            }
-        };
-        self.buf.advance(head.len);
-        let body = match head.framing {
-            Framing::Length(n) => {
-                while self.buf.len() < n {
-                    self.fill().await?;
-                }
-                self.buf.split_to(n).freeze()
-            }
-            Framing::Chunked => self.chunked().await?,
-            Framing::ToEof => {
-                while self
-                    .stream
-                    .read_buf(&mut self.buf)
-                    .await
-                    .map_err(|_| ReadError::Broken)?
-                    > 0
-                {}
-                self.buf.split().freeze()
-            }
-        };
-        Ok((head, body))
-    }
-
-    /// Reads more of the answer; the connection closing here is a broken answer.
-    async fn fill(&mut self) -> Result<(), ReadError> {
-        match self.stream.read_buf(&mut self.buf).await {
-            Ok(n) if n > 0 => Ok(()),
-            _ => Err(ReadError::Broken),
-        }
-    }
-
-    /// A `Transfer-Encoding: chunked` body (RFC 9112 §7.1), without trailers.
-    async fn chunked(&mut self) -> Result<Bytes, ReadError> {
-        let mut body = BytesMut::new();
-        loop {
-            let line = loop {
-                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                    break i;
-                }
-                self.fill().await?;
-            };
-            let size = std::str::from_utf8(&self.buf[..line])
-                .ok()
-                .map(|l| l.split(';').next().unwrap_or("").trim())
-                .and_then(|hex| usize::from_str_radix(hex, 16).ok())
-                .ok_or(ReadError::Broken)?;
-            self.buf.advance(line + 2);
-            // The chunk and its CRLF (for the last chunk, the CRLF that ends the body).
-            while self.buf.len() < size + 2 {
-                self.fill().await?;
-            }
-            if &self.buf[size..size + 2] != b"\r\n" {
-                return Err(ReadError::Broken);
-            }
-            body.extend_from_slice(&self.buf[..size]);
-            self.buf.advance(size + 2);
-            if size == 0 {
-                return Ok(body.freeze());
-            }
-        }
-    }
-}
-
-/// Parses an answer's head once it is all in `buf`.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, ReadError> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(ReadError::Broken),
-    };
-    let status = resp.code.ok_or(ReadError::Broken)?;
-    let mut framing = Framing::ToEof;
-    let mut close = resp.version == Some(0);
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or(ReadError::Broken)?;
-            if !matches!(framing, Framing::Chunked) {
-                framing = Framing::Length(n);
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Chunked must be the last coding; nothing else is sent to the load generator.
-            if h.value.trim_ascii().ends_with(b"chunked") {
-                framing = Framing::Chunked;
-            } else {
-                return Err(ReadError::Broken);
-            }
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            close = h.value.trim_ascii().eq_ignore_ascii_case(b"close");
-        }
-    }
-    // Answers without a body whatever their headers say (RFC 9112 §6.3).
-    if (100..200).contains(&status) || status == 204 || status == 304 {
-        framing = Framing::Length(0);
-    }
-    if matches!(framing, Framing::ToEof) {
-        close = true;
-    }
-    Ok(Some(Head {
-        status,
-        len,
-        framing,
-        close,
-    }))
-}
-
-impl Target {
-    /// An idle connection (one the node has closed since shows it on the request's read).
-    fn reuse(&self) -> Option<Conn> {
-        self.idle.lock().map(|mut v| v.pop()).unwrap_or(None)
-    }
-
-    /// A new connection.
-    async fn connect(&self) -> Result<Conn, TransportError> {
-        let stream = TcpStream::connect(self.authority.as_str())
-            .await
-            .map_err(|_| TransportError("transport connect".into()))?;
-        let _ = stream.set_nodelay(true);
-        Ok(Conn {
-            stream,
-            buf: BytesMut::with_capacity(8 * 1024),
-        })
-    }
-
-    fn checkin(&self, conn: Conn) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(conn);
-        }
-    }
-}
-
-/// Writes a request's head and body into one buffer. The path, token and key come from the
-/// load generator itself; a line break in one of them would split the head, so it is refused.
-fn request_bytes(
-    method: &Method,
-    path: &str,
-    authority: &str,
-    token: &str,
-    key: Option<&str>,
-    body: Option<&[u8]>,
-) -> Result<Vec<u8>, TransportError> {
-    let unsafe_text = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n');
-    if unsafe_text(path) || unsafe_text(token) || key.is_some_and(unsafe_text) {
-        return Err(TransportError("transport request".into()));
-    }
-    let mut out = Vec::with_capacity(192 + path.len() + token.len() + body.map_or(0, <[u8]>::len));
-    let mut put = |parts: &[&[u8]]| parts.iter().for_each(|p| out.extend_from_slice(p));
-    put(&[
-        method.as_str().as_bytes(),
-        b" ",
-        path.as_bytes(),
-        b" HTTP/1.1\r\nhost: ",
-        authority.as_bytes(),
-        b"\r\nauthorization: Bearer ",
-        token.as_bytes(),
-        b"\r\n",
-    ]);
-    if let Some(k) = key {
-        put(&[b"idempotency-key: ", k.as_bytes(), b"\r\n"]);
-    }
-    match body {
-        Some(b) => {
-            let len = b.len().to_string();
-            put(&[
-                b"content-type: application/json\r\ncontent-length: ",
-                len.as_bytes(),
-                b"\r\n\r\n",
-                b,
-            ]);
-        }
-        None if *method == Method::GET => put(&[b"\r\n"]),
-        None => put(&[b"content-length: 0\r\n\r\n"]),
-    }
-    Ok(out)
 }
 
 impl Http {
@@ -408,34 +153,20 @@ impl Http {
         if bases.is_empty() {
             return Err(LoadgenError::Args("--target is required".into()));
         }
-        let mut targets = Vec::with_capacity(bases.len());
-        for base in bases {
-            let url = url::Url::parse(base)
-                .map_err(|e| LoadgenError::Args(format!("--target {base}: {e}")))?;
-            if url.scheme() != "http" {
-                return Err(LoadgenError::Args(format!(
-                    "--target {base}: scheme must be http (the load generator speaks plain HTTP/1.1)"
-                )));
-            }
-            let host = url
-                .host_str()
-                .ok_or_else(|| LoadgenError::Args(format!("--target {base}: no host")))?;
-            let port = url.port_or_known_default().unwrap_or(80);
-            targets.push(Target {
-                base: base.trim_end_matches('/').to_string(),
-                authority: format!("{host}:{port}"),
-                idle: Mutex::new(Vec::new()),
-            });
-        }
+        let targets = bases
+            .iter()
+            .map(|base| {
+                Origin::parse(base).map_err(|e| LoadgenError::Args(format!("--target {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Http {
             targets,
             turn: std::sync::atomic::AtomicUsize::new(0),
             timeout,
-            opened: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    fn target_for(&self, token: &str) -> &Target {
+    fn target_for(&self, token: &str) -> &Origin {
         if self.targets.len() == 1 {
             return &self.targets[0];
         }
@@ -447,20 +178,19 @@ impl Http {
 
     /// The node the holder of `token` talks to.
     pub fn base_for(&self, token: &str) -> &str {
-        &self.target_for(token).base
+        self.target_for(token).base()
     }
 
     /// The targets in turn (to spread connections that share a token, like many trackers of
     /// one order).
     pub fn next_base(&self) -> &str {
         let i = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        &self.targets[i % self.targets.len()].base
+        self.targets[i % self.targets.len()].base()
     }
 
     /// Sends `method path` with a bearer token, an optional idempotency key and JSON body
     /// (any serializable value: a scenario's own struct costs less to write than a `Value`).
-    /// For GET, POST, PUT and the like: an answer to HEAD, whose length describes a body that
-    /// never comes, is not read as such.
+    /// For GET, POST, PUT and the like (see `crate::http1`).
     pub async fn call<B: serde::Serialize + ?Sized>(
         &self,
         method: Method,
@@ -476,7 +206,7 @@ impl Http {
     /// [`Http::call`] on one given target.
     async fn call_on<B: serde::Serialize + ?Sized>(
         &self,
-        target: &Target,
+        target: &Origin,
         method: Method,
         path: &str,
         token: &str,
@@ -489,40 +219,36 @@ impl Http {
             ),
             None => None,
         };
-        let request = request_bytes(
-            &method,
-            path,
-            &target.authority,
-            token,
-            key,
-            json.as_deref(),
-        )?;
-        let exchange = async {
-            // A kept-alive connection the node closed while it was idle (or as this request
-            // went out) ends before the first byte of an answer, the request unread: it then
-            // goes once more, on a new connection.
-            if let Some(mut conn) = target.reuse() {
-                match conn.exchange(&request).await {
-                    Ok(answer) => return Ok(finish(target, conn, answer)),
-                    Err(ReadError::ClosedBeforeAnswer) => {}
-                    Err(broken) => return Err(broken.into()),
-                }
+        let bearer = format!("Bearer {token}");
+        let mut headers = [("authorization", bearer.as_str()), ("idempotency-key", "")];
+        let headers = match key {
+            Some(k) => {
+                headers[1].1 = k;
+                &headers[..]
             }
-            let mut conn = target.connect().await?;
-            self.opened
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let answer = conn.exchange(&request).await?;
-            Ok(finish(target, conn, answer))
+            None => &headers[..1],
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(outcome) => outcome,
+        let request = http1::request(
+            method.as_str(),
+            path,
+            target.authority(),
+            headers,
+            json.as_deref().map(|b| ("application/json", b)),
+        )?;
+        match tokio::time::timeout(self.timeout, target.send(&request)).await {
+            Ok(Ok(answer)) => Ok(Resp {
+                status: answer.status,
+                bytes: answer.body,
+                parsed: std::sync::OnceLock::new(),
+            }),
+            Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(TransportError("transport timeout".into())),
         }
     }
 
     /// Connections opened so far (to every target).
     pub fn connections_opened(&self) -> u64 {
-        self.opened.load(std::sync::atomic::Ordering::Relaxed)
+        self.targets.iter().map(Origin::connections_opened).sum()
     }
 
     /// GET `path` from every target, in `--target` order: each body as text, or `None` where
@@ -557,22 +283,12 @@ impl Http {
     }
 }
 
-/// Gives the connection back (unless the node is closing it, or sent more than the answer)
-/// and makes the outcome.
-fn finish(target: &Target, conn: Conn, (head, bytes): (Head, Bytes)) -> Resp {
-    if !head.close && conn.buf.is_empty() {
-        target.checkin(conn);
-    }
-    Resp {
-        status: head.status,
-        bytes,
-        parsed: std::sync::OnceLock::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     fn resp(body: &str) -> Resp {
         Resp {

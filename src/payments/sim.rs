@@ -23,6 +23,7 @@ use super::{
     signature, EventData, Intent, IntentStatus, PayError, Provider, ProviderEvent, RefundStatus,
 };
 use crate::domain::now_ms;
+use crate::http1;
 use crate::store::Store;
 
 /// The methods the simulated provider knows.
@@ -45,11 +46,9 @@ pub struct SimProvider {
     secret: String,
     /// How late `card_late` calls back.
     late: Duration,
-    /// Where callbacks go (`http://host:port/v1/payments/callback`); set once the node listens.
-    /// Parsed once: `post(&str)` parsed it again for every callback.
-    callback_url: RwLock<Option<reqwest::Url>>,
-    /// Delivers callbacks.
-    http: reqwest::Client,
+    /// Where callbacks go (`http://host:port/v1/payments/callback`) and the kept-alive
+    /// connections to it; set once the node listens.
+    callback: RwLock<Option<Arc<Callback>>>,
     /// Whose callbacks this node delivers.
     served: Served,
 }
@@ -61,22 +60,23 @@ impl SimProvider {
             store,
             secret,
             late,
-            callback_url: RwLock::new(None),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                // A provider delivers to the URL it was given and does not follow redirects.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
+            callback: RwLock::new(None),
             served,
         }
     }
 
     /// Sets where callbacks are delivered (until it is set, callbacks wait).
-    pub fn set_callback_url(&self, url: reqwest::Url) {
-        if let Ok(mut u) = self.callback_url.write() {
-            *u = Some(url);
+    /// Only plain `http://` URLs are delivered to (`PaymentsConfig::callback` refuses others).
+    pub fn set_callback_url(&self, url: &url::Url) -> Result<(), String> {
+        let origin = http1::Origin::parse(url.as_str())?;
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        if let Ok(mut c) = self.callback.write() {
+            *c = Some(Arc::new(Callback { origin, path }));
         }
+        Ok(())
     }
 
     fn event(kind: &str, created: i64, data: EventData, id: String) -> (String, String) {
@@ -128,11 +128,11 @@ impl SimProvider {
     /// Delivers what is due (many at once, as a provider's senders do); how many it tried.
     async fn deliver_due(&self) -> Result<usize, String> {
         use futures::StreamExt;
-        let url = match self.callback_url.read() {
-            Ok(u) => u.clone(),
+        let callback = match self.callback.read() {
+            Ok(c) => c.clone(),
             Err(_) => None,
         };
-        let Some(url) = url else {
+        let Some(callback) = callback else {
             return Ok(0); // not listening yet
         };
         let shards = (self.served)();
@@ -143,7 +143,7 @@ impl SimProvider {
             .map_err(|e| e.to_string())?;
         let n = due.len();
         let results: Vec<Result<Option<i64>, String>> = futures::stream::iter(due)
-            .map(|cb| self.deliver(&url, cb))
+            .map(|cb| self.deliver(&callback, cb))
             // The whole round at once, as a provider's senders do: a round lasts as long as its
             // slowest callback (a commit), so 64 at a time made four commits' worth of rounds.
             .buffer_unordered(BATCH)
@@ -174,19 +174,24 @@ impl SimProvider {
     /// with backoff (`None`).
     async fn deliver(
         &self,
-        url: &reqwest::Url,
+        callback: &Callback,
         cb: crate::store::SimCallback,
     ) -> Result<Option<i64>, String> {
         let header = signature::sign(&self.secret, now_ms() / 1000, cb.body.as_bytes());
-        let sent = self
-            .http
-            .post(url.clone())
-            .header(signature::HEADER, header)
-            .header("content-type", "application/json")
-            .body(cb.body.clone())
-            .send()
-            .await;
-        if matches!(&sent, Ok(r) if r.status().is_success()) {
+        let request = http1::request(
+            "POST",
+            &callback.path,
+            callback.origin.authority(),
+            &[(signature::HEADER, &header)],
+            Some(("application/json", cb.body.as_bytes())),
+        );
+        let sent = match request {
+            Ok(r) => tokio::time::timeout(DELIVERY_TIMEOUT, callback.origin.send(&r))
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        if matches!(&sent, Some(Ok(a)) if (200..300).contains(&a.status)) {
             return Ok(Some(cb.seq));
         }
         tracing::debug!(event = %cb.event_id, attempts = cb.attempts + 1, "simulated provider: callback not accepted; will retry");
@@ -201,6 +206,18 @@ impl SimProvider {
 
 /// Callbacks taken per delivery round.
 const BATCH: usize = 256;
+
+/// How long one callback's delivery may take (connecting, sending, the answer).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where callbacks are delivered: the URL's origin (with its kept-alive connections) and its
+/// path. Through the lean HTTP/1.1 client (`crate::http1`), not reqwest: a provider delivers to
+/// the URL it was given, follows no redirects, and here needs only the answer's status.
+struct Callback {
+    origin: http1::Origin,
+    /// The path and query requests go to.
+    path: String,
+}
 
 fn unavailable(e: crate::store::StoreError) -> PayError {
     PayError::Unavailable(e.to_string())
