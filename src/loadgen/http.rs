@@ -219,14 +219,14 @@ impl Http {
             ),
             None => None,
         };
-        let bearer = format!("Bearer {token}");
-        let mut headers = [("authorization", bearer.as_str()), ("idempotency-key", "")];
-        let headers = match key {
-            Some(k) => {
-                headers[1].1 = k;
-                &headers[..]
-            }
-            None => &headers[..1],
+        let bearer: &[&str] = &["Bearer ", token];
+        let key_parts = [key.unwrap_or_default()];
+        let headers: &[(&str, &[&str])] =
+            &[("authorization", bearer), ("idempotency-key", &key_parts)];
+        let headers = if key.is_some() {
+            headers
+        } else {
+            &headers[..1]
         };
         let request = http1::request(
             method.as_str(),
