@@ -653,6 +653,20 @@ enum Known {
     Unknown,
 }
 
+/// A create whose own id the store refused as taken, where the row could not be read to tell a
+/// replay from a reused key: a 503 to retry (the actor stops and the retry reads the row), never
+/// a 409 "already exists" for an order the caller may well have placed. Seen in the cluster's
+/// kill test (2026-11-29): a retry reached the shard's new owner while the row written by the
+/// old one could not be read yet. Other refusals pass unchanged.
+fn undecided(e: Error) -> Error {
+    match e {
+        Error::Conflict(why) => Error::Unavailable(format!(
+            "the order's id is taken but its row could not be read ({why}); retry with the same key"
+        )),
+        other => other,
+    }
+}
+
 impl Handler<PlaceOrder> for OrderActor {
     type Result = Reply<Placed>;
 
@@ -737,13 +751,15 @@ impl Handler<PlaceOrder> for OrderActor {
                                 Err((Error::IdempotencyMismatch, Known::Present(existing)))
                             }
                         }
-                        Ok(None) => Err((e, Known::Absent)),
-                        Err(_) => Err((e, Known::Unknown)),
+                        Ok(None) => Err((undecided(e), Known::Absent)),
+                        Err(_) => Err((undecided(e), Known::Unknown)),
                     }
                 }
                 // A refused id made for this very request was never written.
                 Err(e) if unchecked => Err((e, Known::Absent)),
-                Err(e) => Err((e, Known::Unknown)),
+                // The actor believed the order absent, and the store holds its id after all
+                // (written by the shard's previous owner): the next message reloads it.
+                Err(e) => Err((undecided(e), Known::Unknown)),
             }
         };
         let span = tracing::Span::current();
