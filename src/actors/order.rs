@@ -653,11 +653,10 @@ enum Known {
     Unknown,
 }
 
-/// A create whose own id the store refused as taken, where the row could not be read to tell a
-/// replay from a reused key: a 503 to retry (the actor stops and the retry reads the row), never
-/// a 409 "already exists" for an order the caller may well have placed. Seen in the cluster's
-/// kill test (2026-11-29): a retry reached the shard's new owner while the row written by the
-/// old one could not be read yet. Other refusals pass unchanged.
+/// A create whose own id the store refused as taken, where the row could then not be read to
+/// tell a replay from a reused key: a 503 to retry (the actor stops and the retry reads the
+/// row), never a 409 "already exists" for an order the caller may well have placed (seen once
+/// in the cluster's kill test, 2026-11-29). Other refusals pass unchanged.
 fn undecided(e: Error) -> Error {
     match e {
         Error::Conflict(why) => Error::Unavailable(format!(
@@ -735,10 +734,12 @@ impl Handler<PlaceOrder> for OrderActor {
                         .inc();
                     Ok((order, false))
                 }
-                Err(e) if unchecked && !new_id => {
-                    // This actor did not read the store before trying: the order may exist
-                    // already (a retry of a create whose answer was lost, the actor passivated
-                    // since). Its row says whether this is that request's replay.
+                Err(e) if !new_id && (unchecked || matches!(e, Error::Conflict(_))) => {
+                    // The order may exist although this actor did not read the store before
+                    // trying (a retry of a create whose answer was lost, the actor passivated
+                    // since), or although it believed the order absent (the store refused its
+                    // id: written by the shard's previous owner). Its row says whether this is
+                    // that request's replay.
                     match deps.store.load_order(&draft_id).await {
                         Ok(Some(existing)) => {
                             let existing = Arc::new(existing);
@@ -757,9 +758,7 @@ impl Handler<PlaceOrder> for OrderActor {
                 }
                 // A refused id made for this very request was never written.
                 Err(e) if unchecked => Err((e, Known::Absent)),
-                // The actor believed the order absent, and the store holds its id after all
-                // (written by the shard's previous owner): the next message reloads it.
-                Err(e) => Err((undecided(e), Known::Unknown)),
+                Err(e) => Err((e, Known::Unknown)),
             }
         };
         let span = tracing::Span::current();
@@ -783,11 +782,13 @@ impl Handler<PlaceOrder> for OrderActor {
                             // The row exists after all, moved, or may have been written by a
                             // commit whose answer was lost: reload before the next message.
                             ctx.stop();
-                        } else if matches!(act.state, Loaded::Unchecked) {
+                        } else {
                             // Refused (out of stock, another request's id, ...): keep what the
-                            // store was just found to hold, or learn it before the next message.
+                            // store was just found to hold (whatever the actor believed), or,
+                            // if it never read the store, learn it before the next message.
                             match known {
                                 Known::Present(order) => act.state = Loaded::Present(order),
+                                _ if !matches!(act.state, Loaded::Unchecked) => {}
                                 Known::Absent if new_id => {
                                     // Nobody else knows this id: passivate it soon.
                                     act.state = Loaded::Absent;
