@@ -15,6 +15,7 @@
 //! sampled flag, which is all the logs, the answers and the hops between nodes need.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::num::{NonZeroU128, NonZeroU64};
 use std::time::Duration;
 
@@ -125,7 +126,12 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .with_span_list(false)
             .with_filter(filter)
             .boxed(),
-        _ => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
+        // Colours only on a terminal: a log file or a collector got escape codes in every
+        // line, and each span's fields were formatted with them (BENCHMARKS.md, 2026-11-29).
+        _ => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_filter(filter)
+            .boxed(),
     };
     // Only waimai's spans carry trace context (a dependency's spans and events stay out): the
     // OpenTelemetry layer when spans are exported, else the `Ids` layer.

@@ -40,6 +40,11 @@ fn answered_traceparent(r: &reqwest::Response) -> String {
 }
 
 fn start_node(otlp: &str) -> NodeProcess {
+    start_node_logging(otlp, "json")
+}
+
+/// A node whose log lines are in `format` (`json` or `text`).
+fn start_node_logging(otlp: &str, format: &str) -> NodeProcess {
     let dir = std::env::temp_dir().join(format!("waimai-trace-{}", common::unique()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_waimai"))
@@ -51,7 +56,7 @@ fn start_node(otlp: &str) -> NodeProcess {
         .env("WAIMAI__AUTH__JWT_SECRET", SECRET)
         .env("WAIMAI__TELEMETRY__OTLP_ENDPOINT", otlp)
         .env("WAIMAI__TELEMETRY__SAMPLE_RATIO", "1.0")
-        .env("WAIMAI__TELEMETRY__LOG_FORMAT", "json")
+        .env("WAIMAI__TELEMETRY__LOG_FORMAT", format)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         // warp's own request events are off by default; here they give a log line per request.
         .env("RUST_LOG", "info,warp::filters::trace=info")
@@ -71,19 +76,32 @@ fn start_node(otlp: &str) -> NodeProcess {
             kept.lock().expect("logs").push(line);
         }
     });
+    // Held from here, so a node that fails a check below is still stopped.
+    let mut node = NodeProcess {
+        child,
+        base: String::new(),
+        logs,
+    };
     let line = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the node logs its listening address");
-    let v: Value = serde_json::from_str(&line).expect("JSON log line");
-    let addr = v["fields"]["addr"]
-        .as_str()
-        .expect("addr field")
-        .to_string();
-    NodeProcess {
-        child,
-        base: format!("http://{addr}"),
-        logs,
-    }
+    let addr = if format == "json" {
+        let v: Value = serde_json::from_str(&line).expect("JSON log line");
+        v["fields"]["addr"]
+            .as_str()
+            .expect("addr field")
+            .to_string()
+    } else {
+        // Written to a pipe, a text line has no colour codes: `... waimai listening addr=...`.
+        assert!(!line.contains('\u{1b}'), "escape codes in {line:?}");
+        line.split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("addr field")
+            .to_string()
+    };
+    node.base = format!("http://{addr}");
+    node
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,4 +306,38 @@ async fn without_an_endpoint_the_trace_id_is_still_answered() {
     );
     assert_eq!(parts[3], "00", "which nothing records: {tp}");
     logs_carry(&node, parts[1]).await;
+}
+
+/// Text logs written to a pipe (a file, a collector) are plain: no terminal colour codes in any
+/// line, and a request's line still names its trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_pipe_are_plain_and_carry_the_trace_id() {
+    let node = start_node_logging("", "text");
+    let tid = "0af7651916cd43dd8448eb211c80319c";
+    let r = reqwest::Client::new()
+        .get(format!("{}/healthz", node.base))
+        .header("traceparent", format!("00-{tid}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node
+        .logs
+        .lock()
+        .expect("logs")
+        .iter()
+        .any(|l| l.contains(tid))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no log line carries trace id {tid}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = node.logs.lock().expect("logs");
+    assert!(logs.len() > 2, "{logs:?}");
+    for line in logs.iter() {
+        assert!(!line.contains('\u{1b}'), "escape codes in {line:?}");
+    }
 }
