@@ -135,10 +135,10 @@ where
         openapi::ROUTES.iter().any(|r| r.served_by == label),
         "`{label}` is not a route label in api::openapi::ROUTES"
     );
-    let template = label.split_once(' ').map_or(label, |(_, path)| path);
+    let shape = openapi::Shape::new(label.split_once(' ').map_or(label, |(_, path)| path));
     warp::path::peek()
         .and_then(move |tail: warp::path::Peek| {
-            std::future::ready(if openapi::template_matches(template, tail.as_str()) {
+            std::future::ready(if shape.matches(tail.as_str()) {
                 Ok(())
             } else {
                 Err(warp::reject::not_found())
