@@ -529,7 +529,7 @@ pub fn creation(draft: &OrderDraft, r: &Reservation) -> (Arc<Order>, Vec<Write>)
 /// topics), the order's deadline, and its zone's dispatcher.
 fn announce(deps: &Deps, before: Option<&Order>, after: &Arc<Order>) {
     // A span of its own only inside a sampled trace (as for the actor's and the commit's).
-    if crate::telemetry::is_sampled(&tracing::Span::current()) {
+    if crate::telemetry::current_is_sampled() {
         tracing::info_span!(
             target: "waimai::realtime",
             "ws.publish",

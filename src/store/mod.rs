@@ -536,7 +536,7 @@ impl Store {
         // trace context and the batch that carries it links to it. Otherwise (the default: no
         // exporter, so nothing is sampled) none of that is made, so every create does not pay
         // for a span, a string per event and an outbox column that nothing would read.
-        if !crate::telemetry::is_sampled(&tracing::Span::current()) {
+        if !crate::telemetry::current_is_sampled() {
             return self.enqueue(fence, writes, None).await;
         }
         let span = tracing::info_span!(
