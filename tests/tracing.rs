@@ -267,17 +267,22 @@ async fn logs_carry(node: &NodeProcess, tid: &str) {
     }
 }
 
+/// `GET /healthz` sent with `traceparent`.
+async fn healthz(node: &NodeProcess, traceparent: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{}/healthz", node.base))
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .expect("healthz")
+}
+
 /// With no endpoint configured nothing is exported, yet a caller still gets its trace back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_endpoint_the_trace_id_is_still_answered() {
     let node = start_node("");
     let tid = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let r = reqwest::Client::new()
-        .get(format!("{}/healthz", node.base))
-        .header("traceparent", format!("00-{tid}-00f067aa0ba902b7-01"))
-        .send()
-        .await
-        .expect("healthz");
+    let r = healthz(&node, &format!("00-{tid}-00f067aa0ba902b7-01")).await;
     assert_eq!(r.status(), 200);
     let tp = answered_traceparent(&r);
     let parts: Vec<&str> = tp.split('-').collect();
@@ -290,12 +295,7 @@ async fn without_an_endpoint_the_trace_id_is_still_answered() {
     assert_eq!(parts[3], "01", "and the caller's sampled flag");
     logs_carry(&node, tid).await;
     // A malformed traceparent starts a new trace instead of failing the request.
-    let r = reqwest::Client::new()
-        .get(format!("{}/healthz", node.base))
-        .header("traceparent", "00-not-a-trace-01")
-        .send()
-        .await
-        .expect("healthz");
+    let r = healthz(&node, "00-not-a-trace-01").await;
     assert_eq!(r.status(), 200);
     let tp = answered_traceparent(&r);
     let parts: Vec<&str> = tp.split('-').collect();
@@ -314,12 +314,7 @@ async fn without_an_endpoint_the_trace_id_is_still_answered() {
 async fn text_logs_to_a_pipe_are_plain_and_carry_the_trace_id() {
     let node = start_node_logging("", "text");
     let tid = "0af7651916cd43dd8448eb211c80319c";
-    let r = reqwest::Client::new()
-        .get(format!("{}/healthz", node.base))
-        .header("traceparent", format!("00-{tid}-b7ad6b7169203331-01"))
-        .send()
-        .await
-        .expect("healthz");
+    let r = healthz(&node, &format!("00-{tid}-b7ad6b7169203331-01")).await;
     assert_eq!(r.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !node
