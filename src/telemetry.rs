@@ -127,7 +127,7 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .with_filter(filter)
             .boxed(),
         // Colours only on a terminal: a log file or a collector got escape codes in every
-        // line, and each span's fields were formatted with them (BENCHMARKS.md, 2026-11-29).
+        // line.
         _ => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stdout().is_terminal())
             .with_filter(filter)
