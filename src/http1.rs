@@ -232,15 +232,13 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, ReadError> {
 }
 
 /// A request's head and body in one buffer, ready for [`Origin::send`]. `headers` follow `host`
-/// in order, each value given in parts that are written one after the other (`["Bearer ",
-/// token]`), so a caller need not join them first; a body goes with its `content-length` (and
-/// `content_type`, when not empty). A line break in the path or a header would split the head:
-/// refused ([`SendError::Request`]).
+/// in order; a body goes with its `content-length` (and `content_type`, when not empty). A line
+/// break in the path or a header would split the head: refused ([`SendError::Request`]).
 pub fn request(
     method: &str,
     path: &str,
     authority: &str,
-    headers: &[(&str, &[&str])],
+    headers: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
 ) -> Result<Vec<u8>, SendError> {
     let unsafe_text = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n');
@@ -248,15 +246,12 @@ pub fn request(
         || unsafe_text(path)
         || headers
             .iter()
-            .any(|(n, v)| unsafe_text(n) || v.iter().any(|p| unsafe_text(p)))
+            .any(|(n, v)| unsafe_text(n) || unsafe_text(v))
         || body.is_some_and(|(t, _)| unsafe_text(t))
     {
         return Err(SendError::Request);
     }
-    let extra: usize = headers
-        .iter()
-        .map(|(n, v)| n.len() + 4 + v.iter().map(|p| p.len()).sum::<usize>())
-        .sum();
+    let extra: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
     let mut out = Vec::with_capacity(
         96 + path.len() + authority.len() + extra + body.map_or(0, |(_, b)| b.len()),
     );
@@ -270,11 +265,7 @@ pub fn request(
         b"\r\n",
     ]);
     for (name, value) in headers {
-        put(&[name.as_bytes(), b": "]);
-        for part in value.iter() {
-            put(&[part.as_bytes()]);
-        }
-        put(&[b"\r\n"]);
+        put(&[name.as_bytes(), b": ", value.as_bytes(), b"\r\n"]);
     }
     match body {
         Some((content_type, b)) => {
@@ -384,7 +375,7 @@ mod tests {
             "POST",
             "/v1/payments/callback",
             "127.0.0.1:8080",
-            &[("waimai-signature", &["t=1,", "v1=ab"])],
+            &[("waimai-signature", "t=1,v1=ab")],
             Some(("application/json", b"{}")),
         )
         .unwrap();
@@ -410,7 +401,7 @@ mod tests {
                 "POST",
                 path,
                 "h:1",
-                &[("n", &["ok ", header])],
+                &[("n", header)],
                 body.map(|(_, b)| (content_type, b)),
             );
             assert_eq!(r.unwrap_err(), SendError::Request, "{path:?} {header:?}");

@@ -249,13 +249,19 @@ fn has_ids(span: &tracing::Span) -> bool {
 
 /// Runs `f` on the `Ids` of `span`, if the `Ids` layer gave it some.
 fn with_ids<T>(span: &tracing::Span, f: impl FnOnce(&mut Ids) -> T) -> Option<T> {
-    span.with_subscriber(|(id, dispatch)| {
-        let registry = dispatch.downcast_ref::<Registry>()?;
-        let span = registry.span(id)?;
-        let mut ext = span.extensions_mut();
-        ext.get_mut::<Ids>().map(f)
-    })
-    .flatten()
+    span.with_subscriber(|(id, dispatch)| with_ids_of(dispatch, id, f))
+        .flatten()
+}
+
+/// Runs `f` on the `Ids` of the span `id` of `dispatch`, if the `Ids` layer gave it some.
+fn with_ids_of<T>(
+    dispatch: &tracing::Dispatch,
+    id: &tracing::span::Id,
+    f: impl FnOnce(&mut Ids) -> T,
+) -> Option<T> {
+    let span = dispatch.downcast_ref::<Registry>()?.span(id)?;
+    let mut ext = span.extensions_mut();
+    ext.get_mut::<Ids>().map(f)
 }
 
 /// The caller's span, as a W3C `traceparent` value names it.
@@ -448,31 +454,17 @@ pub fn is_sampled(span: &tracing::Span) -> bool {
 /// taking a handle on the span, which is a clone and a close in the registry (~800
 /// instructions; every commit and every announcement of a change asks).
 pub fn current_is_sampled() -> bool {
-    enum Seen {
-        NoSpan,
-        Kept(bool),
-        Elsewhere,
-    }
-    let seen = tracing::dispatcher::get_default(|dispatch| {
+    let kept = tracing::dispatcher::get_default(|dispatch| {
         let current = dispatch.current_span();
-        let Some(id) = current.id() else {
-            return Seen::NoSpan;
-        };
-        dispatch
-            .downcast_ref::<Registry>()
-            .and_then(|registry| registry.span(id))
-            .and_then(|span| {
-                span.extensions()
-                    .get::<Ids>()
-                    .map(|ids| Seen::Kept(ids.sampled))
-            })
-            .unwrap_or(Seen::Elsewhere)
+        current
+            .id()
+            .map(|id| with_ids_of(dispatch, id, |ids| ids.sampled))
     });
-    match seen {
-        Seen::NoSpan => false,
-        Seen::Kept(sampled) => sampled,
+    match kept {
+        None => false, // no current span
+        Some(Some(sampled)) => sampled,
         // Trace context kept by the exporting layer (or a span without any): ask as before.
-        Seen::Elsewhere => is_sampled(&tracing::Span::current()),
+        Some(None) => is_sampled(&tracing::Span::current()),
     }
 }
 

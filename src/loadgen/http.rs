@@ -219,15 +219,12 @@ impl Http {
             ),
             None => None,
         };
-        let bearer: &[&str] = &["Bearer ", token];
-        let key_parts = [key.unwrap_or_default()];
-        let headers: &[(&str, &[&str])] =
-            &[("authorization", bearer), ("idempotency-key", &key_parts)];
-        let headers = if key.is_some() {
-            headers
-        } else {
-            &headers[..1]
-        };
+        let bearer = format!("Bearer {token}");
+        let headers = [
+            ("authorization", bearer.as_str()),
+            ("idempotency-key", key.unwrap_or_default()),
+        ];
+        let headers = &headers[..if key.is_some() { 2 } else { 1 }];
         let request = http1::request(
             method.as_str(),
             path,

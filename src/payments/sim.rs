@@ -182,7 +182,7 @@ impl SimProvider {
             "POST",
             &callback.path,
             callback.origin.authority(),
-            &[(signature::HEADER, &[&header])],
+            &[(signature::HEADER, &header)],
             Some(("application/json", cb.body.as_bytes())),
         );
         let sent = match request {
