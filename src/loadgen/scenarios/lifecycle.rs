@@ -21,7 +21,7 @@ use super::super::invariants::Check;
 use super::super::model::drive;
 use super::super::report::Class;
 use super::super::setup::{random_spot, rng, SimMerchant, SimRider};
-use super::super::ws::{self, Incoming};
+use super::super::ws::{self, Incoming, Msg};
 use super::super::Ctx;
 use super::{drained, iteration_rng, open_window, pick, place, progress, Placed};
 use crate::domain::Location;
@@ -33,6 +33,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 /// How long a tracking socket may take to close after the order completes.
 const TRACK_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The messages each simulated client acts on; of the rest it reads only `type` and `ts`
+/// ([`Msg::read`]).
+const TRACK_ACTS_ON: &[&str] = &["snapshot", "status"];
+/// See [`TRACK_ACTS_ON`].
+const MERCHANT_ACTS_ON: &[&str] = &["snapshot", "new_order", "ack", "error"];
+/// See [`TRACK_ACTS_ON`].
+const RIDER_ACTS_ON: &[&str] = &[
+    "snapshot",
+    "offer",
+    "ack",
+    "error",
+    "offer_withdrawn",
+    "assigned",
+];
 
 /// Who is waiting for which order's delivery.
 #[derive(Default)]
@@ -351,15 +365,18 @@ async fn watch_order(
             }
         };
         match msg {
-            Incoming::Json(v) => {
+            Incoming::Text(text) => {
+                let Some(v) = Msg::read(&text, TRACK_ACTS_ON) else {
+                    continue;
+                };
                 if let Some(ts) = v.ts {
-                    ctx.rec.event(key.of("track:", &v.kind), ts);
+                    ctx.rec.event(key.of("track:", v.kind.as_str()), ts);
                 }
                 // From the change itself (its `at`) rather than from the publish on the
                 // socket's node: in a cluster this includes the outbox relay and the broker.
                 if let Some(at) = v.at {
                     ctx.rec
-                        .event(key.of2("track:", &v.kind, " since change"), at);
+                        .event(key.of2("track:", v.kind.as_str(), " since change"), at);
                 }
                 match v.kind.as_str() {
                     "snapshot" => {
@@ -428,32 +445,35 @@ async fn merchant(
                 }
                 m = ws::next(&mut rx) => m,
             };
-            let v = match msg {
-                Incoming::Json(v) => v,
+            let text = match msg {
+                Incoming::Text(t) => t,
                 Incoming::Closed(_) | Incoming::Broken(_) => break,
             };
+            let Some(v) = Msg::read(&text, MERCHANT_ACTS_ON) else {
+                continue;
+            };
             if let Some(ts) = v.ts {
-                ctx.rec.event(key.of("merchant:", &v.kind), ts);
+                ctx.rec.event(key.of("merchant:", v.kind.as_str()), ts);
             }
-            let oid = v.order_id.unwrap_or_default();
+            let oid = v.order();
             match v.kind.as_str() {
                 "snapshot" => {
                     for o in &v.orders {
-                        if o.status == "paid" && !o.id.is_empty() {
-                            accept(&tx, &o.id, &mut pending).await;
+                        if o.status.as_str() == "paid" && !o.id.as_str().is_empty() {
+                            accept(&tx, o.id.as_str(), &mut pending).await;
                         }
                     }
                 }
-                "new_order" => accept(&tx, &oid, &mut pending).await,
+                "new_order" => accept(&tx, oid, &mut pending).await,
                 "ack" => {
-                    if let Some(t) = pending.remove(&oid) {
+                    if let Some(t) = pending.remove(oid) {
                         ctx.rec.op("merchant_accept_ws", t, Class::Ok);
-                        ctx.ledger.accepted(&oid);
+                        ctx.ledger.accepted(oid);
                     }
                 }
                 "error" => {
-                    if let Some(t) = pending.remove(&oid) {
-                        let code = v.code.unwrap_or_default();
+                    if let Some(t) = pending.remove(oid) {
+                        let code = v.code.as_deref().unwrap_or("");
                         ctx.rec
                             .op("merchant_accept_ws", t, Class::Error(format!("ws {code}")));
                     }
@@ -592,12 +612,15 @@ async fn rider_feed(
                 }
                 m = ws::next(&mut rx) => m,
             };
-            let v = match msg {
-                Incoming::Json(v) => v,
+            let text = match msg {
+                Incoming::Text(t) => t,
                 Incoming::Closed(_) | Incoming::Broken(_) => break,
             };
+            let Some(v) = Msg::read(&text, RIDER_ACTS_ON) else {
+                continue;
+            };
             if let Some(ts) = v.ts {
-                ctx.rec.event(key.of("rider:", &v.kind), ts);
+                ctx.rec.event(key.of("rider:", v.kind.as_str()), ts);
             }
             let offer_msg = match v.kind.as_str() {
                 "offer" => Some(&v),
@@ -605,41 +628,43 @@ async fn rider_feed(
                 _ => None,
             };
             if let Some(o) = offer_msg {
-                let (Some(oid), Some(pickup), Some(dropoff)) = (&o.order_id, o.pickup, o.dropoff)
-                else {
+                let (oid, Some(pickup), Some(dropoff)) = (o.order(), o.pickup, o.dropoff) else {
                     continue;
                 };
-                offers.insert(oid.clone(), Offer { pickup, dropoff });
+                if oid.is_empty() {
+                    continue;
+                }
+                offers.insert(oid.to_string(), Offer { pickup, dropoff });
                 let accept = ClientCommand::Accept {
-                    order_id: oid.clone(),
+                    order_id: oid.to_string(),
                 };
                 let t = Instant::now();
                 if tx.send(ws::command(&accept)).await {
-                    pending.insert(oid.clone(), t);
+                    pending.insert(oid.to_string(), t);
                 }
                 continue;
             }
-            let oid = v.order_id.unwrap_or_default();
+            let oid = v.order();
             match v.kind.as_str() {
                 "ack" => {
-                    if let Some(t) = pending.remove(&oid) {
+                    if let Some(t) = pending.remove(oid) {
                         ctx.rec.op("rider_accept_ws", t, Class::Ok);
                     }
                     if v.status.as_deref() == Some("rider_assigned") {
-                        start_trip(sim, r, &oid, &offers, &mut riding, here, &tx);
+                        start_trip(sim, r, oid, &offers, &mut riding, here, &tx);
                     }
                 }
                 "error" => {
-                    if let Some(t) = pending.remove(&oid) {
-                        let code = v.code.unwrap_or_default();
+                    if let Some(t) = pending.remove(oid) {
+                        let code = v.code.as_deref().unwrap_or("");
                         ctx.rec
                             .op("rider_accept_ws", t, Class::Error(format!("ws {code}")));
                     }
                 }
                 "offer_withdrawn" => {
-                    offers.remove(&oid);
+                    offers.remove(oid);
                 }
-                "assigned" => start_trip(sim, r, &oid, &offers, &mut riding, here, &tx),
+                "assigned" => start_trip(sim, r, oid, &offers, &mut riding, here, &tx),
                 _ => {}
             }
         }
