@@ -1,6 +1,6 @@
 //! Prometheus metrics, registered once in the default registry and rendered at `/metrics`.
 
-use once_cell::sync::Lazy;
+use once_cell::sync::{Lazy, OnceCell};
 use prometheus::{
     register_counter, register_gauge, register_gauge_vec, register_histogram,
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
@@ -72,6 +72,23 @@ pub static MAILBOX_DEPTH: Lazy<IntGaugeVec> = Lazy::new(|| {
         "mailbox",
     )
 });
+
+/// The entity kinds (`Entity::KIND`) whose mailbox-depth gauges [`mailbox_depth`] keeps.
+const ENTITY_KINDS: [&str; 4] = ["order", "merchant", "rider", "zone"];
+
+/// [`MAILBOX_DEPTH`]'s gauge for `kind`, looked up once per entity kind and kept:
+/// `with_label_values` hashes the label and takes the vector's lock, and the router asked it for
+/// every message it routed.
+pub fn mailbox_depth(kind: &str) -> IntGauge {
+    static KEPT: [OnceCell<IntGauge>; ENTITY_KINDS.len()] =
+        [const { OnceCell::new() }; ENTITY_KINDS.len()];
+    match ENTITY_KINDS.iter().position(|k| *k == kind) {
+        Some(i) => KEPT[i]
+            .get_or_init(|| MAILBOX_DEPTH.with_label_values(&[kind]))
+            .clone(),
+        None => MAILBOX_DEPTH.with_label_values(&[kind]),
+    }
+}
 
 /// Changes per group-commit transaction.
 pub static STORE_BATCH_SIZE: Lazy<Histogram> = Lazy::new(|| {
@@ -788,6 +805,32 @@ mod tests {
     use super::*;
 
     const CPU: &str = "process_cpu_seconds_total";
+
+    /// Every entity kind has a kept gauge, and a kept gauge is the vector's own child: what one
+    /// counts the other shows (and a kind not kept still gets its child).
+    #[test]
+    fn kept_mailbox_gauges_are_the_vectors_children() {
+        use crate::actors::{
+            merchant::MerchantActor, order::OrderActor, rider::RiderActor, zone::ZoneActor, Entity,
+        };
+        let kinds = [
+            OrderActor::KIND,
+            MerchantActor::KIND,
+            RiderActor::KIND,
+            ZoneActor::KIND,
+        ];
+        for kind in kinds {
+            assert!(ENTITY_KINDS.contains(&kind), "{kind} is not kept");
+        }
+        for kind in kinds.into_iter().chain(["not-an-entity"]) {
+            let kept = mailbox_depth(kind);
+            let before = MAILBOX_DEPTH.with_label_values(&[kind]).get();
+            kept.add(3);
+            assert_eq!(MAILBOX_DEPTH.with_label_values(&[kind]).get(), before + 3);
+            assert_eq!(mailbox_depth(kind).get(), before + 3, "asked again");
+            kept.sub(3);
+        }
+    }
 
     #[test]
     fn the_process_cpu_counter_is_read_from_a_metrics_page() {

@@ -11,7 +11,11 @@ use actix::{
     Supervised, WrapFuture,
 };
 
-use super::order_machine::{frees_rider, releases_stock, transition, OrderEvent, OrderStatus};
+use once_cell::sync::OnceCell;
+
+use super::order_machine::{
+    frees_rider, releases_stock, transition, OrderEvent, OrderStatus, ALL_STATUSES,
+};
 use super::shard::{Shard, Slot, Terminal};
 use super::timers::Arm;
 use super::{guard, Deps, Entity, Loaded, Stop};
@@ -353,10 +357,17 @@ async fn commit_step(
         super::on_fenced(deps, &e);
         return Err(e.into());
     }
-    metrics::ORDER_TRANSITIONS
-        .with_label_values(&[o.status.as_str(), to.as_str()])
-        .inc();
+    transitions(o.status, to).inc();
     Ok(next)
+}
+
+/// `waimai_order_transitions_total{from, to}` for one pair of statuses, looked up once per pair
+/// and kept: `with_label_values` hashes the labels and takes the vector's lock, on every commit.
+fn transitions(from: OrderStatus, to: OrderStatus) -> &'static prometheus::IntCounter {
+    const N: usize = ALL_STATUSES.len();
+    static KEPT: [OnceCell<prometheus::IntCounter>; N * N] = [const { OnceCell::new() }; N * N];
+    KEPT[from as usize * N + to as usize]
+        .get_or_init(|| metrics::ORDER_TRANSITIONS.with_label_values(&[from.as_str(), to.as_str()]))
 }
 
 /// Runs a planned change: claim, fence, commit, and for a refund the provider's confirmation.
@@ -1127,5 +1138,26 @@ impl Handler<Stop> for OrderActor {
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each pair of statuses has a counter of its own, and it is the vector's child for that
+    /// pair: what one counts the other shows.
+    #[test]
+    fn kept_transition_counters_are_the_vectors_children() {
+        for from in ALL_STATUSES {
+            for to in ALL_STATUSES {
+                let child =
+                    metrics::ORDER_TRANSITIONS.with_label_values(&[from.as_str(), to.as_str()]);
+                let before = child.get();
+                transitions(from, to).inc();
+                assert_eq!(child.get(), before + 1, "{from:?} -> {to:?}");
+                assert_eq!(transitions(from, to).get(), before + 1);
+            }
+        }
     }
 }

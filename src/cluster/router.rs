@@ -266,7 +266,7 @@ impl Router {
     ) -> Result<M::Reply> {
         let addr = self.local(shard)?;
         let kind = <M::Actor as Entity>::KIND;
-        let gauge = metrics::MAILBOX_DEPTH.with_label_values(&[kind]);
+        let gauge = metrics::mailbox_depth(kind);
         gauge.inc();
         // Counted down on drop, so a caller that gives up (a closed connection) still leaves.
         let _depth = self.inner.depths.get(shard as usize).map(InFlight::enter);
