@@ -336,3 +336,25 @@ async fn text_logs_to_a_pipe_are_plain_and_carry_the_trace_id() {
         assert!(!line.contains('\u{1b}'), "escape codes in {line:?}");
     }
 }
+
+/// The other commands' logs (the load generator's progress lines) are plain in a pipe too.
+#[test]
+fn the_load_generators_logs_to_a_pipe_are_plain() {
+    // Nothing listens on port 9 here: setup fails at once, after its first log line.
+    let out = Command::new(env!("CARGO_BIN_EXE_waimai"))
+        .args([
+            "loadgen",
+            "create",
+            "--target",
+            "http://127.0.0.1:9",
+            "--duration",
+            "1",
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run the load generator");
+    assert!(!out.status.success(), "setup against nothing must fail");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("setting up"), "{stdout}");
+    assert!(!stdout.contains('\u{1b}'), "escape codes in {stdout:?}");
+}
