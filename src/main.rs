@@ -1,6 +1,5 @@
 //! The `waimai` binary: parses the command line and calls the library.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -73,14 +72,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve { .. }) {
-        tracing_subscriber::fmt()
-            // Colour codes only on a terminal, as for the node's logs (`telemetry::init`).
-            .with_ansi(std::io::stdout().is_terminal())
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .init();
+        waimai::telemetry::init_command_logs();
     }
     match cli.command {
         Command::Serve { config, listen } => {

@@ -73,8 +73,17 @@ pub static MAILBOX_DEPTH: Lazy<IntGaugeVec> = Lazy::new(|| {
     )
 });
 
-/// The entity kinds (`Entity::KIND`) whose mailbox-depth gauges [`mailbox_depth`] keeps.
-const ENTITY_KINDS: [&str; 4] = ["order", "merchant", "rider", "zone"];
+/// The entity kinds whose mailbox-depth gauges [`mailbox_depth`] keeps: the actors' own
+/// `Entity::KIND`s, not a second list of names.
+const ENTITY_KINDS: [&str; 4] = {
+    use crate::actors::{merchant, order, rider, zone, Entity};
+    [
+        <order::OrderActor as Entity>::KIND,
+        <merchant::MerchantActor as Entity>::KIND,
+        <rider::RiderActor as Entity>::KIND,
+        <zone::ZoneActor as Entity>::KIND,
+    ]
+};
 
 /// [`MAILBOX_DEPTH`]'s gauge for `kind`, looked up once per entity kind and kept:
 /// `with_label_values` hashes the label and takes the vector's lock, and the router asked it for

@@ -101,6 +101,26 @@ impl Drop for Telemetry {
     }
 }
 
+/// Text log lines to stdout, with terminal colour codes only when stdout is a terminal (a log
+/// file or a collector got escape codes in every line). The node's text logs ([`init`]) and
+/// every other command's ([`init_command_logs`]) are written by it.
+fn text_lines<S>() -> tracing_subscriber::fmt::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal())
+}
+
+/// Log lines for the commands other than `serve` (the load generator, the simulator): text to
+/// stdout, filtered by `RUST_LOG` (default `info`); no trace context, nothing exported.
+pub fn init_command_logs() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Fails only when a subscriber is already installed, which then writes the lines.
+    let _ = tracing_subscriber::registry()
+        .with(text_lines().with_filter(filter))
+        .try_init();
+}
+
 /// Installs the global subscriber: log lines to stdout (filtered by `RUST_LOG` or
 /// `log_level`), and trace context on waimai's own spans (exported when an endpoint is set).
 pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
@@ -126,12 +146,7 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .with_span_list(false)
             .with_filter(filter)
             .boxed(),
-        // Colours only on a terminal: a log file or a collector got escape codes in every
-        // line.
-        _ => tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::stdout().is_terminal())
-            .with_filter(filter)
-            .boxed(),
+        _ => text_lines().with_filter(filter).boxed(),
     };
     // Only waimai's spans carry trace context (a dependency's spans and events stay out): the
     // OpenTelemetry layer when spans are exported, else the `Ids` layer.

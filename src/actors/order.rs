@@ -363,11 +363,19 @@ async fn commit_step(
 
 /// `waimai_order_transitions_total{from, to}` for one pair of statuses, looked up once per pair
 /// and kept: `with_label_values` hashes the labels and takes the vector's lock, on every commit.
-fn transitions(from: OrderStatus, to: OrderStatus) -> &'static prometheus::IntCounter {
+/// (A status missing from `ALL_STATUSES` would still be counted, looked up each time, rather
+/// than index past the kept ones on the commit path.)
+fn transitions(from: OrderStatus, to: OrderStatus) -> prometheus::IntCounter {
     const N: usize = ALL_STATUSES.len();
     static KEPT: [OnceCell<prometheus::IntCounter>; N * N] = [const { OnceCell::new() }; N * N];
-    KEPT[from as usize * N + to as usize]
-        .get_or_init(|| metrics::ORDER_TRANSITIONS.with_label_values(&[from.as_str(), to.as_str()]))
+    let labels = [from.as_str(), to.as_str()];
+    let (f, t) = (from as usize, to as usize);
+    match KEPT.get(f * N + t).filter(|_| f < N && t < N) {
+        Some(kept) => kept
+            .get_or_init(|| metrics::ORDER_TRANSITIONS.with_label_values(&labels))
+            .clone(),
+        None => metrics::ORDER_TRANSITIONS.with_label_values(&labels),
+    }
 }
 
 /// Runs a planned change: claim, fence, commit, and for a refund the provider's confirmation.
