@@ -733,7 +733,7 @@ fn bench_fanout(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     hub.publish(
-                        topic.clone(),
+                        topic.key(),
                         "order_updated",
                         Some(("o1", Some(2), Some(OrderStatus::Accepted))),
                         || json!({"order_id": "o1", "version": 2, "status": "accepted"}),

@@ -638,7 +638,7 @@ async fn a_burst_of_queued_events_reaches_a_tracker_once_each_and_in_order() {
     // version twice, then one older than the snapshot, the terminal one, and one after it.
     let publish = |v: i64, status: OrderStatus| {
         app.node.hub.publish(
-            Topic::Order(oid.clone()),
+            Topic::Order(oid.clone()).key(),
             "status",
             Some((oid.as_str(), Some(v), Some(status))),
             || json!({"order_id": oid, "version": v, "status": status}),

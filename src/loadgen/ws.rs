@@ -327,13 +327,13 @@ mod tests {
         let text_1 = text(
             "new_order",
             &MerchantOrderEvent {
-                order_id: "o1".into(),
-                merchant_id: "m1".into(),
+                order_id: "o1",
+                merchant_id: "m1",
                 version: 3,
                 status: OrderStatus::Paid,
                 from: Some(OrderStatus::PendingPayment),
                 rider_id: None,
-                order: Some(paid.clone()),
+                order: Some(&paid),
             },
             Some((7, 1_000)),
         );
@@ -417,11 +417,11 @@ mod tests {
         let text_6 = text(
             "status",
             &StatusChanged {
-                order_id: "o1".into(),
+                order_id: "o1",
                 version: 4,
                 status: OrderStatus::Delivered,
                 from: Some(OrderStatus::PickedUp),
-                rider_id: Some("r1".into()),
+                rider_id: Some("r1"),
                 at: 77,
             },
             Some((9, 80)),
@@ -467,8 +467,8 @@ mod tests {
     #[test]
     fn reads_only_the_envelope_of_hub_messages_the_client_does_not_act_on() {
         let event = MerchantOrderEvent {
-            order_id: "o1".into(),
-            merchant_id: "m1".into(),
+            order_id: "o1",
+            merchant_id: "m1",
             version: 4,
             status: OrderStatus::Accepted,
             from: Some(OrderStatus::Paid),

@@ -2,19 +2,19 @@
 //! whose queue is full is cut off and marked slow, and its socket closes with that reason.
 //! The hub also owns the node's operations view (`ops`), and hands it every offer it publishes.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use hashbrown::{Equivalent, HashMap};
 use tokio::sync::mpsc;
 
 use crate::actors::order_machine::OrderStatus;
 use crate::domain::now_ms;
 
 /// What a subscription follows.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Topic {
     /// One order: `status` and `rider_location`.
@@ -23,6 +23,55 @@ pub enum Topic {
     Merchant(String),
     /// One rider: `offer`, `offer_withdrawn`, `assigned`, `order_updated`.
     Rider(String),
+}
+
+/// A topic named by borrowed ids: what a publisher looks its subscribers up with, so that
+/// publishing an order's change to its followers allocates no keys (the hub's maps find a
+/// [`Topic`] by it: the two hash alike and compare equal for the same ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRef<'a> {
+    /// One order.
+    Order(&'a str),
+    /// One merchant's orders.
+    Merchant(&'a str),
+    /// One rider.
+    Rider(&'a str),
+}
+
+impl Topic {
+    /// The same topic, borrowed.
+    pub fn key(&self) -> TopicRef<'_> {
+        match self {
+            Topic::Order(id) => TopicRef::Order(id),
+            Topic::Merchant(id) => TopicRef::Merchant(id),
+            Topic::Rider(id) => TopicRef::Rider(id),
+        }
+    }
+}
+
+impl Hash for TopicRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (kind, id) = match self {
+            TopicRef::Order(id) => (0u8, id),
+            TopicRef::Merchant(id) => (1, id),
+            TopicRef::Rider(id) => (2, id),
+        };
+        kind.hash(state);
+        id.hash(state);
+    }
+}
+
+/// A topic hashes as its borrowed form, so that maps keyed by `Topic` find it by `TopicRef`.
+impl Hash for Topic {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl Equivalent<Topic> for TopicRef<'_> {
+    fn equivalent(&self, key: &Topic) -> bool {
+        *self == key.key()
+    }
 }
 
 /// One published event, shared by every subscriber.
@@ -102,7 +151,10 @@ impl Hub {
         }
     }
 
-    fn slot(&self, topic: &Topic) -> &Mutex<HashMap<Topic, Vec<Sub>>> {
+    /// The slot of `topic`'s subscribers. Its hash is SipHash with fixed keys, the maps' own
+    /// is hashbrown's seeded one: independent, so the topics of one slot do not share the low
+    /// bits a map places them by.
+    fn slot(&self, topic: TopicRef<'_>) -> &Mutex<HashMap<Topic, Vec<Sub>>> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         topic.hash(&mut h);
         &self.inner.slots[h.finish() as usize % SLOTS]
@@ -130,7 +182,7 @@ impl Hub {
         let (tx, rx) = mpsc::channel(self.inner.buffer);
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         let slow = Arc::new(AtomicBool::new(false));
-        Self::lock(self.slot(&topic))
+        Self::lock(self.slot(topic.key()))
             .entry(topic.clone())
             .or_default()
             .push(Sub {
@@ -148,7 +200,7 @@ impl Hub {
     }
 
     fn unsubscribe(&self, topic: &Topic, id: u64) {
-        let mut map = Self::lock(self.slot(topic));
+        let mut map = Self::lock(self.slot(topic.key()));
         if let Some(subs) = map.get_mut(topic) {
             subs.retain(|s| s.id != id);
             if subs.is_empty() {
@@ -159,7 +211,7 @@ impl Hub {
 
     /// Whether anyone follows `topic` (lets publishers skip building events nobody reads).
     pub fn has_subscribers(&self, topic: &Topic) -> bool {
-        Self::lock(self.slot(topic)).contains_key(topic)
+        Self::lock(self.slot(topic.key())).contains_key(topic)
     }
 
     /// Publishes a message of `kind` with `fields` (an object) to `topic`. `order` names the
@@ -167,19 +219,19 @@ impl Hub {
     /// is only called when someone follows the topic, so unwatched entities pay nothing.
     pub fn publish<F: serde::Serialize>(
         &self,
-        topic: Topic,
+        topic: TopicRef<'_>,
         kind: &str,
         order: Option<(&str, Option<i64>, Option<OrderStatus>)>,
         fields: impl FnOnce() -> F,
     ) {
-        if let Topic::Rider(rider) = &topic {
+        if let TopicRef::Rider(rider) = topic {
             match kind {
                 "offer" => self.inner.ops.offer(rider, order.map(|o| o.0)),
                 "offer_withdrawn" => self.inner.ops.offer(rider, None),
                 _ => {}
             }
         }
-        let mut map = Self::lock(self.slot(&topic));
+        let mut map = Self::lock(self.slot(topic));
         let Some(subs) = map.get_mut(&topic) else {
             return;
         };
@@ -212,17 +264,53 @@ mod tests {
     use crate::realtime::messages;
     use serde_json::Value;
 
+    /// A publisher names its topic borrowed; the map holds it owned. The two must hash alike
+    /// and match only the same kind and id, or events go nowhere (or to the wrong feed).
+    #[tokio::test]
+    async fn a_borrowed_topic_finds_the_subscribers_of_the_same_topic_only() {
+        use std::hash::BuildHasher;
+        let owned = [
+            Topic::Order("x1".into()),
+            Topic::Merchant("x1".into()),
+            Topic::Rider("x1".into()),
+            Topic::Rider("x2".into()),
+        ];
+        let state = hashbrown::DefaultHashBuilder::default();
+        for t in &owned {
+            assert_eq!(state.hash_one(t), state.hash_one(t.key()), "{t:?}");
+            for other in &owned {
+                assert_eq!(t.key().equivalent(other), t == other, "{t:?} vs {other:?}");
+            }
+        }
+        let hub = Hub::new(8);
+        let mut rider = hub.subscribe(Topic::Rider("x1".into()));
+        let mut merchant = hub.subscribe(Topic::Merchant("x1".into()));
+        hub.publish(TopicRef::Rider("x1"), "a", None, || serde_json::json!({}));
+        hub.publish(TopicRef::Order("x1"), "b", None, || serde_json::json!({}));
+        hub.publish(TopicRef::Rider("x2"), "c", None, || serde_json::json!({}));
+        let got = rider.rx.recv().await.expect("the rider's event");
+        assert!(got.text.contains("\"type\":\"a\""), "{}", got.text);
+        assert!(rider.rx.try_recv().is_err(), "only its own topic's events");
+        assert!(
+            merchant.rx.try_recv().is_err(),
+            "same id, another kind: not its topic"
+        );
+        drop(rider);
+        assert!(!hub.has_subscribers(&Topic::Rider("x1".into())));
+        assert!(hub.has_subscribers(&Topic::Merchant("x1".into())));
+    }
+
     #[tokio::test]
     async fn events_reach_subscribers_in_order_and_a_full_queue_cuts_off() {
         let hub = Hub::new(2);
         let t = Topic::Order("o1".into());
         let mut fast = hub.subscribe(t.clone());
         let slow = hub.subscribe(t.clone());
-        hub.publish(t.clone(), "a", None, || serde_json::json!({}));
-        hub.publish(t.clone(), "b", None, || serde_json::json!({}));
+        hub.publish(t.key(), "a", None, || serde_json::json!({}));
+        hub.publish(t.key(), "b", None, || serde_json::json!({}));
         assert!(fast.rx.recv().await.is_some_and(|e| e.seq == 1));
         assert!(fast.rx.recv().await.is_some_and(|e| e.seq == 2));
-        hub.publish(t.clone(), "c", None, || serde_json::json!({}));
+        hub.publish(t.key(), "c", None, || serde_json::json!({}));
         assert!(slow.was_slow(), "third event overflows a queue of two");
         assert!(!fast.was_slow());
         let e = fast.rx.recv().await;

@@ -47,9 +47,9 @@ pub enum ClientCommand {
 
 /// `status` (order tracking): the order changed status.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct StatusChanged {
+pub struct StatusChanged<'a> {
     /// The order.
-    pub order_id: String,
+    pub order_id: &'a str,
     /// Its version after the change.
     pub version: i64,
     /// Its status after the change.
@@ -57,7 +57,7 @@ pub struct StatusChanged {
     /// Its status before (null when it was just created).
     pub from: Option<OrderStatus>,
     /// The rider it has, if any.
-    pub rider_id: Option<String>,
+    pub rider_id: Option<&'a str>,
     /// When it changed, ms since the epoch.
     pub at: i64,
 }
@@ -78,11 +78,11 @@ pub struct RiderLocation {
 /// `new_order`, `order_updated`, `order_cancelled` (merchant feed): one of the merchant's
 /// orders changed.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct MerchantOrderEvent {
+pub struct MerchantOrderEvent<'a> {
     /// The order.
-    pub order_id: String,
+    pub order_id: &'a str,
     /// The merchant.
-    pub merchant_id: String,
+    pub merchant_id: &'a str,
     /// The order's version after the change.
     pub version: i64,
     /// Its status after the change.
@@ -90,25 +90,25 @@ pub struct MerchantOrderEvent {
     /// Its status before.
     pub from: Option<OrderStatus>,
     /// Its rider, if any.
-    pub rider_id: Option<String>,
+    pub rider_id: Option<&'a str>,
     /// The whole order (`new_order` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub order: Option<Order>,
+    pub order: Option<&'a Order>,
 }
 
 /// `assigned`, `order_updated` (rider feed): an order the rider carries (or carried) changed.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct RiderOrderEvent {
+pub struct RiderOrderEvent<'a> {
     /// The order.
-    pub order_id: String,
+    pub order_id: &'a str,
     /// The rider.
-    pub rider_id: String,
+    pub rider_id: &'a str,
     /// The order's version after the change.
     pub version: i64,
     /// Its status after the change.
     pub status: OrderStatus,
     /// Where to pick it up (the merchant's id).
-    pub pickup_merchant_id: String,
+    pub pickup_merchant_id: &'a str,
     /// Where to deliver it.
     pub dropoff: Location,
 }

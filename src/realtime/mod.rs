@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use hub::{Event, Hub, Subscription, Topic};
+pub use hub::{Event, Hub, Subscription, Topic, TopicRef};
 pub use ops::{OpsView, RiderSeen};
 
 use crate::actors::order_machine::OrderStatus;
@@ -50,7 +50,7 @@ impl LiveEvent {
             return;
         }
         let order = self.order_id.as_deref().map(|o| (o, None, None));
-        hub.publish(self.topic, &self.kind, order, || self.fields);
+        hub.publish(self.topic.key(), &self.kind, order, || self.fields);
     }
 }
 
@@ -118,7 +118,7 @@ impl Fanout {
         fields: impl FnOnce() -> F,
     ) {
         match self {
-            Fanout::Local(hub) => hub.publish(topic, kind, order, fields),
+            Fanout::Local(hub) => hub.publish(topic.key(), kind, order, fields),
             Fanout::Cluster { live, .. } => live.send(LiveEvent {
                 topic,
                 kind: kind.to_string(),
@@ -140,13 +140,13 @@ pub fn publish_order(
 ) {
     hub.ops().order(from, after);
     let order_ref = Some((after.id.as_str(), Some(after.version), Some(after.status)));
-    hub.publish(Topic::Order(after.id.clone()), "status", order_ref, || {
+    hub.publish(TopicRef::Order(&after.id), "status", order_ref, || {
         messages::StatusChanged {
-            order_id: after.id.clone(),
+            order_id: &after.id,
             version: after.version,
             status: after.status,
             from,
-            rider_id: after.rider_id.clone(),
+            rider_id: after.rider_id.as_deref(),
             at: after.updated_at,
         }
     });
@@ -159,17 +159,17 @@ pub fn publish_order(
             _ => "order_updated",
         };
         hub.publish(
-            Topic::Merchant(after.merchant_id.clone()),
+            TopicRef::Merchant(&after.merchant_id),
             kind,
             order_ref,
             || messages::MerchantOrderEvent {
-                order_id: after.id.clone(),
-                merchant_id: after.merchant_id.clone(),
+                order_id: &after.id,
+                merchant_id: &after.merchant_id,
                 version: after.version,
                 status: after.status,
                 from,
-                rider_id: after.rider_id.clone(),
-                order: (kind == "new_order").then(|| after.clone()),
+                rider_id: after.rider_id.as_deref(),
+                order: (kind == "new_order").then_some(after),
             },
         );
     }
@@ -182,13 +182,13 @@ pub fn publish_order(
         } else {
             "order_updated"
         };
-        hub.publish(Topic::Rider(rider.to_string()), kind, order_ref, || {
+        hub.publish(TopicRef::Rider(rider), kind, order_ref, || {
             messages::RiderOrderEvent {
-                order_id: after.id.clone(),
-                rider_id: rider.to_string(),
+                order_id: &after.id,
+                rider_id: rider,
                 version: after.version,
                 status: after.status,
-                pickup_merchant_id: after.merchant_id.clone(),
+                pickup_merchant_id: &after.merchant_id,
                 dropoff: after.deliver_to,
             }
         });
