@@ -2,7 +2,7 @@
 //! whose queue is full is cut off and marked slow, and its socket closes with that reason.
 //! The hub also owns the node's operations view (`ops`), and hands it every offer it publishes.
 
-use std::hash::{Hash, Hasher};
+use std::hash::{Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -99,8 +99,12 @@ struct Sub {
 
 const SLOTS: usize = 32;
 
+/// One slot's topics. hashbrown's map for `Equivalent` lookups by [`TopicRef`], with std's
+/// randomly keyed SipHash as before (ids in topics come from clients: no weaker hash for them).
+type Topics = HashMap<Topic, Vec<Sub>, RandomState>;
+
 struct Inner {
-    slots: Vec<Mutex<HashMap<Topic, Vec<Sub>>>>,
+    slots: Vec<Mutex<Topics>>,
     seq: AtomicU64,
     next_sub: AtomicU64,
     buffer: usize,
@@ -142,7 +146,9 @@ impl Hub {
     pub fn new(buffer: usize) -> Self {
         Hub {
             inner: Arc::new(Inner {
-                slots: (0..SLOTS).map(|_| Mutex::new(HashMap::new())).collect(),
+                slots: (0..SLOTS)
+                    .map(|_| Mutex::new(HashMap::with_hasher(RandomState::new())))
+                    .collect(),
                 seq: AtomicU64::new(0),
                 next_sub: AtomicU64::new(1),
                 buffer: buffer.max(1),
@@ -151,18 +157,16 @@ impl Hub {
         }
     }
 
-    /// The slot of `topic`'s subscribers. Its hash is SipHash with fixed keys, the maps' own
-    /// is hashbrown's seeded one: independent, so the topics of one slot do not share the low
-    /// bits a map places them by.
-    fn slot(&self, topic: TopicRef<'_>) -> &Mutex<HashMap<Topic, Vec<Sub>>> {
+    /// The slot of `topic`'s subscribers. Its hash is SipHash with fixed keys, each map's own
+    /// is SipHash with random keys: independent, so the topics of one slot do not share the
+    /// low bits a map places them by.
+    fn slot(&self, topic: TopicRef<'_>) -> &Mutex<Topics> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         topic.hash(&mut h);
         &self.inner.slots[h.finish() as usize % SLOTS]
     }
 
-    fn lock<'a>(
-        m: &'a Mutex<HashMap<Topic, Vec<Sub>>>,
-    ) -> std::sync::MutexGuard<'a, HashMap<Topic, Vec<Sub>>> {
+    fn lock(m: &Mutex<Topics>) -> std::sync::MutexGuard<'_, Topics> {
         // A panic while holding the lock cannot leave the map inconsistent (single operations).
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -275,7 +279,7 @@ mod tests {
             Topic::Rider("x1".into()),
             Topic::Rider("x2".into()),
         ];
-        let state = hashbrown::DefaultHashBuilder::default();
+        let state = RandomState::new();
         for t in &owned {
             assert_eq!(state.hash_one(t), state.hash_one(t.key()), "{t:?}");
             for other in &owned {
