@@ -346,24 +346,26 @@ impl Node {
         }
         // The access log (`RUST_LOG=waimai::access=debug`) has the path only, never the query:
         // websocket URLs carry the bearer token as `?token=`.
-        let routes = warp::Filter::with(
-            warp::Filter::map(
-                api::routes(state, self.config.server.body_limit_bytes),
-                api::trace::with_traceparent,
-            ),
-            warp::log::custom(|info| {
-                tracing::debug!(
-                    target: "waimai::access",
-                    method = %info.method(),
-                    path = info.path(),
-                    status = info.status().as_u16(),
-                    micros = info.elapsed().as_micros() as u64,
-                    "request"
-                );
-            }),
-        );
+        let access_log = warp::log::custom(|info| {
+            tracing::debug!(
+                target: "waimai::access",
+                method = %info.method(),
+                path = info.path(),
+                status = info.status().as_u16(),
+                micros = info.elapsed().as_micros() as u64,
+                "request"
+            );
+        });
         // Every request runs in a span continuing the caller's trace; the answer names it.
-        let routes = warp::Filter::with(routes, warp::trace(api::trace::request_span));
+        let routes = api::routes(state, self.config.server.body_limit_bytes).wrap(|route| {
+            let route = warp::Filter::map(route, api::trace::with_traceparent);
+            let route = warp::Filter::with(route, access_log);
+            warp::service(warp::Filter::with(
+                route,
+                warp::trace(api::trace::request_span),
+            ))
+        });
+        let routes = Arc::new(routes);
         // hyper directly rather than `warp::serve(..).serve_incoming(..)`: warp forgets the
         // peer's address of connections it did not accept itself, and the rate limits key on
         // it. Each request carries its connection's address as an `api::ClientAddr`.
@@ -377,16 +379,15 @@ impl Node {
         // Nagle off: websocket events and small responses go out at once instead of waiting
         // for the peer's delayed ACK (it cost ~40 ms on an event following another message).
         incoming.set_nodelay(true);
-        let svc = warp::service(routes);
         let make = warp::hyper::service::make_service_fn(
             move |conn: &warp::hyper::server::conn::AddrStream| {
                 let addr = conn.remote_addr();
-                let svc = svc.clone();
+                let routes = routes.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(warp::hyper::service::service_fn(
                         move |mut req: warp::http::Request<warp::hyper::Body>| {
                             req.extensions_mut().insert(api::ClientAddr(addr));
-                            let mut svc = svc.clone();
+                            let mut svc = routes.pick(req.method(), req.uri().path()).clone();
                             warp::hyper::service::Service::call(&mut svc, req)
                         },
                     ))

@@ -121,9 +121,10 @@ fn every_warp_route_is_listed_and_every_listed_route_is_a_warp_route() {
 
 #[test]
 fn every_warp_route_is_tried_under_its_own_label() {
-    // `shaped(label, route)` lets a request reach `route` only when its path has the shape of
-    // `label`; a label that names no route (or misses one) would make a route unreachable.
-    assert_eq!(labels_of("shaped("), warp_labels());
+    // `routed(label, route)` puts `route` in the dispatch table under `label`: requests whose
+    // method and path fit `label` go to it (and the fallback tree tries it only for paths of
+    // that shape); a label that names no route (or misses one) would make a route unreachable.
+    assert_eq!(labels_of("routed("), warp_labels());
 }
 
 /// `path` with every `{param}` replaced by `with`.

@@ -122,11 +122,10 @@ async fn admit(
 
 /// `route`, tried only for paths of its shape: `label` is the route's own name, as in its
 /// `timed` call and `openapi::ROUTES` (`"POST /v1/orders/{id}/{action}"`), and its path part
-/// is the shape. The shape is checked outside the route's box: a route's boxed future is its
-/// whole handler's state (kilobytes), and warp built, copied into the heap and dropped one for
-/// every route a request passed on its way to its own. Now a route whose shape does not fit
-/// costs a few comparisons. The check only lets fewer requests in (never by method, which
-/// would turn a 405 into a 404); the route's own `path!` still decides.
+/// is the shape. Used by the fallback tree (`Dispatch`), which sees only requests that fit no
+/// route: a route whose shape does not fit costs a few comparisons there instead of its boxed
+/// future (its whole handler's state, kilobytes). The check only lets fewer requests in (never
+/// by method, which would turn a 405 into a 404); the route's own `path!` still decides.
 fn shaped<F>(label: &'static str, route: F) -> BoxedFilter<(Response,)>
 where
     F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
@@ -149,9 +148,17 @@ where
         .boxed()
 }
 
-/// The routes as a balanced tree of `or`s, tried in the same order as the list. A left fold
-/// nests them 40 deep, and every request (whichever route it is for) then goes through every
-/// level's boxed filter and `Or` future; balanced, a request passes about six levels.
+/// A route's entry in `Dispatch`'s table: `label` as in its `timed` call and
+/// `openapi::ROUTES` (`tests/openapi.rs` holds the three together).
+fn routed<F>(label: &'static str, route: F) -> (&'static str, BoxedFilter<(Response,)>)
+where
+    F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
+{
+    (label, route.boxed())
+}
+
+/// The routes as a balanced tree of `or`s, tried in the same order as the list: a request
+/// passes about six levels instead of 28 (the fallback of `Dispatch`).
 fn balanced(mut routes: Vec<BoxedFilter<(Response,)>>) -> BoxedFilter<(Response,)> {
     while routes.len() > 1 {
         let mut pairs = Vec::with_capacity(routes.len().div_ceil(2));
@@ -227,11 +234,13 @@ where
     Ok(Bytes::from(buf))
 }
 
-/// All routes, with JSON errors for unmatched requests.
+/// All routes, with JSON errors for unmatched requests, as a table a request is dispatched
+/// through (`Dispatch::pick`).
 pub fn routes(
     state: Arc<ApiState>,
     body_limit: u64,
-) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+) -> Dispatch<impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static>
+{
     let gate = gate(state.clone());
     let st = warp::any().map(move || state.clone());
     let bearer = warp::header::optional::<String>("authorization");
@@ -464,58 +473,109 @@ pub fn routes(
             )
         });
 
-    // Boxing each route keeps the `or` chain's type shallow (warp's nested filter types
-    // otherwise make compile times explode). warp tries routes in this order, so the hot order
-    // routes come first; none of them overlaps a later route (their methods differ). Each is
-    // tried only for paths of its shape (`shaped`).
-    let rest: Vec<BoxedFilter<(Response,)>> = vec![
-        shaped("POST /v1/orders", create_order),
-        shaped("GET /v1/orders/{id}", get_order),
-        shaped("POST /v1/orders/{id}/{action}", order_action),
-        shaped("GET /readyz", readyz),
-        shaped("GET /metrics", metrics),
-        shaped("POST /v1/merchants", create_merchant),
-        shaped("GET /v1/merchants", browse_merchants),
-        shaped("GET /v1/merchants/{id}", get_merchant),
-        shaped("PUT /v1/merchants/{id}/menu", set_menu),
-        shaped(
+    // Boxing each route keeps the types shallow (warp's nested filter types otherwise make
+    // compile times explode) and gives every route the same type, so that one wrapper type
+    // serves them all. The list's order is the order the fallback tree tries them in.
+    let listed: Vec<(&'static str, BoxedFilter<(Response,)>)> = vec![
+        routed("POST /v1/orders", create_order),
+        routed("GET /v1/orders/{id}", get_order),
+        routed("POST /v1/orders/{id}/{action}", order_action),
+        routed("GET /healthz", healthz),
+        routed("GET /readyz", readyz),
+        routed("GET /metrics", metrics),
+        routed("POST /v1/merchants", create_merchant),
+        routed("GET /v1/merchants", browse_merchants),
+        routed("GET /v1/merchants/{id}", get_merchant),
+        routed("PUT /v1/merchants/{id}/menu", set_menu),
+        routed(
             "POST /v1/merchants/{mid}/orders/{oid}/{action}",
             merchant_decide,
         ),
-        shaped("POST /v1/merchants/{id}/{action}", open_close),
-        shaped("POST /v1/riders", create_rider),
-        shaped("GET /v1/riders/{id}", get_rider),
-        shaped("PUT /v1/riders/{id}/location", rider_location),
-        shaped("POST /v1/riders/{rid}/orders/{oid}/{action}", rider_order),
-        shaped("POST /v1/riders/{id}/{action}", rider_status),
-        shaped("POST /v1/riders/{rid}/offers/{oid}/{action}", rider_offer),
-        shaped("GET /v1/orders/{id}/track", track),
-        shaped("GET /v1/merchants/{id}/feed", merchant_feed),
-        shaped("GET /v1/riders/{id}/feed", rider_feed),
-        shaped("GET /ops", ops_page),
-        shaped("GET /v1/ops/live", ops_live),
-        shaped("GET /v1/cluster", cluster),
-        shaped("POST /v1/admin/reload", reload),
-        shaped("GET /internal/v1/link", link),
-        shaped("POST /v1/payments/callback", payment_callback),
-        shaped("GET /openapi.json", openapi),
+        routed("POST /v1/merchants/{id}/{action}", open_close),
+        routed("POST /v1/riders", create_rider),
+        routed("GET /v1/riders/{id}", get_rider),
+        routed("PUT /v1/riders/{id}/location", rider_location),
+        routed("POST /v1/riders/{rid}/orders/{oid}/{action}", rider_order),
+        routed("POST /v1/riders/{id}/{action}", rider_status),
+        routed("POST /v1/riders/{rid}/offers/{oid}/{action}", rider_offer),
+        routed("GET /v1/orders/{id}/track", track),
+        routed("GET /v1/merchants/{id}/feed", merchant_feed),
+        routed("GET /v1/riders/{id}/feed", rider_feed),
+        routed("GET /ops", ops_page),
+        routed("GET /v1/ops/live", ops_live),
+        routed("GET /v1/cluster", cluster),
+        routed("POST /v1/admin/reload", reload),
+        routed("GET /internal/v1/link", link),
+        routed("POST /v1/payments/callback", payment_callback),
+        routed("GET /openapi.json", openapi),
     ];
-    let mut all = vec![shaped("GET /healthz", healthz)];
-    all.extend(rest);
-    let routes = balanced(all);
-    let served = gate.and(routes).recover(error::recover).unify();
-    // A 405 names the methods the path does serve (RFC 9110 `Allow`).
-    warp::path::full()
-        .and(served)
-        .map(|path: warp::path::FullPath, mut resp: Response| {
-            if resp.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED {
-                let allow = openapi::allowed_methods(path.as_str()).join(", ");
-                if let Ok(v) = warp::http::HeaderValue::from_str(&allow) {
-                    resp.headers_mut().insert("allow", v);
+    // Every route is served behind the gateway's check, JSON errors and the 405's `Allow`.
+    let finish = move |route: BoxedFilter<(Response,)>| {
+        // A 405 names the methods the path does serve (RFC 9110 `Allow`).
+        warp::path::full()
+            .and(gate.clone().and(route).recover(error::recover).unify())
+            .map(|path: warp::path::FullPath, mut resp: Response| {
+                if resp.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED {
+                    let allow = openapi::allowed_methods(path.as_str()).join(", ");
+                    if let Ok(v) = warp::http::HeaderValue::from_str(&allow) {
+                        resp.headers_mut().insert("allow", v);
+                    }
                 }
-            }
-            resp
+                resp
+            })
+    };
+    let fallback = finish(balanced(
+        listed
+            .iter()
+            .map(|(label, route)| shaped(label, route.clone()))
+            .collect(),
+    ));
+    let table = listed
+        .into_iter()
+        .map(|(label, route)| {
+            let (method, path) = label.split_once(' ').unwrap_or(("GET", label));
+            let method = warp::http::Method::from_bytes(method.as_bytes())
+                .unwrap_or(warp::http::Method::GET);
+            (method, openapi::Shape::new(path), finish(route))
         })
+        .collect();
+    Dispatch { table, fallback }
+}
+
+/// The routes, picked by a request's method and path before warp runs anything: each route is
+/// its own filter behind the same wrapper (`F`), and a request whose method and path fit a
+/// route's label goes to that route alone. Any other request goes to `fallback`, all routes as
+/// a tree of `or`s, which answers as warp would have (404, or 405 with `Allow`, or the
+/// gateway's refusal). Routes of one method never share a path (`no_two_routes_of_one_method_
+/// share_a_path`), so the route picked is the one the tree would have reached; the tree's
+/// levels cost every request a boxed future and a poll each (~4% of the node's instructions
+/// in `lifecycle`, BENCHMARKS.md 2026-11-29 night).
+#[derive(Clone)]
+pub struct Dispatch<F> {
+    table: Vec<(warp::http::Method, openapi::Shape<'static>, F)>,
+    fallback: F,
+}
+
+impl<F> Dispatch<F> {
+    /// The filter (or service) that serves `method` on `path`.
+    pub fn pick(&self, method: &warp::http::Method, path: &str) -> &F {
+        self.table
+            .iter()
+            .find(|(m, shape, _)| m == method && shape.matches(path))
+            .map_or(&self.fallback, |(_, _, f)| f)
+    }
+
+    /// The same table with every entry (and the fallback) passed through `wrap`.
+    pub fn wrap<G>(self, wrap: impl Fn(F) -> G) -> Dispatch<G> {
+        Dispatch {
+            table: self
+                .table
+                .into_iter()
+                .map(|(m, shape, f)| (m, shape, wrap(f)))
+                .collect(),
+            fallback: wrap(self.fallback),
+        }
+    }
 }
 
 #[cfg(test)]

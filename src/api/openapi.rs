@@ -535,7 +535,49 @@ fn assign() {}
 
 #[cfg(test)]
 mod tests {
-    use super::Shape;
+    use super::{Shape, ROUTES};
+
+    /// Whether some concrete path fits both shapes: as many segments, and at every position
+    /// the same literal or a parameter on either side (a parameter fits any non-empty segment).
+    fn overlap(a: &Shape, b: &Shape) -> bool {
+        a.segments.len() == b.segments.len()
+            && a.segments
+                .iter()
+                .zip(b.segments.iter())
+                .all(|(x, y)| match (x, y) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => true,
+                })
+    }
+
+    /// `api::Dispatch` hands a request to the first route whose method and path shape fit and
+    /// to no other: that is the route warp's `or` tree would reach only if no two routes of
+    /// one method can take the same path.
+    #[test]
+    fn no_two_routes_of_one_method_share_a_path() {
+        let mut labels: Vec<&str> = ROUTES.iter().map(|r| r.served_by).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        let split = |l: &'static str| l.split_once(' ').expect("a label is `METHOD /path`");
+        for (i, a) in labels.iter().enumerate() {
+            for b in &labels[i + 1..] {
+                let ((ma, pa), (mb, pb)) = (split(a), split(b));
+                assert!(
+                    ma != mb || !overlap(&Shape::new(pa), &Shape::new(pb)),
+                    "`{a}` and `{b}` can both take one path"
+                );
+            }
+        }
+        // The check itself tells overlapping shapes apart.
+        assert!(overlap(
+            &Shape::new("/v1/orders/{id}/{action}"),
+            &Shape::new("/v1/orders/{id}/track")
+        ));
+        assert!(!overlap(
+            &Shape::new("/v1/orders/{id}"),
+            &Shape::new("/v1/orders/{id}/track")
+        ));
+    }
 
     fn template_matches(template: &str, path: &str) -> bool {
         Shape::new(template).matches(path)
