@@ -25,6 +25,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock config.yaml ./
+# .cargo/config.toml: the bundled SQLite's build flags, as in every other build.
+COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 # Cargo's registry and the target directory are BuildKit caches, so a rebuild after a source
