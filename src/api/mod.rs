@@ -548,7 +548,7 @@ pub fn routes(
 /// a tree of `or`s, which answers as warp would have (404, or 405 with `Allow`, or the
 /// gateway's refusal). Routes of one method never share a path (`no_two_routes_of_one_method_
 /// share_a_path`), so the route picked is the one the tree would have reached; the tree's
-/// levels cost every request a boxed future and a poll each (~4% of the node's instructions
+/// levels cost every request a boxed future and a poll each (~2.7% of the node's instructions
 /// in `lifecycle`, BENCHMARKS.md 2026-11-29 night).
 #[derive(Clone)]
 pub struct Dispatch<F> {
