@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use waimai::actors::order_machine::OrderStatus;
 use waimai::config::LockBackendKind;
 use waimai::domain::{now_ms, Role};
-use waimai::realtime::Topic;
+use waimai::realtime::TopicRef;
 use waimai::Config;
 
 /// Embedded defaults on a fresh SQLite file, with every rider position forwarded.
@@ -638,7 +638,7 @@ async fn a_burst_of_queued_events_reaches_a_tracker_once_each_and_in_order() {
     // version twice, then one older than the snapshot, the terminal one, and one after it.
     let publish = |v: i64, status: OrderStatus| {
         app.node.hub.publish(
-            Topic::Order(oid.clone()).key(),
+            TopicRef::Order(&oid),
             "status",
             Some((oid.as_str(), Some(v), Some(status))),
             || json!({"order_id": oid, "version": v, "status": status}),

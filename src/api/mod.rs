@@ -130,11 +130,7 @@ fn shaped<F>(label: &'static str, route: F) -> BoxedFilter<(Response,)>
 where
     F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
 {
-    debug_assert!(
-        openapi::ROUTES.iter().any(|r| r.served_by == label),
-        "`{label}` is not a route label in api::openapi::ROUTES"
-    );
-    let shape = openapi::Shape::new(label.split_once(' ').map_or(label, |(_, path)| path));
+    let shape = openapi::Shape::new(label_parts(label).1);
     warp::path::peek()
         .and_then(move |tail: warp::path::Peek| {
             std::future::ready(if shape.matches(tail.as_str()) {
@@ -146,6 +142,22 @@ where
         .untuple_one()
         .and(route.boxed())
         .boxed()
+}
+
+/// A route label's method and path template (`"POST /v1/orders/{id}/{action}"`). Labels are
+/// constants of this file (`tests/openapi.rs` holds them to `openapi::ROUTES`): a malformed
+/// one stops the node at its first start, before it serves anything.
+fn label_parts(label: &'static str) -> (warp::http::Method, &'static str) {
+    debug_assert!(
+        openapi::ROUTES.iter().any(|r| r.served_by == label),
+        "`{label}` is not a route label in api::openapi::ROUTES"
+    );
+    let (method, path) = label
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("route label `{label}` is not `METHOD /path`"));
+    let method = warp::http::Method::from_bytes(method.as_bytes())
+        .unwrap_or_else(|_| panic!("route label `{label}` has no HTTP method"));
+    (method, path)
 }
 
 /// A route's entry in `Dispatch`'s table: `label` as in its `timed` call and
@@ -533,9 +545,7 @@ pub fn routes(
     let table = listed
         .into_iter()
         .map(|(label, route)| {
-            let (method, path) = label.split_once(' ').unwrap_or(("GET", label));
-            let method = warp::http::Method::from_bytes(method.as_bytes())
-                .unwrap_or(warp::http::Method::GET);
+            let (method, path) = label_parts(label);
             (method, openapi::Shape::new(path), finish(route))
         })
         .collect();
@@ -550,7 +560,6 @@ pub fn routes(
 /// share_a_path`), so the route picked is the one the tree would have reached; the tree's
 /// levels cost every request a boxed future and a poll each (~2.7% of the node's instructions
 /// in `lifecycle`, BENCHMARKS.md 2026-11-29 night).
-#[derive(Clone)]
 pub struct Dispatch<F> {
     table: Vec<(warp::http::Method, openapi::Shape<'static>, F)>,
     fallback: F,
